@@ -1,0 +1,453 @@
+// Package kube runs a real Kubernetes control plane (etcd, kube-apiserver and
+// kube-controller-manager) on loopback, for end-to-end tests and the developer
+// stack. There are no nodes: pods stay Pending, but everything the API server
+// and the controllers do (RBAC, namespaces, ServiceAccounts, Deployments to
+// ReplicaSets) behaves as in a production cluster, which fakes cannot promise.
+//
+// The package is Unix-only: it manages process groups.
+package kube
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Readiness budgets. The API server is ready in about 3s on an idle machine;
+// these leave room for a loaded CI runner without hanging a broken run.
+const (
+	etcdTimeout       = 30 * time.Second
+	apiserverTimeout  = 90 * time.Second
+	controllerTimeout = 90 * time.Second
+	pollInterval      = 100 * time.Millisecond
+)
+
+// adminName is reserved for the system:masters user Start always adds.
+const adminName = "admin"
+
+// User is a static-token user, authenticated by --token-auth-file.
+type User struct {
+	Name   string
+	UID    string
+	Groups []string
+	Token  string
+}
+
+// Config describes a control plane to start.
+type Config struct {
+	// BinDir holds etcd, kube-apiserver and kube-controller-manager, as
+	// returned by EnsureBinaries.
+	BinDir string
+	// Dir holds the state: certificates, etcd data, logs and kubeconfigs. It
+	// is created if missing. Start regenerates the certificates and empties
+	// the etcd data, so every control plane begins from a clean cluster.
+	Dir string
+	// Users are extra static-token users. An admin user in system:masters is
+	// always added; its name is reserved.
+	Users []User
+	// Log receives progress lines; nil discards them. Process output goes
+	// to Dir/logs/<binary>.log instead.
+	Log io.Writer
+}
+
+// ControlPlane is a running control plane. Call Stop when done.
+type ControlPlane struct {
+	URL             string // https://127.0.0.1:PORT
+	CAFile          string // CA that signed the serving certificate
+	AdminKubeconfig string // kubeconfig for the admin (system:masters) user
+	AdminToken      string
+
+	dir    string
+	log    io.Writer
+	client *http.Client
+	procs  []*process // in start order; stopped in reverse
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start starts etcd, kube-apiserver and kube-controller-manager, and returns
+// once the API server is ready and the controller manager has created the
+// "default" ServiceAccount, which pods and token requests need. ctx bounds
+// startup only; the processes run until Stop, or until this process dies.
+//
+// On failure Start stops whatever it started, and the error quotes the end of
+// the failing process's log.
+func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("kube: invalid config: %w", err)
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	var err error
+	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("kube: resolve state folder: %w", err)
+	}
+	for attempt := 1; ; attempt++ {
+		cp, err := start(ctx, cfg)
+		if err == nil {
+			return cp, nil
+		}
+		// Free ports are probed and then released, so another process can
+		// take one before our child binds it. One retry makes that rare
+		// race invisible; a second failure is a real problem.
+		var exit *exitError
+		if attempt == 1 && ctx.Err() == nil && errors.As(err, &exit) && exit.portConflict() {
+			fmt.Fprintf(cfg.Log, "kube: %s lost a port race; retrying with new ports\n", exit.name)
+			continue
+		}
+		return nil, fmt.Errorf("kube: start control plane: %w", err)
+	}
+}
+
+func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
+	logDir := filepath.Join(cfg.Dir, "logs")
+	etcdDir := filepath.Join(cfg.Dir, "etcd")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create log folder: %w", err)
+	}
+	if err := os.RemoveAll(etcdDir); err != nil {
+		return nil, fmt.Errorf("clear etcd data: %w", err)
+	}
+	pki, err := writePKI(filepath.Join(cfg.Dir, "pki"))
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(pki.caCert)
+	if err != nil {
+		return nil, fmt.Errorf("read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+
+	admin := User{Name: adminName, UID: adminName, Groups: []string{"system:masters"}, Token: randomToken()}
+	tokenFile := filepath.Join(cfg.Dir, "tokens.csv")
+	if err := writeTokenFile(tokenFile, append([]User{admin}, cfg.Users...)); err != nil {
+		return nil, err
+	}
+
+	cp := &ControlPlane{
+		URL:        "https://127.0.0.1:" + strconv.Itoa(ports[2]),
+		CAFile:     pki.caCert,
+		AdminToken: admin.Token,
+		dir:        cfg.Dir,
+		log:        cfg.Log,
+		client: &http.Client{
+			Timeout: 5 * time.Second,
+			Transport: &http.Transport{
+				Proxy:           nil, // loopback only; never via HTTPS_PROXY
+				TLSClientConfig: &tls.Config{RootCAs: pool},
+			},
+		},
+	}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+
+	etcd, err := cp.run(cfg.BinDir, logDir, "etcd",
+		"--name=tether",
+		"--data-dir="+etcdDir,
+		"--listen-client-urls="+etcdURL,
+		"--advertise-client-urls="+etcdURL,
+		"--listen-peer-urls="+peerURL,
+		"--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=tether="+peerURL,
+		"--initial-cluster-state=new",
+		// Test data is disposable; fsync dominates etcd latency on CI disks.
+		"--unsafe-no-fsync",
+	)
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.waitFor(ctx, etcd, etcdTimeout, etcdURL+"/health", ""); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cp.log, "kube: etcd ready on %s\n", etcdURL)
+
+	apiserver, err := cp.run(cfg.BinDir, logDir, "kube-apiserver",
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(ports[2]),
+		"--etcd-servers="+etcdURL,
+		"--tls-cert-file="+pki.servingCert,
+		"--tls-private-key-file="+pki.servingKey,
+		"--client-ca-file="+pki.caCert,
+		"--token-auth-file="+tokenFile,
+		"--authorization-mode=Node,RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file="+pki.saPub,
+		"--service-account-signing-key-file="+pki.saKey,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--kubelet-client-certificate="+pki.kubeletClientCert,
+		"--kubelet-client-key="+pki.kubeletClientKey,
+		"--kubelet-preferred-address-types=InternalIP",
+		// There are no nodes to route the kubernetes Service to.
+		"--endpoint-reconciler-type=none",
+	)
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.waitFor(ctx, apiserver, apiserverTimeout, cp.URL+"/readyz", cp.AdminToken); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cp.log, "kube: kube-apiserver ready at %s\n", cp.URL)
+
+	if cp.AdminKubeconfig, err = cp.KubeconfigFor(admin); err != nil {
+		return nil, err
+	}
+	kcm, err := cp.run(cfg.BinDir, logDir, "kube-controller-manager",
+		"--kubeconfig="+cp.AdminKubeconfig,
+		"--bind-address=127.0.0.1",
+		"--secure-port=0", // nothing scrapes it, and it would need another port
+		"--leader-elect=false",
+		"--service-account-private-key-file="+pki.saKey,
+		"--root-ca-file="+pki.caCert,
+		"--cluster-signing-cert-file="+pki.caCert,
+		"--cluster-signing-key-file="+pki.caKey,
+		"--controllers=*",
+		// Each controller acts as its own ServiceAccount, so RBAC denials
+		// look like they do in a real cluster.
+		"--use-service-account-credentials=true",
+	)
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.waitFor(ctx, kcm, controllerTimeout, cp.URL+"/api/v1/namespaces/default/serviceaccounts/default", cp.AdminToken); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cp.log, "kube: kube-controller-manager ready (default ServiceAccount exists)\n")
+	return cp, nil
+}
+
+// KubeconfigFor writes Dir/kubeconfig-<name>, authenticating as u with its
+// token, and returns the path. u need not be one of Config.Users: a token the
+// API server does not know is a way to test authentication failures.
+func (cp *ControlPlane) KubeconfigFor(u User) (string, error) {
+	if err := u.validate(); err != nil {
+		return "", fmt.Errorf("kube: write kubeconfig: %w", err)
+	}
+	// JSON is valid YAML, and encoding/json escapes what a template would not.
+	kc := map[string]any{
+		"apiVersion": "v1",
+		"kind":       "Config",
+		"clusters": []map[string]any{{"name": "tether", "cluster": map[string]string{
+			"server": cp.URL, "certificate-authority": cp.CAFile,
+		}}},
+		"users": []map[string]any{{"name": u.Name, "user": map[string]string{
+			"token": u.Token,
+		}}},
+		"contexts": []map[string]any{{"name": "tether", "context": map[string]string{
+			"cluster": "tether", "user": u.Name,
+		}}},
+		"current-context": "tether",
+	}
+	b, err := json.MarshalIndent(kc, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("kube: encode kubeconfig for %s: %w", u.Name, err)
+	}
+	path := filepath.Join(cp.dir, "kubeconfig-"+u.Name)
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return "", fmt.Errorf("kube: write kubeconfig for %s: %w", u.Name, err)
+	}
+	return path, nil
+}
+
+// Stop terminates every process, giving each stopGrace to exit after
+// SIGTERM before SIGKILL. It is safe to call more than once.
+func (cp *ControlPlane) Stop() error {
+	cp.stopOnce.Do(func() {
+		var errs []error
+		for i := len(cp.procs) - 1; i >= 0; i-- {
+			errs = append(errs, cp.procs[i].stop())
+		}
+		cp.client.CloseIdleConnections()
+		if cp.stopErr = errors.Join(errs...); cp.stopErr != nil {
+			cp.stopErr = fmt.Errorf("kube: stop control plane: %w", cp.stopErr)
+		}
+		if len(cp.procs) > 0 {
+			fmt.Fprintf(cp.log, "kube: control plane stopped\n")
+		}
+	})
+	return cp.stopErr
+}
+
+func (cp *ControlPlane) run(binDir, logDir, name string, args ...string) (*process, error) {
+	p, err := startProcess(name, binDir, logDir, args...)
+	if err != nil {
+		return nil, err
+	}
+	cp.procs = append(cp.procs, p)
+	return p, nil
+}
+
+// waitFor polls url until it answers 200 OK, failing early if any process
+// started so far exits. p is the process being waited on, whose log the
+// timeout error quotes.
+func (cp *ControlPlane) waitFor(ctx context.Context, p *process, timeout time.Duration, url, token string) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	var last string
+	for {
+		for _, q := range cp.procs {
+			if q.exited() {
+				return q.exitError()
+			}
+		}
+		ok, answer := cp.get(ctx, url, token)
+		if ok {
+			return nil
+		}
+		last = answer
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", p.name, ctx.Err())
+		case <-deadline.C:
+			return fmt.Errorf("%s not ready after %s (GET %s: %s); last lines of %s:\n%s",
+				p.name, timeout, url, last, p.logPath, tail(p.logPath, 30))
+		case <-tick.C:
+		case <-p.done:
+		}
+	}
+}
+
+// get reports whether url answers 200 OK and, if not, what it answered.
+func (cp *ControlPlane) get(ctx context.Context, url, token string) (bool, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := cp.client.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode == http.StatusOK, resp.Status
+}
+
+func (c Config) validate() error {
+	if c.BinDir == "" {
+		return errors.New("BinDir is empty")
+	}
+	if err := checkBinaries(c.BinDir); err != nil {
+		return fmt.Errorf("BinDir %s: %w", c.BinDir, err)
+	}
+	if c.Dir == "" {
+		return errors.New("Dir is empty")
+	}
+	names, tokens := map[string]bool{adminName: true}, map[string]bool{}
+	for i, u := range c.Users {
+		if err := u.validate(); err != nil {
+			return fmt.Errorf("Users[%d]: %w", i, err)
+		}
+		if names[u.Name] {
+			return fmt.Errorf("Users[%d]: name %q is reserved or already used", i, u.Name)
+		}
+		if tokens[u.Token] {
+			return fmt.Errorf("Users[%d] (%s): token already used by another user", i, u.Name)
+		}
+		names[u.Name], tokens[u.Token] = true, true
+	}
+	return nil
+}
+
+func (u User) validate() error {
+	switch {
+	case u.Name == "" || u.Name == "." || u.Name == "..":
+		return fmt.Errorf("invalid user name %q", u.Name)
+	case strings.ContainsAny(u.Name, `/\`) || hasControl(u.Name):
+		// The name becomes part of a file name.
+		return fmt.Errorf("user name %q has a slash or control character", u.Name)
+	case u.Token == "":
+		return fmt.Errorf("user %s: empty token", u.Name)
+	case strings.ContainsAny(u.Token, " \t") || hasControl(u.Token):
+		// The token travels in an Authorization header.
+		return fmt.Errorf("user %s: token has whitespace or control characters", u.Name)
+	case hasControl(u.UID):
+		return fmt.Errorf("user %s: UID has control characters", u.Name)
+	}
+	for _, g := range u.Groups {
+		// The token file joins groups with commas in a single CSV field.
+		if g == "" || strings.Contains(g, ",") || hasControl(g) {
+			return fmt.Errorf("user %s: invalid group %q", u.Name, g)
+		}
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// writeTokenFile writes the --token-auth-file CSV: token,user,uid,"g1,g2".
+func writeTokenFile(path string, users []User) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write token file: %w", err)
+	}
+	w := csv.NewWriter(f)
+	for _, u := range users {
+		rec := []string{u.Token, u.Name, u.UID}
+		// An empty fourth column would put the user in group "".
+		if len(u.Groups) > 0 {
+			rec = append(rec, strings.Join(u.Groups, ","))
+		}
+		w.Write(rec)
+	}
+	w.Flush()
+	if err := errors.Join(w.Error(), f.Close()); err != nil {
+		return fmt.Errorf("write token file: %w", err)
+	}
+	return nil
+}
+
+// freePorts returns n distinct ports that were free a moment ago. All
+// listeners stay open until the end so the kernel cannot hand out one twice.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("pick a free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func randomToken() string {
+	b := make([]byte, 24)
+	rand.Read(b) // never fails; see crypto/rand.Read
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,137 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+)
+
+// Transport is a bidirectional frame stream: both ends of a Connect bidi
+// stream satisfy it.
+type Transport interface {
+	Send(*tetherv1.Frame) error
+	Receive() (*tetherv1.Frame, error)
+}
+
+// ErrPeerDead is returned by Conn.Run when the peer sent nothing, not even a
+// Pong, for the keepalive timeout.
+var ErrPeerDead = errors.New("tunnel: peer sent nothing within the keepalive timeout")
+
+// Keepalive says how a Conn detects a dead peer.
+type Keepalive struct {
+	// Interval is how long the connection may be quiet before we ping.
+	Interval time.Duration
+	// Timeout is how long without any frame from the peer before it is dead.
+	Timeout time.Duration
+}
+
+// DefaultKeepalive detects a dead peer within 15 s.
+var DefaultKeepalive = Keepalive{Interval: 5 * time.Second, Timeout: 15 * time.Second}
+
+// Conn serializes sends on a Transport, answers pings and detects a dead
+// peer. Frames for streams go to the handler, in order, on Run's goroutine.
+type Conn struct {
+	t         Transport
+	keepalive Keepalive
+	abort     func()
+
+	sendMu   sync.Mutex
+	lastRecv atomic.Int64 // unix nanos
+	nonce    atomic.Uint64
+}
+
+// NewConn wraps t. abort must make a blocked t.Receive return (typically the
+// cancel func of the stream's context); Run calls it when the peer is dead.
+func NewConn(t Transport, keepalive Keepalive, abort func()) (*Conn, error) {
+	if t == nil || abort == nil {
+		return nil, errors.New("tunnel: NewConn needs a transport and an abort func")
+	}
+	if keepalive.Interval <= 0 || keepalive.Timeout <= keepalive.Interval {
+		return nil, fmt.Errorf("tunnel: keepalive interval %v must be positive and below timeout %v", keepalive.Interval, keepalive.Timeout)
+	}
+	c := &Conn{t: t, keepalive: keepalive, abort: abort}
+	c.lastRecv.Store(time.Now().UnixNano())
+	return c, nil
+}
+
+// Send sends f; safe for concurrent use.
+func (c *Conn) Send(f *tetherv1.Frame) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.t.Send(f)
+}
+
+// Receive reads the next valid frame, recording that the peer is alive. The
+// Hello/Welcome handshake uses it before Run.
+func (c *Conn) Receive() (*tetherv1.Frame, error) {
+	f, err := c.t.Receive()
+	if err != nil {
+		return nil, err
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	if err := Validate(f); err != nil {
+		return nil, fmt.Errorf("invalid frame from peer: %w", err)
+	}
+	return f, nil
+}
+
+// Run reads frames until the transport fails, the peer breaks the protocol
+// or goes quiet, or ctx ends. It answers Ping itself and passes every other
+// frame to handle. handle must not block for long: it holds up every stream.
+func (c *Conn) Run(ctx context.Context, handle func(*tetherv1.Frame) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var dead atomic.Bool
+	go func() {
+		t := time.NewTicker(c.keepalive.Interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				c.abort()
+				return
+			case now := <-t.C:
+				quiet := now.Sub(time.Unix(0, c.lastRecv.Load()))
+				if quiet >= c.keepalive.Timeout {
+					dead.Store(true)
+					c.abort()
+					return
+				}
+				if quiet >= c.keepalive.Interval {
+					// A failed send shows up as a failed Receive soon enough.
+					_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: c.nonce.Add(1)}}})
+				}
+			}
+		}
+	}()
+	for {
+		f, err := c.Receive()
+		if err != nil {
+			if dead.Load() {
+				return ErrPeerDead
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		switch k := f.Kind.(type) {
+		case *tetherv1.Frame_Ping:
+			if err := c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Pong{Pong: &tetherv1.Pong{Nonce: k.Ping.Nonce}}}); err != nil {
+				return fmt.Errorf("answering ping: %w", err)
+			}
+		case *tetherv1.Frame_Pong:
+		case *tetherv1.Frame_Hello, *tetherv1.Frame_Welcome:
+			return fmt.Errorf("unexpected %T after the handshake", f.Kind)
+		default:
+			if err := handle(f); err != nil {
+				return err
+			}
+		}
+	}
+}

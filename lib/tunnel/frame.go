@@ -1,0 +1,158 @@
+// Package tunnel is Tether's request envelope: the Frame protocol that every
+// hop of the request path speaks, streams with per-request flow control, and
+// a connection that multiplexes many streams over one transport.
+package tunnel
+
+import (
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+)
+
+const (
+	// MaxChunk is the most body bytes one Data frame carries.
+	MaxChunk = 64 << 10
+	// MaxFrame bounds an encoded frame; heads with many headers are the big
+	// ones. It stays under 256 KiB so no hop ever carries a larger message.
+	MaxFrame = 256 << 10
+	// DefaultWindow is the receive window a stream grants unless told
+	// otherwise: enough to keep a loopback or LAN path busy, small enough
+	// that thousands of stalled watches cost little memory.
+	DefaultWindow = 1 << 20
+	// MaxWindow bounds any grant, so a hostile peer cannot make us promise
+	// to buffer without limit.
+	MaxWindow = 16 << 20
+
+	maxHeaders   = 512
+	maxString    = 16 << 10
+	maxGroups    = 4096
+	maxTraceKeys = 16
+)
+
+// Decode parses and validates one encoded frame.
+func Decode(b []byte) (*tetherv1.Frame, error) {
+	if len(b) > MaxFrame {
+		return nil, fmt.Errorf("frame of %d bytes exceeds %d", len(b), MaxFrame)
+	}
+	f := &tetherv1.Frame{}
+	if err := proto.Unmarshal(b, f); err != nil {
+		return nil, fmt.Errorf("decoding frame: %w", err)
+	}
+	if err := Validate(f); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Encode serializes f.
+func Encode(f *tetherv1.Frame) ([]byte, error) {
+	b, err := proto.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("encoding frame: %w", err)
+	}
+	if len(b) > MaxFrame {
+		return nil, fmt.Errorf("frame of %d bytes exceeds %d", len(b), MaxFrame)
+	}
+	return b, nil
+}
+
+// Validate checks what a peer could get wrong in a frame that proto decoding
+// accepts: sizes, required fields, and which frames belong on stream zero.
+func Validate(f *tetherv1.Frame) error {
+	connLevel := false
+	switch k := f.Kind.(type) {
+	case nil:
+		return fmt.Errorf("frame without a kind")
+	case *tetherv1.Frame_Hello:
+		connLevel = true
+		if err := checkString("cluster id", k.Hello.ClusterId); err != nil {
+			return err
+		}
+	case *tetherv1.Frame_Welcome, *tetherv1.Frame_Ping, *tetherv1.Frame_Pong:
+		connLevel = true
+	case *tetherv1.Frame_Open:
+		if err := validateOpen(k.Open); err != nil {
+			return err
+		}
+	case *tetherv1.Frame_Response:
+		if s := k.Response.Status; s < 100 || s > 599 {
+			return fmt.Errorf("response status %d out of range", s)
+		}
+		if err := checkHeaders(k.Response.Headers); err != nil {
+			return err
+		}
+	case *tetherv1.Frame_Data:
+		if len(k.Data.Chunk) > MaxChunk {
+			return fmt.Errorf("data chunk of %d bytes exceeds %d", len(k.Data.Chunk), MaxChunk)
+		}
+	case *tetherv1.Frame_Window:
+		if k.Window.Increment == 0 || k.Window.Increment > MaxWindow {
+			return fmt.Errorf("window increment %d out of range", k.Window.Increment)
+		}
+	case *tetherv1.Frame_Reset_:
+		if err := checkString("reset message", k.Reset_.Message); err != nil {
+			return err
+		}
+	}
+	if connLevel != (f.StreamId == 0) {
+		return fmt.Errorf("%T on stream %d", f.Kind, f.StreamId)
+	}
+	return nil
+}
+
+func validateOpen(o *tetherv1.Open) error {
+	for name, v := range map[string]string{"request id": o.RequestId, "cluster id": o.ClusterId, "method": o.Method, "path": o.Path} {
+		if v == "" {
+			return fmt.Errorf("open without a %s", name)
+		}
+		if err := checkString(name, v); err != nil {
+			return err
+		}
+	}
+	if o.Path[0] != '/' {
+		return fmt.Errorf("open path %q is not absolute", o.Path)
+	}
+	if o.Window > MaxWindow {
+		return fmt.Errorf("open window %d exceeds %d", o.Window, MaxWindow)
+	}
+	if len(o.Trace) > maxTraceKeys {
+		return fmt.Errorf("open carries %d trace keys", len(o.Trace))
+	}
+	if id := o.Identity; id != nil {
+		if len(id.Groups) > maxGroups {
+			return fmt.Errorf("identity with %d groups exceeds %d", len(id.Groups), maxGroups)
+		}
+		if err := checkString("user", id.User); err != nil {
+			return err
+		}
+	}
+	return checkHeaders(o.Headers)
+}
+
+func checkHeaders(hs []*tetherv1.Header) error {
+	if len(hs) > maxHeaders {
+		return fmt.Errorf("%d headers exceed %d", len(hs), maxHeaders)
+	}
+	for _, h := range hs {
+		if h.Name == "" {
+			return fmt.Errorf("header without a name")
+		}
+		if err := checkString("header name", h.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkString(what, s string) error {
+	if len(s) > maxString {
+		return fmt.Errorf("%s of %d bytes exceeds %d", what, len(s), maxString)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s is not valid UTF-8", what)
+	}
+	return nil
+}

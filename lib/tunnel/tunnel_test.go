@@ -1,0 +1,318 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+)
+
+var fastKeepalive = Keepalive{Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond}
+
+// pair runs a caller Mux and an agent-like Mux whose accept is serve.
+func pair(t *testing.T, window int, serve func(ctx context.Context, s *Stream)) (*Mux, *pipeEnd, *pipeEnd) {
+	t.Helper()
+	a, b := pipe()
+	ca, err := NewConn(a, DefaultKeepalive, a.Close)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := NewConn(b, DefaultKeepalive, b.Close)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller := NewMux(ca, window, nil)
+	callee := NewMux(cb, window, serve)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = caller.Run(ctx) }()
+	go func() { defer wg.Done(); _ = callee.Run(ctx) }()
+	t.Cleanup(func() { cancel(); a.Close(); b.Close(); wg.Wait() })
+	return caller, a, b
+}
+
+func open(path string, end bool) *tetherv1.Open {
+	return &tetherv1.Open{RequestId: "r-" + path, ClusterId: "c1", Method: "POST", Path: path, End: end}
+}
+
+// echo grants credit for the request body and writes it back.
+func echo(ctx context.Context, s *Stream) {
+	if _, err := s.Head(ctx); err != nil {
+		return
+	}
+	if err := s.Grant(s.Window()); err != nil {
+		return
+	}
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200}}}); err != nil {
+		return
+	}
+	if _, err := io.Copy(s, s); err != nil {
+		return
+	}
+	_ = s.CloseWrite()
+}
+
+func TestStreamEchoLargeBodyThroughSmallWindow(t *testing.T) {
+	caller, _, _ := pair(t, 128<<10, echo)
+	body := make([]byte, 5<<20+123)
+	_, _ = rand.Read(body)
+
+	s, err := caller.Open(open("/echo", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Forget(s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.WriteContext(ctx, body)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	head, err := s.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := head.GetResponse().GetStatus(); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	var got bytes.Buffer
+	buf := make([]byte, 32<<10)
+	maxBuffered := 0
+	for {
+		maxBuffered = max(maxBuffered, s.Buffered())
+		n, err := s.ReadContext(ctx, buf)
+		got.Write(buf[:n])
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), body) {
+		t.Fatalf("echoed %d bytes, want %d identical", got.Len(), len(body))
+	}
+	if maxBuffered > s.Window() {
+		t.Fatalf("buffered %d bytes with a window of %d", maxBuffered, s.Window())
+	}
+}
+
+// A stream whose reader stalls must not hold up another on the same
+// connection: the stalled writer runs out of credit, nothing else does.
+func TestStalledStreamDoesNotBlockOthers(t *testing.T) {
+	const window = 64 << 10
+	caller, _, _ := pair(t, window, func(ctx context.Context, s *Stream) {
+		h, err := s.Head(ctx)
+		if err != nil {
+			return
+		}
+		_ = s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200}}})
+		if h.GetOpen().Path == "/firehose" {
+			chunk := make([]byte, 8<<10)
+			for {
+				if _, err := s.WriteContext(ctx, chunk); err != nil {
+					return
+				}
+			}
+		}
+		_, _ = s.Write([]byte("pong"))
+		_ = s.CloseWrite()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	stalled, err := caller.Open(open("/firehose", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Forget(stalled)
+	if _, err := stalled.Head(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the firehose has used up its credit: the stalled buffer is full.
+	for stalled.Buffered() < window {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("firehose filled only %d of %d bytes", stalled.Buffered(), window)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	for i := range 50 {
+		s, err := caller.Open(open("/ping", true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Head(ctx); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, err := io.ReadAll(readerCtx{ctx, s})
+		if err != nil || string(b) != "pong" {
+			t.Fatalf("request %d: %q, %v", i, b, err)
+		}
+		caller.Forget(s)
+	}
+	if got := stalled.Buffered(); got > window {
+		t.Fatalf("stalled stream buffered %d bytes past its window %d", got, window)
+	}
+}
+
+type readerCtx struct {
+	ctx context.Context
+	s   *Stream
+}
+
+func (r readerCtx) Read(p []byte) (int, error) { return r.s.ReadContext(r.ctx, p) }
+
+func TestCancelReachesTheAcceptingSide(t *testing.T) {
+	canceled := make(chan error, 1)
+	caller, _, _ := pair(t, 0, func(ctx context.Context, s *Stream) {
+		if _, err := s.Head(ctx); err != nil {
+			return
+		}
+		<-s.Done() // a watch that never ends by itself
+		canceled <- s.Err()
+	})
+	s, err := caller.Open(open("/watch", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Reset(tetherv1.ResetCode_RESET_CODE_CANCELED, "client went away")
+	select {
+	case err := <-canceled:
+		var re *ResetError
+		if !errors.As(err, &re) || re.Code != tetherv1.ResetCode_RESET_CODE_CANCELED || !re.Remote {
+			t.Fatalf("accepting side saw %v, want a remote CANCELED reset", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reset never reached the accepting side")
+	}
+}
+
+func TestLostConnectionResetsStreams(t *testing.T) {
+	caller, a, _ := pair(t, 0, func(ctx context.Context, s *Stream) { <-s.Done() })
+	s, err := caller.Open(open("/watch", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream outlived its connection")
+	}
+	if CodeOf(s.Err()) != tetherv1.ResetCode_RESET_CODE_UNAVAILABLE {
+		t.Fatalf("got %v, want UNAVAILABLE", s.Err())
+	}
+}
+
+func TestWindowOverrunIsAProtocolError(t *testing.T) {
+	s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 10)
+	s.AllowPeer(10)
+	data := func(n int) *tetherv1.Frame {
+		return &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: make([]byte, n)}}}
+	}
+	if err := s.Deliver(data(10)); err != nil {
+		t.Fatalf("within the window: %v", err)
+	}
+	err := s.Deliver(data(1))
+	if CodeOf(err) != tetherv1.ResetCode_RESET_CODE_PROTOCOL {
+		t.Fatalf("past the window: got %v, want a PROTOCOL reset", err)
+	}
+	if CodeOf(s.Err()) != tetherv1.ResetCode_RESET_CODE_PROTOCOL {
+		t.Fatalf("stream not reset: %v", s.Err())
+	}
+}
+
+func TestKeepaliveDetectsASilentPeer(t *testing.T) {
+	a, b := pipe()
+	defer a.Close()
+	defer b.Close()
+	ca, err := NewConn(a, fastKeepalive, a.Close)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b never answers: its end reads nothing and sends nothing.
+	errc := make(chan error, 1)
+	go func() { errc <- ca.Run(context.Background(), func(*tetherv1.Frame) error { return nil }) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrPeerDead) {
+			t.Fatalf("got %v, want ErrPeerDead", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a silent peer was never declared dead")
+	}
+}
+
+func TestKeepalivePingsKeepAQuietConnectionAlive(t *testing.T) {
+	a, b := pipe()
+	ca, _ := NewConn(a, fastKeepalive, a.Close)
+	cb, _ := NewConn(b, fastKeepalive, b.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 2)
+	go func() { errc <- ca.Run(ctx, func(*tetherv1.Frame) error { return nil }) }()
+	go func() { errc <- cb.Run(ctx, func(*tetherv1.Frame) error { return nil }) }()
+	// Ten timeouts of silence from the application: pings alone keep it up.
+	select {
+	case err := <-errc:
+		t.Fatalf("connection ended while idle: %v", err)
+	case <-time.After(10 * fastKeepalive.Timeout):
+	}
+	cancel()
+	for range 2 {
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v after cancel", err)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	okOpen := func() *tetherv1.Open {
+		return &tetherv1.Open{RequestId: "r", ClusterId: "c", Method: "GET", Path: "/api"}
+	}
+	tests := []struct {
+		name    string
+		frame   *tetherv1.Frame
+		wantErr bool
+	}{
+		{"open", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: okOpen()}}, false},
+		{"open on stream zero", &tetherv1.Frame{Kind: &tetherv1.Frame_Open{Open: okOpen()}}, true},
+		{"open without path", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: &tetherv1.Open{RequestId: "r", ClusterId: "c", Method: "GET"}}}, true},
+		{"relative path", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: &tetherv1.Open{RequestId: "r", ClusterId: "c", Method: "GET", Path: "api"}}}, true},
+		{"huge window", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.Window = MaxWindow + 1; return o }()}}, true},
+		{"no kind", &tetherv1.Frame{StreamId: 1}, true},
+		{"ping", &tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{}}}, false},
+		{"ping on a stream", &tetherv1.Frame{StreamId: 3, Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{}}}, true},
+		{"status 42", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 42}}}, true},
+		{"oversized chunk", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: make([]byte, MaxChunk+1)}}}, true},
+		{"zero window", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Window{Window: &tetherv1.Window{}}}, true},
+		{"header without name", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Headers: []*tetherv1.Header{{Values: []string{"x"}}}}}}, true},
+		{"invalid utf-8 user", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
+			o := okOpen()
+			o.Identity = &tetherv1.Identity{User: "\xff"}
+			return o
+		}()}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Validate(tt.frame)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Validate() = %v, wantErr %v", err, tt.wantErr)
+			}
+		})
+	}
+}

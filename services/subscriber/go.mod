@@ -1,0 +1,3 @@
+module github.com/tether-dev/tether/services/subscriber
+
+go 1.26.0
