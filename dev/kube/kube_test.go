@@ -105,6 +105,34 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// TestStartRetriesPortConflict uses fake binaries: an etcd that always loses
+// the port race must be retried once, then reported with its log.
+func TestStartRetriesPortConflict(t *testing.T) {
+	bin, dir := t.TempDir(), t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	etcd := "#!/bin/sh\necho run >> " + runs + "\necho 'listen tcp 127.0.0.1:2379: bind: address already in use' >&2\nexit 1\n"
+	for _, name := range binaries {
+		script := "#!/bin/sh\nexit 1\n"
+		if name == "etcd" {
+			script = etcd
+		}
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var log bytes.Buffer
+	_, err := Start(t.Context(), Config{BinDir: bin, Dir: dir, Log: &log})
+	if err == nil || !strings.Contains(err.Error(), "etcd exited early") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start error = %v, want etcd's exit with its log", err)
+	}
+	if got := strings.Count(log.String(), "retrying"); got != 1 {
+		t.Errorf("log has %d retries, want 1:\n%s", got, log.String())
+	}
+	if b, _ := os.ReadFile(runs); strings.Count(string(b), "run") != 2 {
+		t.Errorf("etcd ran %d times, want 2", strings.Count(string(b), "run"))
+	}
+}
+
 func TestWriteTokenFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tokens.csv")
 	err := writeTokenFile(path, []User{

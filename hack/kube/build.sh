@@ -17,6 +17,16 @@ if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 
 log() { printf '[hack/kube] %s\n' "$*" >&2; }
 mkdir -p "$bin"
+# One build at a time per cache: parallel test packages and `make run` may
+# all ask at once. The lock is released when this script exits.
+exec 9>"$bin/.build.lock"
+if ! flock -n 9; then
+  log "another build of $bin is running; waiting for it"
+  flock 9
+fi
+missing=()
+for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

@@ -1,0 +1,102 @@
+// Package natsconn connects a service to NATS the way every Tether service
+// must: reconnect forever with jittered backoff, keep the link alive with
+// pings, report reconnects, and fail fast rather than buffer while the link
+// is down.
+package natsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-dev/tether/lib/backoff"
+)
+
+// Options configure Connect.
+type Options struct {
+	URL    string
+	Name   string
+	Logger *slog.Logger
+	// Registerer gets tether_nats_reconnects_total and
+	// tether_nats_disconnects_total.
+	Registerer prometheus.Registerer
+	// Extra options, after ours (credentials, TLS).
+	Extra []nats.Option
+}
+
+// Connect dials NATS. It returns once connected the first time or when ctx
+// ends; after that the connection heals itself for as long as it lives.
+//
+// Policy while disconnected: publishes fail at once with
+// nats.ErrReconnectBufExceeded past a small buffer, and callers on the
+// request path check IsConnected first and answer 503. Nothing waits
+// silently for the link to come back.
+func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
+	if o.URL == "" || o.Name == "" || o.Logger == nil || o.Registerer == nil {
+		return nil, errors.New("natsconn: URL, Name, Logger and Registerer are required")
+	}
+	reconnects := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_nats_reconnects_total", Help: "Times the NATS connection came back after a loss."})
+	disconnects := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_nats_disconnects_total", Help: "Times the NATS connection was lost."})
+	for _, c := range []prometheus.Collector{reconnects, disconnects} {
+		if err := o.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("natsconn: registering metrics: %w", err)
+		}
+	}
+	b := backoff.Default()
+	b.Max = 5 * time.Second
+	log := o.Logger.With("nats", o.URL)
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.CustomReconnectDelay(func(int) time.Duration { return b.Next() }),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.ReconnectBufSize(4 << 20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			disconnects.Inc()
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			b.Reset()
+			reconnects.Inc()
+			log.Info("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error("nats async error", "subject", subject, "err", err)
+		}),
+	}
+	nc, err := nats.Connect(o.URL, append(opts, o.Extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("natsconn: connecting to %s: %w", o.URL, err)
+	}
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("natsconn: connecting to %s: %w", o.URL, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	log.Info("nats connected")
+	return nc, nil
+}
+
+// Ready is an admin readiness check for nc.
+func Ready(nc *nats.Conn) func(context.Context) error {
+	return func(context.Context) error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("nats %s", nc.Status())
+		}
+		return nil
+	}
+}
