@@ -100,3 +100,21 @@ func Ready(nc *nats.Conn) func(context.Context) error {
 		return nil
 	}
 }
+
+// Drain lets nc deliver what its subscriptions already received and
+// publish what is buffered, then closes it; after timeout it just closes.
+func Drain(nc *nats.Conn, timeout time.Duration) error {
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return fmt.Errorf("natsconn: draining: %w", err)
+	}
+	deadline := time.Now().Add(timeout)
+	for !nc.IsClosed() {
+		if time.Now().After(deadline) {
+			nc.Close()
+			return errors.New("natsconn: drain timed out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}

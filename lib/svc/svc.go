@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -91,4 +92,41 @@ func Run(name string, c Common, run func(ctx context.Context, env *Env) error) i
 	_ = tel.Shutdown(sctx)
 	log.Info("stopped")
 	return code
+}
+
+// H2CTransport is the transport between Tether's own services: HTTP/2
+// without TLS for the development stack, so one connection multiplexes
+// every stream. Production configurations use TLS (mTLS) instead.
+func H2CTransport() *http.Transport {
+	t := &http.Transport{
+		ForceAttemptHTTP2: true,
+		MaxIdleConns:      100,
+		IdleConnTimeout:   90 * time.Second,
+		HTTP2: &http.HTTP2Config{
+			// Detect a dead peer even while no stream is active.
+			SendPingTimeout: 10 * time.Second,
+			PingTimeout:     5 * time.Second,
+		},
+	}
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return t
+}
+
+// H2CServer returns a server for h speaking HTTP/2 without TLS.
+func H2CServer(h http.Handler) *http.Server {
+	s := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 10000,
+			SendPingTimeout:      10 * time.Second,
+			PingTimeout:          5 * time.Second,
+		},
+	}
+	s.Protocols = new(http.Protocols)
+	s.Protocols.SetUnencryptedHTTP2(true)
+	s.Protocols.SetHTTP1(true)
+	return s
 }

@@ -41,6 +41,7 @@ type Conn struct {
 	abort     func()
 
 	sendMu   sync.Mutex
+	closed   bool // under sendMu
 	lastRecv atomic.Int64 // unix nanos
 	nonce    atomic.Uint64
 }
@@ -59,12 +60,29 @@ func NewConn(t Transport, keepalive Keepalive, abort func()) (*Conn, error) {
 	return c, nil
 }
 
+// ErrClosed is returned by Send after Close.
+var ErrClosed = errors.New("tunnel: connection closed")
+
 // Send sends f; safe for concurrent use.
 func (c *Conn) Send(f *tetherv1.Frame) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
 	return c.t.Send(f)
 }
+
+// Close makes every later Send fail: for a server handler that is about to
+// return while other goroutines still hold the connection.
+func (c *Conn) Close() {
+	c.sendMu.Lock()
+	c.closed = true
+	c.sendMu.Unlock()
+}
+
+// Abort breaks the transport, as a dead peer would.
+func (c *Conn) Abort() { c.abort() }
 
 // Receive reads the next valid frame, recording that the peer is alive. The
 // Hello/Welcome handshake uses it before Run.

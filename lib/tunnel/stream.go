@@ -149,13 +149,24 @@ func (s *Stream) send(f *tetherv1.Frame) error {
 	return s.out.Send(f)
 }
 
-// SendHead sends an Open or Response frame. For an Open, the window it
-// carries is granted to the peer.
+// SendHead sends an Open or Response frame.
 func (s *Stream) SendHead(f *tetherv1.Frame) error {
-	if o := f.GetOpen(); o != nil && o.Window > 0 {
-		s.AllowPeer(int(o.Window))
-	}
+	s.HeadSent(f)
 	return s.send(f)
+}
+
+// HeadSent records a head this end sent by other means: the window an Open
+// grants, and a head that ends this direction at once.
+func (s *Stream) HeadSent(f *tetherv1.Frame) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o := f.GetOpen(); o != nil {
+		s.allowance += int64(o.Window)
+		s.writeEnded = s.writeEnded || o.End
+	}
+	if r := f.GetResponse(); r != nil {
+		s.writeEnded = s.writeEnded || r.End
+	}
 }
 
 // Head waits for the peer's Open or Response.

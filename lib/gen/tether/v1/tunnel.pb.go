@@ -322,8 +322,9 @@ type Open struct {
 	Window uint32 `protobuf:"varint,9,opt,name=window,proto3" json:"window,omitempty"`
 	// Set when the request has no body: no Data frames follow from the caller.
 	End bool `protobuf:"varint,10,opt,name=end,proto3" json:"end,omitempty"`
-	// The tenant the request was authorized for.
-	Tenant        string `protobuf:"bytes,11,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The tenants the user belongs to; the router serves a cluster only to
+	// users of its tenant. Never sent on to the agent.
+	Tenants       []string `protobuf:"bytes,11,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,11 +429,11 @@ func (x *Open) GetEnd() bool {
 	return false
 }
 
-func (x *Open) GetTenant() string {
+func (x *Open) GetTenants() []string {
 	if x != nil {
-		return x.Tenant
+		return x.Tenants
 	}
-	return ""
+	return nil
 }
 
 // Identity is the end user as the gateway authenticated them. The agent turns
@@ -1045,7 +1046,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x04pong\x18\t \x01(\v2\x0f.tether.v1.PongH\x00R\x04pong\x12.\n" +
 	"\awelcome\x18\n" +
 	" \x01(\v2\x12.tether.v1.WelcomeH\x00R\awelcomeB\x06\n" +
-	"\x04kind\"\x92\x03\n" +
+	"\x04kind\"\x94\x03\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
@@ -1059,8 +1060,8 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x05trace\x18\b \x03(\v2\x1a.tether.v1.Open.TraceEntryR\x05trace\x12\x16\n" +
 	"\x06window\x18\t \x01(\rR\x06window\x12\x10\n" +
 	"\x03end\x18\n" +
-	" \x01(\bR\x03end\x12\x16\n" +
-	"\x06tenant\x18\v \x01(\tR\x06tenant\x1a8\n" +
+	" \x01(\bR\x03end\x12\x18\n" +
+	"\atenants\x18\v \x03(\tR\atenants\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

@@ -1,0 +1,87 @@
+// Package natslink carries the frames of one request across NATS between a
+// router and a subscriber: each message is one Frame, and its reply subject
+// names where the sender listens for that request, so either side can always
+// answer, even with a Reset for a request it has forgotten.
+package natslink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// ErrGone means the other side no longer has the request, or is gone.
+var ErrGone = errors.New("natslink: peer no longer has the request")
+
+// Publish sends f to subj; reply is where the peer answers.
+func Publish(nc *nats.Conn, subj, reply string, f *tetherv1.Frame, hdr nats.Header) error {
+	b, err := tunnel.Encode(f)
+	if err != nil {
+		return err
+	}
+	m := &nats.Msg{Subject: subj, Reply: reply, Data: b, Header: hdr}
+	if err := nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("publishing to %s: %w", subj, err)
+	}
+	return nil
+}
+
+// NoResponders reports whether m is the server's notice that nobody
+// listened on the subject a message with a reply was published to.
+func NoResponders(m *nats.Msg) bool {
+	return len(m.Data) == 0 && m.Header.Get("Status") == "503"
+}
+
+// Reset answers a message about a request the receiver does not know.
+// Resets are never answered, so two sides can never bounce them.
+func Reset(nc *nats.Conn, m *nats.Msg, f *tetherv1.Frame, reply, why string) {
+	if m.Reply == "" || f.GetReset_() != nil {
+		return
+	}
+	_ = Publish(nc, m.Reply, reply, &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: why}}}, nil)
+}
+
+// AnswerPing replies to a liveness ping for a request: Pong if known.
+func AnswerPing(nc *nats.Conn, m *nats.Msg, known bool) {
+	if m.Reply == "" {
+		return
+	}
+	f := &tetherv1.Frame{Kind: &tetherv1.Frame_Pong{Pong: &tetherv1.Pong{}}}
+	if !known {
+		f = &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "unknown request"}}}
+	}
+	b, err := tunnel.Encode(f)
+	if err == nil {
+		_ = m.Respond(b)
+	}
+}
+
+// Ping asks the side listening on subj whether it still has the request.
+// It returns ErrGone when nobody listens or the peer forgot the request, and
+// another error when the answer did not come in time (which proves nothing).
+func Ping(ctx context.Context, nc *nats.Conn, subj string, timeout time.Duration) error {
+	b, err := tunnel.Encode(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{}}})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	m, err := nc.RequestWithContext(ctx, subj, b)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return ErrGone
+	}
+	if err != nil {
+		return fmt.Errorf("pinging %s: %w", subj, err)
+	}
+	f, err := tunnel.Decode(m.Data)
+	if err != nil || f.GetPong() == nil {
+		return ErrGone
+	}
+	return nil
+}

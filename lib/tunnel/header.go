@@ -1,0 +1,62 @@
+package tunnel
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+)
+
+// hopByHop are the headers of one HTTP connection (RFC 9110 section 7.6.1):
+// every hop sets its own.
+var hopByHop = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// Credential reports whether a client-sent header would claim an identity.
+// Only the agent, from the identity in the envelope, may set these toward a
+// cluster.
+func Credential(name string) bool {
+	name = textproto.CanonicalMIMEHeaderKey(name)
+	return name == "Authorization" || strings.HasPrefix(name, "Impersonate-")
+}
+
+// FromHTTP converts h to frame headers, leaving out hop-by-hop headers,
+// those that Connection names, and those that drop reports.
+func FromHTTP(h http.Header, drop func(canonicalName string) bool) []*tetherv1.Header {
+	named := map[string]bool{}
+	for _, v := range h.Values("Connection") {
+		for _, n := range strings.Split(v, ",") {
+			named[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(n))] = true
+		}
+	}
+	out := make([]*tetherv1.Header, 0, len(h))
+	for name, values := range h {
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		if hopByHop[name] || named[name] || (drop != nil && drop(name)) {
+			continue
+		}
+		out = append(out, &tetherv1.Header{Name: name, Values: values})
+	}
+	return out
+}
+
+// ToHTTP adds frame headers to h, again without hop-by-hop headers.
+func ToHTTP(hs []*tetherv1.Header, h http.Header, drop func(canonicalName string) bool) {
+	for _, hd := range hs {
+		name := textproto.CanonicalMIMEHeaderKey(hd.Name)
+		if hopByHop[name] || (drop != nil && drop(name)) {
+			continue
+		}
+		h[name] = append(h[name], hd.Values...)
+	}
+}

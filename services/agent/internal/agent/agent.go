@@ -1,0 +1,238 @@
+// Package agent is the part of Tether that runs inside a customer's cluster:
+// it dials OUT to a subscriber, holds one Connect stream on which many
+// requests are multiplexed, and serves each by calling its local
+// kube-apiserver as the end user (impersonation), so the cluster's own RBAC
+// decides.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/backoff"
+	"github.com/tether-dev/tether/lib/subject"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// Config configures an Agent.
+type Config struct {
+	ClusterID     string
+	SubscriberURL string
+	// Subscriber is the HTTP client for the subscriber (HTTP/2).
+	Subscriber *http.Client
+	// APIServer is the kube-apiserver's base URL; APITransport carries the
+	// agent's own credentials to it.
+	APIServer    string
+	APITransport http.RoundTripper
+	Window       int
+	Keepalive    tunnel.Keepalive
+	Version      string
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
+}
+
+// Agent serves requests for one cluster.
+type Agent struct {
+	cfg       Config
+	client    tetherv1connect.TunnelServiceClient
+	apiBase   *url.URL
+	log       *slog.Logger
+	connected atomic.Bool
+	draining  atomic.Bool
+	metrics   *metrics
+}
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	inflight  prometheus.Gauge
+	connected prometheus.Gauge
+	connects  prometheus.Counter
+	duration  *prometheus.HistogramVec
+}
+
+// New validates cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if !subject.ValidClusterID(cfg.ClusterID) {
+		return nil, fmt.Errorf("agent: invalid cluster id %q", cfg.ClusterID)
+	}
+	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil || cfg.Logger == nil ||
+		cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
+		return nil, errors.New("agent: subscriber URL and client, API transport, logger, registerer, tracer and propagator are required")
+	}
+	base, err := url.Parse(cfg.APIServer)
+	if err != nil || base.Scheme == "" || base.Host == "" {
+		return nil, fmt.Errorf("agent: kube-apiserver URL %q is not absolute", cfg.APIServer)
+	}
+	base.Path = strings.TrimSuffix(base.Path, "/")
+	if cfg.Window <= 0 {
+		cfg.Window = tunnel.DefaultWindow
+	}
+	if cfg.Keepalive == (tunnel.Keepalive{}) {
+		cfg.Keepalive = tunnel.DefaultKeepalive
+	}
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_total", Help: "Requests served, by HTTP code."}, []string{"code"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "1 while the agent holds a stream to a subscriber."}),
+		connects: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"hop"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration} {
+		if err := cfg.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("agent: registering metrics: %w", err)
+		}
+	}
+	return &Agent{
+		cfg:     cfg,
+		client:  tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, cfg.SubscriberURL, connect.WithReadMaxBytes(tunnel.MaxFrame)),
+		apiBase: base,
+		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
+		metrics: m,
+	}, nil
+}
+
+// Connected reports whether the agent holds a stream now (readiness).
+func (a *Agent) Connected() bool { return a.connected.Load() }
+
+// Run holds a stream to the subscriber, reconnecting with jittered backoff,
+// until ctx ends. Then it refuses new requests, lets those in flight finish
+// for up to drain, and closes the stream.
+func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
+	b := backoff.Default()
+	for {
+		// The session outlives ctx by the drain period.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, func() {
+			a.draining.Store(true)
+			time.AfterFunc(drain, cancel)
+		})
+		start := time.Now()
+		err := a.session(sctx, ctx)
+		stop()
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 30*time.Second {
+			b.Reset()
+		}
+		d := b.Next()
+		a.log.Warn("stream to subscriber ended; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+// session runs one stream. It ends when the stream breaks, or once ctx
+// (the agent's life) has ended and no request is left.
+func (a *Agent) session(sctx, life context.Context) error {
+	stream := a.client.Connect(sctx)
+	sctx, cancel := context.WithCancel(sctx)
+	defer cancel()
+	conn, err := tunnel.NewConn(stream, a.cfg.Keepalive, cancel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stream.CloseRequest(); _ = stream.CloseResponse() }()
+	if err := conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{
+		ClusterId: a.cfg.ClusterID, AgentVersion: a.cfg.Version, KubernetesVersion: a.kubeVersion(sctx),
+	}}}); err != nil {
+		return fmt.Errorf("sending hello: %w", err)
+	}
+	hs := time.AfterFunc(a.cfg.Keepalive.Timeout, cancel)
+	f, err := conn.Receive()
+	hs.Stop()
+	if err != nil {
+		return fmt.Errorf("waiting for welcome: %w", err)
+	}
+	w := f.GetWelcome()
+	if w == nil {
+		return fmt.Errorf("subscriber answered hello with %T", f.Kind)
+	}
+	log := a.log.With("session_id", w.SessionId, "subscriber", w.SubscriberId)
+	log.Info("connected to subscriber")
+	a.metrics.connects.Inc()
+	a.metrics.connected.Set(1)
+	a.connected.Store(true)
+	defer func() { a.connected.Store(false); a.metrics.connected.Set(0) }()
+
+	mux := tunnel.NewMux(conn, a.cfg.Window, func(ctx context.Context, s *tunnel.Stream) {
+		a.serve(ctx, log, s)
+	})
+	// Once the agent is told to stop, close the stream as soon as it is idle.
+	go func() {
+		select {
+		case <-sctx.Done():
+			return
+		case <-life.Done():
+		}
+		log.Info("draining: refusing new requests, waiting for those in flight", "in_flight", mux.Len())
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for mux.Len() > 0 {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		cancel()
+	}()
+	err = mux.Run(sctx)
+	log.Info("stream closed", "err", err)
+	return err
+}
+
+// kubeVersion asks the kube-apiserver its version, for the registry.
+func (a *Agent) kubeVersion(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.apiBase.String()+"/version", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := a.cfg.APITransport.RoundTrip(req)
+	if err != nil {
+		a.log.Warn("kube-apiserver unreachable", "err", err)
+		return ""
+	}
+	defer resp.Body.Close()
+	var v struct {
+		GitVersion string `json:"gitVersion"`
+	}
+	if err := decodeJSON(resp.Body, &v); err != nil {
+		return ""
+	}
+	return v.GitVersion
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/kstatus"
+	"github.com/tether-dev/tether/lib/telemetry"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// serve answers one request from the tunnel by calling the kube-apiserver as
+// the end user. Cancelling the stream cancels the call.
+func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
+	head, err := s.Head(ctx)
+	if err != nil {
+		return
+	}
+	open := head.GetOpen()
+	if open == nil {
+		s.Reset(tetherv1.ResetCode_RESET_CODE_PROTOCOL, "stream did not start with Open")
+		return
+	}
+	ctx = a.cfg.Propagator.Extract(ctx, propagation.MapCarrier(open.Trace))
+	ctx, span := a.cfg.Tracer.Start(ctx, "agent "+open.Method, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("tether.request_id", open.RequestId), attribute.String("tether.cluster_id", open.ClusterId)))
+	defer span.End()
+	log = telemetry.LogWith(ctx, log).With("request_id", open.RequestId, "method", open.Method, "path", open.Path)
+
+	if a.draining.Load() {
+		s.Reset(tetherv1.ResetCode_RESET_CODE_REFUSED, "agent is shutting down")
+		return
+	}
+	if open.ClusterId != a.cfg.ClusterID {
+		// The subscriber routes by cluster; this only fires on a bug, and
+		// then an agent must never serve another cluster's request.
+		log.Error("request for another cluster refused", "request_cluster", open.ClusterId)
+		s.Reset(tetherv1.ResetCode_RESET_CODE_REFUSED, "agent serves cluster "+a.cfg.ClusterID)
+		return
+	}
+	a.metrics.inflight.Inc()
+	defer a.metrics.inflight.Dec()
+
+	// The stream's end (a Reset from the caller, or the tunnel lost)
+	// cancels the call to the kube-apiserver.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctxOf(s), cancel)
+	defer stop()
+
+	req, err := a.request(ctx, open, s)
+	if err != nil {
+		a.fail(s, log, http.StatusBadRequest, err.Error())
+		return
+	}
+	a.cfg.Propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	start := time.Now()
+	resp, err := a.cfg.APITransport.RoundTrip(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return // the caller went away; nobody to answer
+		}
+		span.SetStatus(codes.Error, err.Error())
+		a.fail(s, log, http.StatusServiceUnavailable, fmt.Sprintf("agent of cluster %q cannot reach its kube-apiserver: %v", a.cfg.ClusterID, err))
+		return
+	}
+	defer resp.Body.Close()
+	a.metrics.duration.WithLabelValues("agent").Observe(time.Since(start).Seconds())
+	a.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
+	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
+
+	end := resp.ContentLength == 0 && req.Method == http.MethodHead
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
+		Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil), End: end,
+	}}}); err != nil {
+		return
+	}
+	if end {
+		return
+	}
+	if err := copyBody(ctx, s, resp.Body); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("response body broken off", "err", err)
+			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
+		}
+		return
+	}
+	_ = s.CloseWrite()
+	log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
+}
+
+// ctxOf is a context that ends with the stream.
+func ctxOf(s *tunnel.Stream) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-s.Done()
+		cancel()
+	}()
+	return ctx
+}
+
+// request builds the call to the kube-apiserver: the client's method, path,
+// query and headers, minus anything claiming an identity, plus the end
+// user's identity as impersonation headers.
+func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stream) (*http.Request, error) {
+	u := *a.apiBase
+	u.RawPath = a.apiBase.Path + open.Path
+	path, err := url.PathUnescape(u.RawPath)
+	if err != nil {
+		return nil, fmt.Errorf("bad request path %q: %w", open.Path, err)
+	}
+	u.Path = path
+	u.RawQuery = open.Query
+	var body io.ReadCloser = http.NoBody
+	if !open.End {
+		if err := s.Grant(s.Window()); err != nil {
+			return nil, err
+		}
+		body = io.NopCloser(streamReader{ctx: ctx, s: s})
+	}
+	req, err := http.NewRequestWithContext(ctx, open.Method, u.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	tunnel.ToHTTP(open.Headers, req.Header, tunnel.Credential)
+	req.ContentLength = -1
+	if open.End {
+		req.ContentLength = 0
+	} else if cl := req.Header.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			req.ContentLength = n
+		}
+	}
+	req.Header.Del("Content-Length")
+	if id := open.Identity; id != nil && id.User != "" {
+		req.Header.Set("Impersonate-User", id.User)
+		if id.Uid != "" {
+			req.Header.Set("Impersonate-Uid", id.Uid)
+		}
+		for _, g := range id.Groups {
+			req.Header.Add("Impersonate-Group", g)
+		}
+		for k, v := range id.Extra {
+			for _, val := range v.GetValues() {
+				req.Header.Add("Impersonate-Extra-"+k, val)
+			}
+		}
+	} else {
+		return nil, errors.New("request without an identity")
+	}
+	return req, nil
+}
+
+// fail answers with a Kubernetes Status, or resets the stream if the answer
+// cannot be sent.
+func (a *Agent) fail(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
+	log.Warn("request failed at the agent", "code", code, "err", msg)
+	a.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	body := kstatus.New(code, msg).Body()
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
+		Status:  uint32(code),
+		Headers: []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}},
+	}}}); err != nil {
+		return
+	}
+	if _, err := s.Write(body); err != nil {
+		return
+	}
+	_ = s.CloseWrite()
+}
+
+// copyBody streams the response as it arrives: a watch event goes out the
+// moment the kube-apiserver writes it.
+func copyBody(ctx context.Context, s *tunnel.Stream, body io.Reader) error {
+	buf := make([]byte, tunnel.MaxChunk)
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := s.WriteContext(ctx, buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+type streamReader struct {
+	ctx context.Context
+	s   *tunnel.Stream
+}
+
+func (r streamReader) Read(p []byte) (int, error) { return r.s.ReadContext(r.ctx, p) }
+
+func decodeJSON(r io.Reader, v any) error {
+	return json.NewDecoder(io.LimitReader(r, 1<<20)).Decode(v)
+}

@@ -1,0 +1,121 @@
+// Command gateway is Tether's HTTPS edge: kubectl and the console talk to
+// https://HOST/clusters/{id}/ exactly as to a kube-apiserver.
+//
+//	gateway --listen :443 --tls-cert tls.crt --tls-key tls.key --tokens tokens.csv --router-url http://router:8082
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/svc"
+	"github.com/tether-dev/tether/lib/tunnel"
+	"github.com/tether-dev/tether/services/gateway/internal/gateway"
+)
+
+func main() {
+	var (
+		common            svc.Common
+		listen            string
+		certFile, keyFile string
+		tokensFile        string
+		routerURL         string
+		readHeaderTimeout time.Duration
+		maxHeaderBytes    int
+	)
+	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
+	common.Register(fs)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8443", "HTTPS address for clients")
+	fs.StringVar(&certFile, "tls-cert", "", "serving certificate (PEM)")
+	fs.StringVar(&keyFile, "tls-key", "", "serving key (PEM)")
+	fs.StringVar(&tokensFile, "tokens", os.Getenv("TETHER_TOKENS_FILE"), `static tokens, CSV: token,user,uid,"groups","tenants"`)
+	fs.StringVar(&routerURL, "router-url", envOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
+	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
+	fs.IntVar(&maxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted")
+	_ = fs.Parse(os.Args[1:])
+
+	os.Exit(svc.Run("gateway", common, func(ctx context.Context, env *svc.Env) error {
+		if certFile == "" || keyFile == "" {
+			return errors.New("--tls-cert and --tls-key are required")
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("loading the serving certificate: %w", err)
+		}
+		tokens, err := gateway.LoadTokens(tokensFile)
+		if err != nil {
+			return err
+		}
+		routerURL = strings.TrimSuffix(routerURL, "/")
+		gw, err := gateway.New(gateway.Config{
+			Auth:       tokens,
+			Router:     tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, connect.WithReadMaxBytes(tunnel.MaxFrame)),
+			Logger:     env.Log,
+			Registerer: env.Telemetry.Registry,
+			Tracer:     env.Telemetry.Tracer,
+			Propagator: env.Telemetry.Propagator,
+		})
+		if err != nil {
+			return err
+		}
+		env.Admin.AddCheck("router", routerReachable(routerURL))
+		hs := &http.Server{
+			Handler:           gw,
+			ReadHeaderTimeout: readHeaderTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+			IdleTimeout:       5 * time.Minute,
+			// No read or write timeout: watches and streams last hours.
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		}
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", listen, err)
+		}
+		env.Log.Info("serving clients", "addr", "https://"+ln.Addr().String())
+		errc := make(chan error, 1)
+		go func() { errc <- hs.ServeTLS(ln, "", "") }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serving clients: %w", err)
+		case <-ctx.Done():
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
+		defer cancel()
+		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("draining clients: %w", err)
+		}
+		return nil
+	}))
+}
+
+// routerReachable is ready when a TCP connection to the router opens.
+func routerReachable(routerURL string) func(context.Context) error {
+	host := strings.TrimPrefix(strings.TrimPrefix(routerURL, "http://"), "https://")
+	return func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return fmt.Errorf("router %s: %w", routerURL, err)
+		}
+		return c.Close()
+	}
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

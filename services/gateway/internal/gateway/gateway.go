@@ -1,0 +1,274 @@
+// Package gateway is Tether's HTTPS edge. It serves Kubernetes API paths
+// under /clusters/{id}/, authenticates the caller, drops every header a
+// client could use to claim another identity, and hands the request to a
+// router as a Proxy stream, streaming both bodies.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/kstatus"
+	"github.com/tether-dev/tether/lib/subject"
+	"github.com/tether-dev/tether/lib/telemetry"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// Authenticator maps a bearer token to a user.
+type Authenticator interface {
+	Authenticate(token string) (User, bool)
+}
+
+// Config configures a Gateway.
+type Config struct {
+	Auth   Authenticator
+	Router tetherv1connect.ProxyServiceClient
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
+}
+
+// Gateway is the http.Handler of the edge.
+type Gateway struct {
+	cfg      Config
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// New validates cfg and returns a Gateway.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Auth == nil || cfg.Router == nil || cfg.Logger == nil || cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
+		return nil, errors.New("gateway: auth, router, logger, registerer, tracer and propagator are required")
+	}
+	g := &Gateway{
+		cfg: cfg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_gateway_requests_total", Help: "Client requests, by cluster, verb and HTTP code.",
+		}, []string{"cluster", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"hop"}),
+	}
+	for _, c := range []prometheus.Collector{g.requests, g.duration} {
+		if err := cfg.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
+		}
+	}
+	return g, nil
+}
+
+// ParsePath splits an escaped request path /clusters/{id}/rest into the
+// cluster id and the Kubernetes path ("/" when rest is empty). It refuses
+// anything that could name a different cluster or climb out of one.
+func ParsePath(escaped string) (cluster, rest string, err error) {
+	const prefix = "/clusters/"
+	if !strings.HasPrefix(escaped, prefix) {
+		return "", "", errNotFound
+	}
+	tail := escaped[len(prefix):]
+	cluster, rest, _ = strings.Cut(tail, "/")
+	rest = "/" + rest
+	if !subject.ValidClusterID(cluster) {
+		return "", "", errNotFound
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		// Both plain and percent-encoded dot segments, in any case.
+		switch strings.ToLower(seg) {
+		case ".", "..", "%2e", "%2e%2e", ".%2e", "%2e.":
+			return "", "", errDotSegment
+		}
+	}
+	return cluster, rest, nil
+}
+
+var (
+	errNotFound   = errors.New("not found")
+	errDotSegment = errors.New("path has a dot segment")
+)
+
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	cluster, rest, err := ParsePath(r.URL.EscapedPath())
+	code := 0
+	defer func() {
+		if cluster != "" {
+			g.requests.WithLabelValues(cluster, r.Method, strconv.Itoa(code)).Inc()
+		}
+	}()
+	switch {
+	case errors.Is(err, errDotSegment):
+		code = http.StatusBadRequest
+		kstatus.Error(w, code, "paths may not contain . or .. segments")
+		return
+	case err != nil:
+		code = http.StatusNotFound
+		kstatus.Error(w, code, "the server could not find the requested resource: paths are /clusters/{id}/...")
+		return
+	}
+	user, ok := g.authenticate(r)
+	if !ok {
+		code = http.StatusUnauthorized
+		w.Header().Set("Www-Authenticate", `Bearer realm="tether"`)
+		kstatus.Error(w, code, "Unauthorized")
+		return
+	}
+
+	reqID := newRequestID()
+	ctx := g.cfg.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := g.cfg.Tracer.Start(ctx, "gateway "+r.Method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("tether.request_id", reqID), attribute.String("tether.cluster_id", cluster), attribute.String("enduser.id", user.Name)))
+	defer span.End()
+	log := telemetry.LogWith(ctx, g.cfg.Logger).With("request_id", reqID, "cluster_id", cluster, "user", user.Name, "method", r.Method, "path", rest)
+	w.Header().Set("X-Tether-Request-Id", reqID)
+
+	noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	open := &tetherv1.Open{
+		RequestId: reqID,
+		ClusterId: cluster,
+		Method:    r.Method,
+		Path:      rest,
+		Query:     r.URL.RawQuery,
+		Headers:   tunnel.FromHTTP(r.Header, tunnel.Credential),
+		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups},
+		Tenants:   user.Tenants,
+		Trace:     map[string]string{},
+		End:       noBody,
+	}
+	if r.ContentLength > 0 {
+		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
+	}
+	g.cfg.Propagator.Inject(ctx, propagation.MapCarrier(open.Trace))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream := g.cfg.Router.Proxy(ctx)
+	defer func() { _ = stream.CloseResponse() }()
+	if err := stream.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}); err != nil {
+		code = http.StatusServiceUnavailable
+		log.Warn("router unreachable", "err", err)
+		kstatus.Write(w, kstatus.New(code, "no router is reachable").WithRetryAfter(time.Second))
+		return
+	}
+	if noBody {
+		_ = stream.CloseRequest()
+	} else {
+		go sendBody(stream, r.Body, cancel)
+	}
+
+	f, err := stream.Receive()
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		code = http.StatusServiceUnavailable
+		log.Warn("router failed before the response", "err", err)
+		kstatus.Write(w, kstatus.New(code, "the request could not be routed: "+err.Error()).WithRetryAfter(time.Second))
+		return
+	}
+	resp := f.GetResponse()
+	if resp == nil {
+		code = http.StatusBadGateway
+		kstatus.Error(w, code, "router answered with a frame that is not a response")
+		return
+	}
+	code = int(resp.Status)
+	tunnel.ToHTTP(resp.Headers, w.Header(), nil)
+	w.WriteHeader(code)
+	g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
+	span.SetAttributes(attribute.Int("http.response.status_code", code))
+	if resp.End {
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	for {
+		f, err := stream.Receive()
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Info("response broken off", "err", err)
+			}
+			// Break the client's connection rather than end the body
+			// cleanly: a cut-off list must not look complete, and a watch
+			// client must see its stream fail so it resumes.
+			panic(http.ErrAbortHandler)
+		}
+		d := f.GetData()
+		if d == nil {
+			continue
+		}
+		if len(d.Chunk) > 0 {
+			if _, err := w.Write(d.Chunk); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if d.End {
+			log.Debug("served", "code", code, "duration", time.Since(start))
+			return
+		}
+	}
+}
+
+type proxyStream interface {
+	Send(*tetherv1.Frame) error
+	CloseRequest() error
+}
+
+// sendBody streams the request body to the router; the router's HTTP/2
+// flow control, and behind it the agent's credit, pace it.
+func sendBody(stream proxyStream, body io.Reader, cancel context.CancelFunc) {
+	buf := make([]byte, tunnel.MaxChunk)
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: buf[:n]}}}); serr != nil {
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			_ = stream.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+			_ = stream.CloseRequest()
+			return
+		}
+		if err != nil {
+			// The client broke off its upload: cancel the whole request.
+			cancel()
+			return
+		}
+	}
+}
+
+func (g *Gateway) authenticate(r *http.Request) (User, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return User{}, false
+	}
+	return g.cfg.Auth.Authenticate(strings.TrimSpace(token))
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

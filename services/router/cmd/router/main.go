@@ -1,0 +1,102 @@
+// Command router takes client requests from gateways (ProxyService) and
+// sends each over NATS to the subscriber holding the cluster's agent.
+//
+//	router --listen 127.0.0.1:8082 --nats-url nats://127.0.0.1:4222 --clusters clusters.json
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/natsconn"
+	"github.com/tether-dev/tether/lib/svc"
+	"github.com/tether-dev/tether/lib/tunnel"
+	"github.com/tether-dev/tether/services/router/internal/router"
+)
+
+func main() {
+	var (
+		common      svc.Common
+		listen      string
+		natsURL     string
+		id          string
+		clusters    string
+		window      int
+		noAgentWait time.Duration
+		idleProbe   time.Duration
+	)
+	fs := flag.NewFlagSet("router", flag.ExitOnError)
+	common.Register(fs)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8082", "address gateways connect to")
+	fs.StringVar(&natsURL, "nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
+	fs.StringVar(&clusters, "clusters", os.Getenv("TETHER_CLUSTERS_FILE"), `JSON file of clusters: {"clusters":[{"id":"dev","tenant":"acme"}]}`)
+	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
+	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
+	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
+	_ = fs.Parse(os.Args[1:])
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+
+	os.Exit(svc.Run("router", common, func(ctx context.Context, env *svc.Env) error {
+		cat, err := router.LoadCatalog(clusters)
+		if err != nil {
+			return err
+		}
+		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: natsURL, Name: "router-" + id, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		if err != nil {
+			return err
+		}
+		env.Admin.AddCheck("nats", natsconn.Ready(nc))
+		srv, err := router.New(router.Config{
+			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, IdleProbe: idleProbe,
+			Logger: env.Log, Registerer: env.Telemetry.Registry, Tracer: env.Telemetry.Tracer, Propagator: env.Telemetry.Propagator,
+		})
+		if err != nil {
+			return err
+		}
+		go srv.Run(ctx)
+		path, h := tetherv1connect.NewProxyServiceHandler(srv, connect.WithReadMaxBytes(tunnel.MaxFrame))
+		mux := http.NewServeMux()
+		mux.Handle(path, h)
+		hs := svc.H2CServer(mux)
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", listen, err)
+		}
+		env.Log.Info("accepting gateways", "addr", ln.Addr().String(), "id", id)
+		errc := make(chan error, 1)
+		go func() { errc <- hs.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serving gateways: %w", err)
+		case <-ctx.Done():
+		}
+		// Shutdown waits for the requests in flight, watches included, up
+		// to the deadline; clients of those still open then reconnect.
+		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
+		defer cancel()
+		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			env.Log.Warn("closing the gateway listener", "err", err)
+		}
+		return natsconn.Drain(nc, 5*time.Second)
+	}))
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

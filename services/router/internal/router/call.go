@@ -1,0 +1,80 @@
+package router
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/natslink"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// call is one request on its way over NATS to whichever subscriber holds
+// the cluster's agent. Its stream speaks to that subscriber's session
+// subject, learned from the first answer.
+type call struct {
+	id    uint64
+	inbox string
+	nc    *nats.Conn
+	s     *tunnel.Stream
+
+	mu           sync.Mutex
+	peer         string
+	answered     chan struct{}
+	noResponders bool
+
+	lastRecv atomic.Int64
+}
+
+var errNoPeer = errors.New("router: no subscriber has answered yet")
+
+// Send implements tunnel.Sender toward the subscriber.
+func (c *call) Send(f *tetherv1.Frame) error {
+	c.mu.Lock()
+	peer := c.peer
+	c.mu.Unlock()
+	if peer == "" {
+		return errNoPeer
+	}
+	return natslink.Publish(c.nc, peer, c.inbox, f, nil)
+}
+
+// receive takes a message from the inbox. It runs on the NATS delivery
+// goroutine and never blocks.
+func (c *call) receive(m *nats.Msg, f *tetherv1.Frame) {
+	c.mu.Lock()
+	first := c.peer == ""
+	if first {
+		c.peer = m.Reply
+	}
+	ok := c.peer == m.Reply
+	c.mu.Unlock()
+	if !ok {
+		// Only the subscriber that took the request may speak for it.
+		return
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	if first {
+		close(c.answered)
+	}
+	_ = c.s.Deliver(f)
+}
+
+func (c *call) noResponder() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.peer == "" && !c.noResponders {
+		c.noResponders = true
+		close(c.answered)
+	}
+}
+
+func (c *call) peerSubject() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peer
+}

@@ -1,0 +1,95 @@
+// Command subscriber holds agents' streams and relays the requests that
+// routers publish on NATS for those agents' clusters.
+//
+//	subscriber --listen :8443 --nats-url nats://127.0.0.1:4222
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/natsconn"
+	"github.com/tether-dev/tether/lib/svc"
+	"github.com/tether-dev/tether/lib/tunnel"
+	"github.com/tether-dev/tether/services/subscriber/internal/subscriber"
+)
+
+func main() {
+	var (
+		common    svc.Common
+		listen    string
+		natsURL   string
+		id        string
+		ka        tunnel.Keepalive
+		idleProbe time.Duration
+	)
+	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
+	common.Register(fs)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "address agents connect to")
+	fs.StringVar(&natsURL, "nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	fs.StringVar(&id, "id", envOr("TETHER_SUBSCRIBER_ID", ""), "instance id; default: host name and pid")
+	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping an agent after this long without traffic")
+	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "drop an agent after this long without traffic")
+	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "ask a router whether it still wants a request after this long without traffic from it")
+	_ = fs.Parse(os.Args[1:])
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+
+	os.Exit(svc.Run("subscriber", common, func(ctx context.Context, env *svc.Env) error {
+		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: natsURL, Name: "subscriber-" + id, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		if err != nil {
+			return err
+		}
+		env.Admin.AddCheck("nats", natsconn.Ready(nc))
+		srv, err := subscriber.New(subscriber.Config{
+			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe,
+			Logger: env.Log, Registerer: env.Telemetry.Registry, Tracer: env.Telemetry.Tracer, Propagator: env.Telemetry.Propagator,
+		})
+		if err != nil {
+			return err
+		}
+		path, h := tetherv1connect.NewTunnelServiceHandler(srv, connect.WithReadMaxBytes(tunnel.MaxFrame))
+		mux := http.NewServeMux()
+		mux.Handle(path, h)
+		hs := svc.H2CServer(mux)
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", listen, err)
+		}
+		env.Log.Info("accepting agents", "addr", ln.Addr().String(), "id", id)
+		errc := make(chan error, 1)
+		go func() { errc <- hs.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serving agents: %w", err)
+		case <-ctx.Done():
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
+		defer cancel()
+		// Stop taking requests, let those in flight finish, then close the
+		// agents' streams so they reconnect to another subscriber.
+		srv.Drain(dctx)
+		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			env.Log.Warn("closing the agent listener", "err", err)
+		}
+		return natsconn.Drain(nc, 5*time.Second)
+	}))
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,330 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/natslink"
+	"github.com/tether-dev/tether/lib/subject"
+	"github.com/tether-dev/tether/lib/tunnel"
+)
+
+// session is one agent's stream and the requests relayed over it.
+type session struct {
+	srv     *Server
+	id      string
+	cluster string
+	conn    *tunnel.Conn
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	relays  map[uint64]*relay
+	nextID  uint64
+	subs    []*nats.Subscription
+	closing bool
+}
+
+// relay is one request: where its router listens, and which halves ended.
+type relay struct {
+	router    string // subject of the router's call
+	lastRecv  atomic.Int64
+	span      trace.Span
+	agentDone bool // the agent sent its end, or a Reset
+	routerEnd bool // the router sent its end
+	start     time.Time
+}
+
+func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello) *session {
+	id := newID()
+	return &session{
+		srv: srv, id: id, cluster: hello.ClusterId, conn: conn,
+		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
+		relays: map[uint64]*relay{}, nextID: 1,
+	}
+}
+
+// listen subscribes for this session's frames, then for new requests to its
+// cluster, and flushes so that routers see the interest before the agent
+// is told it is connected.
+func (s *session) listen() error {
+	nc := s.srv.cfg.NATS
+	data, err := nc.Subscribe(subject.SessionWildcard(s.id), s.fromRouter)
+	if err != nil {
+		return fmt.Errorf("subscribing to session frames: %w", err)
+	}
+	reqSubj, err := subject.Requests(s.cluster)
+	if err != nil {
+		_ = data.Unsubscribe()
+		return err
+	}
+	opens, err := nc.QueueSubscribe(reqSubj, subject.QueueGroup, s.open)
+	if err != nil {
+		_ = data.Unsubscribe()
+		return fmt.Errorf("subscribing to %s: %w", reqSubj, err)
+	}
+	for _, sub := range []*nats.Subscription{data, opens} {
+		// A slow agent holds up only its own subscriptions; the windows bound
+		// what can pile up here.
+		_ = sub.SetPendingLimits(-1, 256<<20)
+	}
+	s.mu.Lock()
+	s.subs = []*nats.Subscription{opens, data}
+	s.mu.Unlock()
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("flushing subscriptions: %w", err)
+	}
+	return nil
+}
+
+// stopListening takes no new requests; frames of open ones still flow.
+func (s *session) stopListening() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.subs) > 0 {
+		_ = s.subs[0].Unsubscribe()
+		s.subs = s.subs[1:]
+	}
+}
+
+// close ends the session: routers of open requests hear why at once.
+func (s *session) close(why string) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	s.subs = nil
+	relays := s.relays
+	s.relays = map[uint64]*relay{}
+	s.mu.Unlock()
+	for id, r := range relays {
+		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}})
+		s.finish(r, "agent_lost")
+	}
+}
+
+func (s *session) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.relays)
+}
+
+// open takes a new request from a router and hands it to the agent.
+func (s *session) open(m *nats.Msg) {
+	f, err := tunnel.Decode(m.Data)
+	if err != nil || f.GetOpen() == nil || m.Reply == "" {
+		s.log.Warn("dropping malformed request", "err", err)
+		return
+	}
+	open := f.GetOpen()
+	if open.ClusterId != s.cluster {
+		natslink.Reset(s.srv.cfg.NATS, m, f, "", "request for another cluster")
+		return
+	}
+	ctx := s.srv.cfg.Propagator.Extract(context.Background(), propagation.HeaderCarrier(m.Header))
+	_, span := s.srv.cfg.Tracer.Start(ctx, "subscriber relay", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("tether.request_id", open.RequestId), attribute.String("tether.cluster_id", open.ClusterId)))
+	open.Trace = map[string]string{}
+	s.srv.cfg.Propagator.Inject(trace.ContextWithSpan(ctx, span), propagation.MapCarrier(open.Trace))
+	open.Tenants = nil // the agent has no use for them
+
+	r := &relay{router: m.Reply, span: span, routerEnd: open.End, start: time.Now()}
+	r.lastRecv.Store(time.Now().UnixNano())
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		span.End()
+		natslink.Reset(s.srv.cfg.NATS, m, f, "", "agent disconnected")
+		return
+	}
+	id := s.nextID
+	s.nextID += 2
+	s.relays[id] = r
+	s.mu.Unlock()
+	s.srv.metrics.inflight.Inc()
+	f.StreamId = id
+	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
+	if err := s.conn.Send(f); err != nil {
+		s.forget(id)
+		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "agent stream broke"}}})
+		s.finish(r, "agent_lost")
+	}
+}
+
+// fromRouter relays a frame of an open request to the agent.
+func (s *session) fromRouter(m *nats.Msg) {
+	id, err := subject.LastNumber(m.Subject)
+	if err != nil {
+		return
+	}
+	f, err := tunnel.Decode(m.Data)
+	if err != nil {
+		s.log.Warn("dropping malformed frame from a router", "err", err)
+		return
+	}
+	s.mu.Lock()
+	r, ok := s.relays[id]
+	s.mu.Unlock()
+	if f.GetPing() != nil {
+		natslink.AnswerPing(s.srv.cfg.NATS, m, ok)
+		return
+	}
+	if !ok {
+		natslink.Reset(s.srv.cfg.NATS, m, f, "", "request is gone")
+		return
+	}
+	r.lastRecv.Store(time.Now().UnixNano())
+	f.StreamId = id
+	done := false
+	switch k := f.Kind.(type) {
+	case *tetherv1.Frame_Reset_:
+		done = true
+	case *tetherv1.Frame_Data:
+		if k.Data.End {
+			s.mu.Lock()
+			r.routerEnd = true
+			done = r.agentDone
+			s.mu.Unlock()
+		}
+	}
+	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
+	if err := s.conn.Send(f); err != nil {
+		done = true
+	}
+	if done && s.forget(id) {
+		s.finish(r, outcome(f))
+	}
+}
+
+// fromAgent relays a frame of the agent's to the router of its request.
+func (s *session) fromAgent(f *tetherv1.Frame) error {
+	s.mu.Lock()
+	r, ok := s.relays[f.StreamId]
+	s.mu.Unlock()
+	if !ok {
+		// Late frames for a finished request: the agent learns to stop.
+		switch f.Kind.(type) {
+		case *tetherv1.Frame_Reset_, *tetherv1.Frame_Window:
+			return nil
+		}
+		return s.conn.Send(&tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "request is gone"}}})
+	}
+	done := false
+	switch k := f.Kind.(type) {
+	case *tetherv1.Frame_Reset_:
+		done = true
+	case *tetherv1.Frame_Response:
+		if k.Response.End {
+			done = s.agentEnded(r)
+		}
+	case *tetherv1.Frame_Data:
+		if k.Data.End {
+			done = s.agentEnded(r)
+		}
+	}
+	s.toRouter(f.StreamId, r, f)
+	if done && s.forget(f.StreamId) {
+		s.finish(r, outcome(f))
+	}
+	return nil
+}
+
+func (s *session) agentEnded(r *relay) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r.agentDone = true
+	return r.routerEnd
+}
+
+func (s *session) toRouter(id uint64, r *relay, f *tetherv1.Frame) {
+	s.srv.metrics.frames.WithLabelValues("to_router").Inc()
+	if err := natslink.Publish(s.srv.cfg.NATS, r.router, subject.Session(s.id, id), f, nil); err != nil && f.GetReset_() == nil {
+		// The router cannot hear us: stop the agent's work too.
+		s.log.Warn("relaying to router failed", "err", err)
+		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "router unreachable"}}})
+		if s.forget(id) {
+			s.finish(r, "router_lost")
+		}
+	}
+}
+
+// forget drops a relay; it reports whether this call did it.
+func (s *session) forget(id uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.relays[id]; !ok {
+		return false
+	}
+	delete(s.relays, id)
+	return true
+}
+
+func (s *session) finish(r *relay, outcome string) {
+	s.srv.metrics.inflight.Dec()
+	s.srv.metrics.requests.WithLabelValues(s.cluster, outcome).Inc()
+	r.span.SetAttributes(attribute.String("tether.outcome", outcome))
+	r.span.End()
+}
+
+func outcome(f *tetherv1.Frame) string {
+	if r := f.GetReset_(); r != nil {
+		return r.Code.String()
+	}
+	return "ok"
+}
+
+// probeIdle asks the routers of quiet requests whether they still want them,
+// so a router that died does not leave a watch running at the agent.
+func (s *session) probeIdle(ctx context.Context) {
+	t := time.NewTicker(s.srv.cfg.IdleProbe / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-s.srv.cfg.IdleProbe).UnixNano()
+		s.mu.Lock()
+		var quiet []uint64
+		for id, r := range s.relays {
+			if r.lastRecv.Load() < cutoff {
+				quiet = append(quiet, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range quiet {
+			s.mu.Lock()
+			r, ok := s.relays[id]
+			s.mu.Unlock()
+			if !ok {
+				continue
+			}
+			err := natslink.Ping(ctx, s.srv.cfg.NATS, r.router, 5*time.Second)
+			if errors.Is(err, natslink.ErrGone) && s.forget(id) {
+				s.log.Info("router gone; cancelling its request at the agent", "stream", id)
+				_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "router gone"}}})
+				s.finish(r, "router_lost")
+				continue
+			}
+			if err == nil {
+				r.lastRecv.Store(time.Now().UnixNano())
+			}
+		}
+	}
+}
