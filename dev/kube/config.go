@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 )
@@ -85,21 +84,6 @@ func writeTokenFile(path string, users []User) error {
 		return fmt.Errorf("write token file: %w", err)
 	}
 	return nil
-}
-
-// freePorts returns n distinct ports that were free a moment ago. All
-// listeners stay open until the end so the kernel cannot hand out one twice.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func randomToken() string {

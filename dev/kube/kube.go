@@ -21,7 +21,12 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tether-dev/tether/dev/proc"
 )
+
+// stopGrace is how long a process gets between SIGTERM and SIGKILL.
+const stopGrace = 10 * time.Second
 
 // Readiness budgets. The API server is ready in about 3s on an idle machine;
 // these leave room for a loaded CI runner without hanging a broken run.
@@ -70,7 +75,7 @@ type ControlPlane struct {
 	dir    string
 	log    io.Writer
 	client *http.Client
-	procs  []*process // in start order; stopped in reverse
+	procs  []*proc.Process // in start order; stopped in reverse
 
 	stopOnce sync.Once
 	stopErr  error
@@ -102,8 +107,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		// Free ports are probed and then released, so another process can
 		// take one before our child binds it. One retry makes that rare
 		// race invisible; a second failure is a real problem.
-		var exit *exitError
-		if attempt == 1 && ctx.Err() == nil && errors.As(err, &exit) && exit.portConflict() {
+		var exit *exited
+		if attempt == 1 && ctx.Err() == nil && errors.As(err, &exit) && proc.PortConflict(err) {
 			fmt.Fprintf(cfg.Log, "kube: %s lost a port race; retrying with new ports\n", exit.name)
 			continue
 		}
@@ -120,18 +125,18 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if err := os.RemoveAll(etcdDir); err != nil {
 		return nil, fmt.Errorf("clear etcd data: %w", err)
 	}
-	pki, err := writePKI(filepath.Join(cfg.Dir, "pki"))
+	certs, err := writeCerts(filepath.Join(cfg.Dir, "pki"))
 	if err != nil {
 		return nil, err
 	}
-	caPEM, err := os.ReadFile(pki.caCert)
+	caPEM, err := os.ReadFile(certs.caCert)
 	if err != nil {
 		return nil, fmt.Errorf("read CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 
-	ports, err := freePorts(3)
+	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +151,7 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 
 	cp := &ControlPlane{
 		URL:        "https://127.0.0.1:" + strconv.Itoa(ports[2]),
-		CAFile:     pki.caCert,
+		CAFile:     certs.caCert,
 		AdminToken: admin.Token,
 		dir:        cfg.Dir,
 		log:        cfg.Log,
@@ -189,17 +194,17 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		"--advertise-address=127.0.0.1",
 		"--secure-port="+strconv.Itoa(ports[2]),
 		"--etcd-servers="+etcdURL,
-		"--tls-cert-file="+pki.servingCert,
-		"--tls-private-key-file="+pki.servingKey,
-		"--client-ca-file="+pki.caCert,
+		"--tls-cert-file="+certs.servingCert,
+		"--tls-private-key-file="+certs.servingKey,
+		"--client-ca-file="+certs.caCert,
 		"--token-auth-file="+tokenFile,
 		"--authorization-mode=Node,RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+pki.saPub,
-		"--service-account-signing-key-file="+pki.saKey,
+		"--service-account-key-file="+certs.saPub,
+		"--service-account-signing-key-file="+certs.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
-		"--kubelet-client-certificate="+pki.kubeletClientCert,
-		"--kubelet-client-key="+pki.kubeletClientKey,
+		"--kubelet-client-certificate="+certs.kubeletClientCert,
+		"--kubelet-client-key="+certs.kubeletClientKey,
 		"--kubelet-preferred-address-types=InternalIP",
 		// There are no nodes to route the kubernetes Service to.
 		"--endpoint-reconciler-type=none",
@@ -220,10 +225,10 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		"--bind-address=127.0.0.1",
 		"--secure-port=0", // nothing scrapes it, and it would need another port
 		"--leader-elect=false",
-		"--service-account-private-key-file="+pki.saKey,
-		"--root-ca-file="+pki.caCert,
-		"--cluster-signing-cert-file="+pki.caCert,
-		"--cluster-signing-key-file="+pki.caKey,
+		"--service-account-private-key-file="+certs.saKey,
+		"--root-ca-file="+certs.caCert,
+		"--cluster-signing-cert-file="+certs.caCert,
+		"--cluster-signing-key-file="+certs.caKey,
 		"--controllers=*",
 		// Each controller acts as its own ServiceAccount, so RBAC denials
 		// look like they do in a real cluster.
@@ -278,7 +283,7 @@ func (cp *ControlPlane) Stop() error {
 	cp.stopOnce.Do(func() {
 		var errs []error
 		for i := len(cp.procs) - 1; i >= 0; i-- {
-			errs = append(errs, cp.procs[i].stop())
+			errs = append(errs, cp.procs[i].Stop(stopGrace))
 		}
 		cp.client.CloseIdleConnections()
 		if cp.stopErr = errors.Join(errs...); cp.stopErr != nil {
@@ -291,8 +296,8 @@ func (cp *ControlPlane) Stop() error {
 	return cp.stopErr
 }
 
-func (cp *ControlPlane) run(binDir, logDir, name string, args ...string) (*process, error) {
-	p, err := startProcess(name, binDir, logDir, args...)
+func (cp *ControlPlane) run(binDir, logDir, name string, args ...string) (*proc.Process, error) {
+	p, err := proc.Start(name, filepath.Join(binDir, name), logDir, nil, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +308,7 @@ func (cp *ControlPlane) run(binDir, logDir, name string, args ...string) (*proce
 // waitFor polls url until it answers 200 OK, failing early if any process
 // started so far exits. p is the process being waited on, whose log the
 // timeout error quotes.
-func (cp *ControlPlane) waitFor(ctx context.Context, p *process, timeout time.Duration, url, token string) error {
+func (cp *ControlPlane) waitFor(ctx context.Context, p *proc.Process, timeout time.Duration, url, token string) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollInterval)
@@ -311,8 +316,8 @@ func (cp *ControlPlane) waitFor(ctx context.Context, p *process, timeout time.Du
 	var last string
 	for {
 		for _, q := range cp.procs {
-			if q.exited() {
-				return q.exitError()
+			if q.Exited() {
+				return &exited{name: q.Name, err: q.ExitError()}
 			}
 		}
 		ok, answer := cp.get(ctx, url, token)
@@ -322,15 +327,25 @@ func (cp *ControlPlane) waitFor(ctx context.Context, p *process, timeout time.Du
 		last = answer
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w", p.name, ctx.Err())
+			return fmt.Errorf("wait for %s: %w", p.Name, ctx.Err())
 		case <-deadline.C:
 			return fmt.Errorf("%s not ready after %s (GET %s: %s); last lines of %s:\n%s",
-				p.name, timeout, url, last, p.logPath, tail(p.logPath, 30))
+				p.Name, timeout, url, last, p.LogPath, proc.Tail(p.LogPath, 30))
 		case <-tick.C:
-		case <-p.done:
+		case <-p.Done():
 		}
 	}
 }
+
+// exited is a process's ExitError, with the process's name for Start's
+// retry message.
+type exited struct {
+	name string
+	err  error
+}
+
+func (e *exited) Error() string { return e.err.Error() }
+func (e *exited) Unwrap() error { return e.err }
 
 // get reports whether url answers 200 OK and, if not, what it answered.
 func (cp *ControlPlane) get(ctx context.Context, url, token string) (bool, string) {

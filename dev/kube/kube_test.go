@@ -63,8 +63,8 @@ func TestControlPlane(t *testing.T) {
 	for _, p := range cp.procs {
 		// Each child leads its own process group; ESRCH on the group means
 		// neither the child nor anything it forked is left.
-		if err := syscall.Kill(-p.cmd.Process.Pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("%s (pid %d) still has processes after Stop: kill -0 returned %v", p.name, p.cmd.Process.Pid, err)
+		if err := syscall.Kill(-p.Pid(), 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("%s (pid %d) still has processes after Stop: kill -0 returned %v", p.Name, p.Pid(), err)
 		}
 	}
 }

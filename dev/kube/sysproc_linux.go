@@ -2,9 +2,10 @@ package kube
 
 import "syscall"
 
-// sysProcAttr puts each child in its own process group, so Stop can signal
-// everything it forked, and asks the kernel to kill it if we die first: a
-// crashed or interrupted test must not leave an apiserver holding ports.
+// sysProcAttr is for the build script EnsureBinaries runs; the control plane
+// processes get theirs from package proc, for the same reasons. It puts the
+// script in its own process group, so cancelling kills the go builds it
+// forked too, and asks the kernel to kill it if we die first.
 //
 // Pdeathsig fires when the thread that forked the child exits, not the
 // process. The Go runtime only retires threads whose goroutine exits while

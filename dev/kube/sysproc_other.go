@@ -4,9 +4,9 @@ package kube
 
 import "syscall"
 
-// sysProcAttr puts each child in its own process group so Stop can signal
-// everything it forked. Without Pdeathsig, children outlive a parent that
-// dies without calling Stop.
+// sysProcAttr puts the build script in its own process group so cancelling
+// kills everything it forked. Without Pdeathsig, the script outlives a
+// parent that dies first.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }

@@ -1,0 +1,54 @@
+# Tether: `make run` brings the stack up; `make test` runs every test.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/.bin
+MODULES := lib dev services/gateway services/router services/subscriber services/agent \
+	services/agent-registry services/audit services/autoscaler
+PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
+
+# Pinned tool versions (see docs/development.md).
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
+BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
+
+.PHONY: run test test-short bench fuzz proto kube vet fmt clean
+
+## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster
+run:
+	$(GO) run ./dev/cmd/tether-dev --state .state
+
+## test: every test: unit, integration and end to end (builds kube-apiserver on first use)
+test: vet
+	bash hack/kube/build.sh >/dev/null
+	$(GO) test -count=1 -timeout 25m $(PKGS)
+
+## test-short: the tests that need no control plane
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+## bench: latency, throughput and memory through Tether vs direct; writes bench/results/
+bench:
+	bash hack/kube/build.sh >/dev/null
+	$(GO) run ./dev/cmd/bench --out bench/results
+
+## fuzz: each fuzz target for FUZZTIME (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./lib/tunnel -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzParsePath -fuzztime $(FUZZTIME)
+
+## proto: regenerate lib/gen from proto/ with pinned local plugins
+proto:
+	GOBIN=$(BIN) $(GO) install $(PROTOC_GEN_GO) $(PROTOC_GEN_CONNECT) $(BUF)
+	cd proto && $(BIN)/buf lint && $(BIN)/buf generate
+
+## kube: build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
+kube:
+	bash hack/kube/build.sh
+
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $(MODULES))" || { gofmt -l $(MODULES); echo "gofmt needed"; exit 1; }
+
+clean:
+	rm -rf .state .bin

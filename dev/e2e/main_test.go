@@ -1,0 +1,119 @@
+// Package e2e drives the real kubectl through the whole of Tether (gateway,
+// router, NATS, subscriber, agent) against a real kube-apiserver.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-dev/tether/dev/kube"
+	"github.com/tether-dev/tether/dev/stack"
+)
+
+// env is the stack every test in this package shares: starting a control
+// plane and five processes per test would cost more than the tests.
+var env struct {
+	stack   *stack.Stack
+	kubectl string
+	direct  string // admin kubeconfig straight to the kube-apiserver
+}
+
+const noAgentCluster = "no-agent"
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	root, err := stack.RepoRoot(".")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	kubeBin, err := kube.EnsureBinaries(ctx, root, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// The kubectl a user has; the one built with the control plane otherwise.
+	env.kubectl, err = exec.LookPath("kubectl")
+	if err != nil {
+		env.kubectl = filepath.Join(kubeBin, "kubectl")
+	}
+	dir, err := os.MkdirTemp("", "tether-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "bin")
+	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env.stack, err = stack.Up(ctx, stack.Options{
+		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin,
+		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() {
+		if err := env.stack.Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the stack:", err)
+		}
+	}()
+	env.direct = env.stack.Kube.AdminKubeconfig
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "service logs are in %s (kept: set TETHER_E2E_KEEP=1)\n", filepath.Join(dir, "state", "logs"))
+		if os.Getenv("TETHER_E2E_KEEP") != "" {
+			select {}
+		}
+	}
+	return code
+}
+
+// kubectl runs kubectl with kubeconfig and returns stdout, stderr and the error.
+func kubectl(t *testing.T, kubeconfig string, stdin string, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, env.kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// must runs kubectl and fails the test on error.
+func must(t *testing.T, kubeconfig, stdin string, args ...string) string {
+	t.Helper()
+	out, errs, err := kubectl(t, kubeconfig, stdin, args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s%s", strings.Join(args, " "), err, out, errs)
+	}
+	return out
+}
+
+func kubeconfig(t *testing.T, user string) string {
+	t.Helper()
+	p, err := env.stack.Kubeconfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

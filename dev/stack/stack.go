@@ -1,0 +1,350 @@
+// Package stack runs the whole of Tether on one machine, each service as its
+// own process, in front of a real kube-apiserver: for `make run`, the
+// end-to-end tests and the benchmarks alike.
+package stack
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tether-dev/tether/dev/kube"
+	"github.com/tether-dev/tether/dev/pki"
+	"github.com/tether-dev/tether/dev/proc"
+)
+
+// ClusterID is the id of the cluster the stack's agent serves.
+const ClusterID = "dev"
+
+// User is someone the gateway knows by a static token.
+type User struct {
+	Name    string
+	Token   string
+	Groups  []string
+	Tenants []string
+}
+
+// DefaultUsers: admin has full rights in the cluster; alice is a tenant
+// user whose rights the cluster's RBAC decides; mallory belongs to another
+// tenant and must see nothing of this cluster.
+func DefaultUsers() []User {
+	return []User{
+		{Name: "admin", Groups: []string{"system:masters"}, Tenants: []string{"acme"}},
+		{Name: "alice", Groups: []string{"acme:developers"}, Tenants: []string{"acme"}},
+		{Name: "mallory", Groups: []string{"globex:developers"}, Tenants: []string{"globex"}},
+	}
+}
+
+// Options configure Up.
+type Options struct {
+	// Root is the repository root; BinDir holds the built binaries.
+	Root   string
+	BinDir string
+	// StateDir keeps certificates, logs, NATS data and kubeconfigs.
+	StateDir string
+	// AgentKubeconfig points the agent at an existing cluster. Empty: start
+	// a real etcd, kube-apiserver and controller manager under StateDir.
+	AgentKubeconfig string
+	// KubeBinDir holds etcd, kube-apiserver and kube-controller-manager.
+	KubeBinDir string
+	Users      []User
+	// NoAgentClusters are clusters of tenant acme with no agent, so
+	// requests for them must fail with 503.
+	NoAgentClusters []string
+	// Args adds flags per service, e.g. shorter keepalives in tests.
+	Args map[string][]string
+	Log  io.Writer
+}
+
+// Stack is a running Tether.
+type Stack struct {
+	GatewayURL string // https://127.0.0.1:PORT
+	CAFile     string // CA of the gateway's serving certificate
+	NATSURL    string
+	Kube       *kube.ControlPlane // nil with AgentKubeconfig
+	// AgentKubeconfig is what the agent uses to reach its cluster.
+	AgentKubeconfig string
+	Users           map[string]User
+	// Admin is each service's admin address (/healthz, /readyz, /metrics).
+	Admin map[string]string
+
+	opts  Options
+	procs []*proc.Process
+	byName map[string]*proc.Process
+	args   map[string][]string
+	ca     *pki.CA
+}
+
+// Up starts everything and waits until each service is ready. On error it
+// stops whatever it started.
+func Up(ctx context.Context, o Options) (_ *Stack, err error) {
+	if o.Root == "" || o.BinDir == "" || o.StateDir == "" || o.Log == nil {
+		return nil, errors.New("stack: Root, BinDir, StateDir and Log are required")
+	}
+	if o.AgentKubeconfig == "" && o.KubeBinDir == "" {
+		return nil, errors.New("stack: KubeBinDir is required without AgentKubeconfig")
+	}
+	if len(o.Users) == 0 {
+		o.Users = DefaultUsers()
+	}
+	for _, d := range []string{"logs", "pki", "nats"} {
+		if err := os.MkdirAll(filepath.Join(o.StateDir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("stack: %w", err)
+		}
+	}
+	s := &Stack{opts: o, Users: map[string]User{}, Admin: map[string]string{}, byName: map[string]*proc.Process{}, args: map[string][]string{}}
+	defer func() {
+		if err != nil {
+			_ = s.Down()
+		}
+	}()
+
+	// The dev CA outlives restarts, so a kubeconfig printed once keeps working.
+	s.ca, err = pki.LoadOrCreateCA(filepath.Join(o.StateDir, "pki"), "tether-dev-ca")
+	if err != nil {
+		return nil, err
+	}
+	s.CAFile = s.ca.CertPath
+	cert, key, err := s.ca.IssueServer(filepath.Join(o.StateDir, "pki"), "gateway", []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		return nil, err
+	}
+
+	s.AgentKubeconfig = o.AgentKubeconfig
+	if s.AgentKubeconfig == "" {
+		s.Kube, err = kube.Start(ctx, kube.Config{BinDir: o.KubeBinDir, Dir: filepath.Join(o.StateDir, "kube"), Log: o.Log})
+		if err != nil {
+			return nil, err
+		}
+		s.AgentKubeconfig = s.Kube.AdminKubeconfig
+	}
+
+	ports, err := proc.FreePorts(9)
+	if err != nil {
+		return nil, err
+	}
+	natsPort, subPort, routerPort, gwPort := ports[0], ports[1], ports[2], ports[3]
+	admin := map[string]int{"subscriber": ports[4], "router": ports[5], "gateway": ports[6], "agent": ports[7]}
+	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	s.GatewayURL = fmt.Sprintf("https://127.0.0.1:%d", gwPort)
+
+	tokens, err := s.writeTokens()
+	if err != nil {
+		return nil, err
+	}
+	clusters := filepath.Join(o.StateDir, "clusters.json")
+	catalog := []map[string]string{{"id": ClusterID, "tenant": "acme"}}
+	for _, id := range o.NoAgentClusters {
+		catalog = append(catalog, map[string]string{"id": id, "tenant": "acme"})
+	}
+	cb, err := json.Marshal(map[string]any{"clusters": catalog})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(clusters, cb, 0o644); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+
+	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats")); err != nil {
+		return nil, err
+	}
+	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", natsPort), s.byName["natsd"]); err != nil {
+		return nil, err
+	}
+	services := []struct {
+		name string
+		args []string
+	}{
+		{"subscriber", []string{"--listen", addr(subPort), "--nats-url", s.NATSURL, "--id", "subscriber-0"}},
+		{"router", []string{"--listen", addr(routerPort), "--nats-url", s.NATSURL, "--id", "router-0", "--clusters", clusters}},
+		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--tokens", tokens, "--tls-cert", cert, "--tls-key", key}},
+		{"agent", []string{"--cluster-id", ClusterID, "--subscriber-url", "http://" + addr(subPort), "--kubeconfig", s.AgentKubeconfig}},
+	}
+	for _, svc := range services {
+		a := addr(admin[svc.name])
+		s.Admin[svc.name] = a
+		p, err := s.start(ctx, svc.name, append(append([]string{"--admin-addr", a}, svc.args...), o.Args[svc.name]...)...)
+		if err != nil {
+			return nil, err
+		}
+		if err := waitReady(ctx, a, p); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(o.Log, "stack: %s ready (admin http://%s)\n", svc.name, a)
+	}
+	return s, nil
+}
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.Process, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := proc.Start(name, filepath.Join(s.opts.BinDir, name), filepath.Join(s.opts.StateDir, "logs"), nil, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, p)
+	s.byName[name] = p
+	s.args[name] = args
+	return p, nil
+}
+
+// Process returns the running process of a service, to signal or restart.
+func (s *Stack) Process(name string) *proc.Process { return s.byName[name] }
+
+// Restart stops a service with SIGTERM and starts it again with the same
+// flags, waiting until it is ready.
+func (s *Stack) Restart(ctx context.Context, name string) error {
+	old := s.byName[name]
+	if old == nil {
+		return fmt.Errorf("stack: no service %q", name)
+	}
+	if err := old.Stop(30 * time.Second); err != nil {
+		return err
+	}
+	p, err := s.start(ctx, name, s.args[name]...)
+	if err != nil {
+		return err
+	}
+	return waitReady(ctx, s.Admin[name], p)
+}
+
+// Down stops every process, newest first, each with SIGTERM and a grace
+// period, then the control plane.
+func (s *Stack) Down() error {
+	var errs []error
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if err := s.procs[i].Stop(30 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.procs = nil
+	if s.Kube != nil {
+		errs = append(errs, s.Kube.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Stack) writeTokens() (string, error) {
+	var b strings.Builder
+	b.WriteString("# token,user,uid,groups,tenants\n")
+	for _, u := range s.opts.Users {
+		if u.Token == "" {
+			u.Token = u.Name + "-" + randomHex(16)
+		}
+		s.Users[u.Name] = u
+		fmt.Fprintf(&b, "%s,%s,%s,%q,%q\n", u.Token, u.Name, "uid-"+u.Name, strings.Join(u.Groups, ","), strings.Join(u.Tenants, ","))
+	}
+	path := filepath.Join(s.opts.StateDir, "tokens.csv")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	return path, nil
+}
+
+// Kubeconfig writes a kubeconfig that reaches the stack's cluster through
+// the gateway as user, and returns its path.
+func (s *Stack) Kubeconfig(user string) (string, error) {
+	u, ok := s.Users[user]
+	if !ok {
+		return "", fmt.Errorf("stack: no user %q", user)
+	}
+	return s.KubeconfigFor(user, u.Token, ClusterID)
+}
+
+// KubeconfigFor writes a kubeconfig for any token and cluster id, for tests
+// that probe what the gateway refuses.
+func (s *Stack) KubeconfigFor(name, token, cluster string) (string, error) {
+	cfg := map[string]any{
+		"apiVersion":      "v1",
+		"kind":            "Config",
+		"current-context": "tether",
+		"clusters": []any{map[string]any{"name": "tether", "cluster": map[string]any{
+			"server": s.GatewayURL + "/clusters/" + cluster, "certificate-authority": s.CAFile,
+		}}},
+		"users":    []any{map[string]any{"name": name, "user": map[string]any{"token": token}}},
+		"contexts": []any{map[string]any{"name": "tether", "context": map[string]any{"cluster": "tether", "user": name}}},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(s.opts.StateDir, "kubeconfig-"+name)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	return path, nil
+}
+
+// HTTPClient trusts the gateway's CA.
+func (s *Stack) HTTPClient() (*http.Client, error) {
+	pem, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("stack: no certificate in " + s.CAFile)
+	}
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 256,
+	}}, nil
+}
+
+func waitTCP(ctx context.Context, address string, p *proc.Process) error {
+	return poll(ctx, p, 30*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", address, time.Second)
+		if err != nil {
+			return false
+		}
+		_ = c.Close()
+		return true
+	})
+}
+
+func waitReady(ctx context.Context, adminAddr string, p *proc.Process) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	return poll(ctx, p, 60*time.Second, func() bool {
+		resp, err := client.Get("http://" + adminAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// poll waits for ok, failing early if the process dies.
+func poll(ctx context.Context, p *proc.Process, limit time.Duration, ok func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if p.Exited() {
+			return p.ExitError()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("stack: %s not ready after %v; log %s:\n%s", p.Name, limit, p.LogPath, proc.Tail(p.LogPath, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
