@@ -170,4 +170,3 @@ func waitFor(t *testing.T, limit time.Duration, ok func() bool) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-

@@ -79,8 +79,8 @@ type Stack struct {
 	// Admin is each service's admin address (/healthz, /readyz, /metrics).
 	Admin map[string]string
 
-	opts  Options
-	procs []*proc.Process
+	opts   Options
+	procs  []*proc.Process
 	byName map[string]*proc.Process
 	args   map[string][]string
 	ca     *pki.CA

@@ -41,7 +41,7 @@ type Conn struct {
 	abort     func()
 
 	sendMu   sync.Mutex
-	closed   bool // under sendMu
+	closed   bool         // under sendMu
 	lastRecv atomic.Int64 // unix nanos
 	nonce    atomic.Uint64
 }
