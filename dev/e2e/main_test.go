@@ -23,6 +23,8 @@ var env struct {
 	stack   *stack.Stack
 	kubectl string
 	direct  string // admin kubeconfig straight to the kube-apiserver
+	bin     string // the built binaries
+	dir     string // scratch space
 }
 
 const noAgentCluster = "no-agent"
@@ -56,6 +58,7 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "bin")
+	env.bin, env.dir = bin, dir
 	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -1,0 +1,41 @@
+package svc
+
+import (
+	"context"
+	"flag"
+	"os"
+
+	"github.com/tether-dev/tether/lib/natsconn"
+)
+
+// RunPlaceholder is the whole main of a service whose issue has not come
+// yet: it parses the common flags and --nats-url, connects to NATS, is ready
+// once connected, logs what it is waiting to become, and drains on SIGTERM.
+// It returns the exit code.
+func RunPlaceholder(name, purpose string) int {
+	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	var common Common
+	common.Register(fs)
+	natsURL := fs.String("nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	_ = fs.Parse(os.Args[1:])
+	return Run(name, common, func(ctx context.Context, env *Env) error {
+		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: *natsURL, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // told to stop before NATS was reachable
+			}
+			return err
+		}
+		env.Admin.AddCheck("nats", natsconn.Ready(nc))
+		env.Log.Info("placeholder: connected to NATS; not yet " + purpose)
+		<-ctx.Done()
+		return natsconn.Drain(nc, env.ShutdownTimeout)
+	})
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
