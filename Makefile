@@ -11,7 +11,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: run test test-short bench fuzz proto kube vet fmt clean
+.PHONY: run test test-short bench fuzz proto kube vet fmt clean images
 
 ## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster
 run:
@@ -52,3 +52,14 @@ vet:
 
 clean:
 	rm -rf .state .bin
+
+## images: FROM-scratch images of every binary (tether/<name>:dev), for docker compose and deploy/
+IMAGES := gateway router subscriber agent agent-registry audit autoscaler natsd
+images:
+	@mkdir -p .state/images
+	@for n in $(IMAGES); do \
+	  pkg=./services/$$n/cmd/$$n; [ $$n = natsd ] && pkg=./dev/cmd/natsd; \
+	  mkdir -p .state/images/$$n && CGO_ENABLED=0 $(GO) build -trimpath -o .state/images/$$n/$$n $$pkg || exit 1; \
+	  printf 'FROM scratch\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
+	  docker build -q -t tether/$$n:dev .state/images/$$n || exit 1; \
+	done

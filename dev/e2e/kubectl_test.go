@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +169,16 @@ func waitFor(t *testing.T, limit time.Duration, ok func() bool) {
 			t.Fatalf("condition not met within %v", limit)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The manifests in deploy/ are valid for a real kube-apiserver.
+func TestDeployManifestsApply(t *testing.T) {
+	for _, f := range []string{"agent.yaml", "tether.yaml"} {
+		path := filepath.Join(env.root, "deploy", f)
+		// Namespaces first: a server-side dry run does not create them.
+		ns := map[string]string{"agent.yaml": "tether-system", "tether.yaml": "tether"}[f]
+		must(t, env.direct, "", "create", "namespace", ns)
+		must(t, env.direct, "", "apply", "--dry-run=server", "-f", path)
 	}
 }

@@ -23,6 +23,7 @@ var env struct {
 	stack   *stack.Stack
 	kubectl string
 	direct  string // admin kubeconfig straight to the kube-apiserver
+	root    string // the repository
 	bin     string // the built binaries
 	dir     string // scratch space
 }
@@ -58,7 +59,7 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "bin")
-	env.bin, env.dir = bin, dir
+	env.bin, env.dir, env.root = bin, dir, root
 	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
