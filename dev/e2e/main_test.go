@@ -67,6 +67,9 @@ func run(m *testing.M) int {
 	env.stack, err = stack.Up(ctx, stack.Options{
 		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin,
 		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,
+		// Long enough that an agent which waits it out instead of leaving
+		// as soon as it is idle fails TestAgentDrainsAndReconnects.
+		Args: map[string][]string{"agent": {"--shutdown-timeout=3m"}},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

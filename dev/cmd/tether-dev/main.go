@@ -79,11 +79,13 @@ Tether is up: gateway %s, cluster %q behind an agent that dialed out.
   export KUBECONFIG=%s
   kubectl get ns
 
-Other users: alice (tenant acme, RBAC decides: none granted yet)   KUBECONFIG=%s
-             mallory (tenant globex: cannot see cluster %q)        KUBECONFIG=%s
+Other users: alice (tenant acme; the cluster's RBAC decides, nothing granted yet)
+               KUBECONFIG=%s
+             mallory (tenant globex: cannot see cluster %q)
+               KUBECONFIG=%s
 Logs: %s    Metrics: http://%s/metrics (gateway)
 Ctrl-C stops everything.
-`, s.GatewayURL, stack.ClusterID, admin, alice, mallory, filepath.Join(state, "logs"), s.Admin["gateway"], stack.ClusterID)
+`, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, filepath.Join(state, "logs"), s.Admin["gateway"])
 
 	// Report a service that dies instead of leaving a half stack up.
 	for {

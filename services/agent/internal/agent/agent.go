@@ -151,9 +151,11 @@ func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 // session runs one stream. It ends when the stream breaks, or once ctx
 // (the agent's life) has ended and no request is left.
 func (a *Agent) session(sctx, life context.Context) error {
-	stream := a.client.Connect(sctx)
+	// Cancelling sctx is what breaks a blocked Receive: the stream must be
+	// opened with the context that cancel ends.
 	sctx, cancel := context.WithCancel(sctx)
 	defer cancel()
+	stream := a.client.Connect(sctx)
 	conn, err := tunnel.NewConn(stream, a.cfg.Keepalive, cancel)
 	if err != nil {
 		return err
