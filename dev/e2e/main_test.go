@@ -20,12 +20,13 @@ import (
 // env is the stack every test in this package shares: starting a control
 // plane and five processes per test would cost more than the tests.
 var env struct {
-	stack   *stack.Stack
-	kubectl string
-	direct  string // admin kubeconfig straight to the kube-apiserver
-	root    string // the repository
-	bin     string // the built binaries
-	dir     string // scratch space
+	stack     *stack.Stack
+	kubectl   string
+	direct    string // admin kubeconfig straight to the kube-apiserver
+	root      string // the repository
+	collector *collector
+	bin       string // the built binaries
+	dir       string // scratch space
 }
 
 const noAgentCluster = "no-agent"
@@ -58,6 +59,10 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	if env.collector, err = startCollector(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	bin := filepath.Join(dir, "bin")
 	env.bin, env.dir, env.root = bin, dir, root
 	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
@@ -69,7 +74,12 @@ func run(m *testing.M) int {
 		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,
 		// Long enough that an agent which waits it out instead of leaving
 		// as soon as it is idle fails TestAgentDrainsAndReconnects.
-		Args: map[string][]string{"agent": {"--shutdown-timeout=3m"}},
+		Args: map[string][]string{
+			"agent":      {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint()},
+			"gateway":    {"--otlp-endpoint", env.collector.endpoint()},
+			"router":     {"--otlp-endpoint", env.collector.endpoint()},
+			"subscriber": {"--otlp-endpoint", env.collector.endpoint()},
+		},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
