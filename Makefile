@@ -11,7 +11,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: run test test-short bench fuzz proto kube vet fmt clean images
+.PHONY: run test test-short bench fuzz proto kube vet fmt clean images compose-config
 
 ## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster
 run:
@@ -63,3 +63,15 @@ images:
 	  printf 'FROM scratch\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
 	  docker build -q -t tether/$$n:dev .state/images/$$n || exit 1; \
 	done
+
+## compose-config: the files docker-compose.yml mounts, from the state `make run` left
+compose-config:
+	@test -f .state/tokens.csv || { echo "run 'make run' once first"; exit 1; }
+	@mkdir -p .state/compose
+	cp .state/tokens.csv .state/clusters.json .state/pki/gateway.crt .state/pki/gateway.key .state/compose/
+	@# Flattened: the container sees none of the files a kubeconfig may name.
+	kubectl config view --flatten --minify --kubeconfig $${AGENT_KUBECONFIG:-.state/kube/kubeconfig-admin} > .state/compose/agent-kubeconfig
+	@# The images run as an unprivileged user.
+	chmod 0644 .state/compose/*
+	sed 's#"server": "https://127.0.0.1:[0-9]*/#"server": "https://127.0.0.1:18443/#' .state/kubeconfig-admin > .state/compose/kubeconfig-admin
+	@echo "KUBECONFIG=.state/compose/kubeconfig-admin kubectl get ns   (after docker compose up)"
