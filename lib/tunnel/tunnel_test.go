@@ -315,3 +315,22 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestWriteLastEndsInTheSameFrame(t *testing.T) {
+	var frames []*tetherv1.Frame
+	s := NewStream(1, SenderFunc(func(f *tetherv1.Frame) error { frames = append(frames, f); return nil }), 0)
+	_ = s.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Window{Window: &tetherv1.Window{Increment: 1 << 20}}})
+	body := make([]byte, MaxChunk+10)
+	if _, err := s.WriteLast(context.Background(), body); err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 2 || frames[0].GetData().End || !frames[1].GetData().End || len(frames[1].GetData().Chunk) != 10 {
+		t.Fatalf("got %d frames; want a full chunk, then the last 10 bytes with end", len(frames))
+	}
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Fatal("wrote after the last write")
+	}
+	if err := s.CloseWrite(); err != nil || len(frames) != 2 {
+		t.Fatalf("CloseWrite after WriteLast sent another frame: %v, %d frames", err, len(frames))
+	}
+}

@@ -83,7 +83,7 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	a.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
 	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
 
-	end := resp.ContentLength == 0 && req.Method == http.MethodHead
+	end := resp.ContentLength == 0 || req.Method == http.MethodHead
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
 		Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil), End: end,
 	}}}); err != nil {
@@ -92,14 +92,13 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	if end {
 		return
 	}
-	if err := copyBody(ctx, s, resp.Body); err != nil {
+	if err := copyBody(ctx, s, resp.Body, resp.ContentLength); err != nil {
 		if ctx.Err() == nil {
 			log.Warn("response body broken off", "err", err)
 			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
 		}
 		return
 	}
-	_ = s.CloseWrite()
 	log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
 }
 
@@ -183,19 +182,29 @@ func (a *Agent) fail(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
 	_ = s.CloseWrite()
 }
 
-// copyBody streams the response as it arrives: a watch event goes out the
-// moment the kube-apiserver writes it.
-func copyBody(ctx context.Context, s *tunnel.Stream, body io.Reader) error {
+// copyBody streams the response as it arrives, a watch event the moment
+// the kube-apiserver writes it, and half-closes the stream. When the length
+// is known, the last bytes carry the end.
+func copyBody(ctx context.Context, s *tunnel.Stream, body io.Reader, length int64) error {
 	buf := make([]byte, tunnel.MaxChunk)
+	var sent int64
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
-			if _, werr := s.WriteContext(ctx, buf[:n]); werr != nil {
+			sent += int64(n)
+			write := s.WriteContext
+			if sent == length {
+				write = s.WriteLast
+			}
+			if _, werr := write(ctx, buf[:n]); werr != nil {
 				return werr
+			}
+			if sent == length {
+				return nil
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			return nil
+			return s.CloseWrite()
 		}
 		if err != nil {
 			return err

@@ -257,8 +257,13 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 	for {
 		n, err := c.s.ReadContext(ctx, buf)
 		if n > 0 {
-			if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: buf[:n]}}}); err != nil {
+			// The end rides with the last bytes when they are already here.
+			end := c.s.AtEOF()
+			if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: buf[:n], End: end}}}); err != nil {
 				return err
+			}
+			if end {
+				return nil
 			}
 		}
 		if errors.Is(err, io.EOF) {
