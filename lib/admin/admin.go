@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -32,8 +33,9 @@ type Server struct {
 }
 
 // New listens on addr (host:port; port 0 picks one) and serves the admin
-// endpoints. Checks added with AddCheck decide /readyz.
-func New(addr string, reg *prometheus.Registry) (*Server, error) {
+// endpoints. Checks added with AddCheck decide /readyz. With pprof, the
+// runtime profiles are served under /debug/pprof/ too.
+func New(addr string, reg *prometheus.Registry, pprof bool) (*Server, error) {
 	if reg == nil {
 		return nil, errors.New("admin: a metrics registry is required")
 	}
@@ -47,6 +49,11 @@ func New(addr string, reg *prometheus.Registry) (*Server, error) {
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }

@@ -28,6 +28,7 @@ type Common struct {
 	LogFormat       string
 	OTLPEndpoint    string
 	ShutdownTimeout time.Duration
+	Pprof           bool
 }
 
 // Register adds the common flags to fs.
@@ -37,6 +38,7 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP endpoint for traces; empty keeps them in-process")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight work may take to finish after SIGTERM")
+	fs.BoolVar(&c.Pprof, "pprof", os.Getenv("TETHER_PPROF") != "", "serve runtime profiles under /debug/pprof/ on the admin address")
 }
 
 // Env is what a service's run func gets.
@@ -63,7 +65,7 @@ func Run(name string, c Common, run func(ctx context.Context, env *Env) error) i
 		return 2
 	}
 	log := tel.Logger
-	adm, err := admin.New(c.AdminAddr, tel.Registry)
+	adm, err := admin.New(c.AdminAddr, tel.Registry, c.Pprof)
 	if err != nil {
 		log.Error("starting admin endpoint", "err", err)
 		return 1

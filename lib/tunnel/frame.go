@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -84,6 +85,12 @@ func Validate(f *tetherv1.Frame) error {
 		if err := checkHeaders(k.Response.Headers); err != nil {
 			return err
 		}
+		if len(k.Response.Body) > MaxChunk {
+			return fmt.Errorf("response body of %d bytes exceeds %d", len(k.Response.Body), MaxChunk)
+		}
+		if len(k.Response.Body) > 0 && !k.Response.End {
+			return fmt.Errorf("a response body in the head must be the whole body")
+		}
 	case *tetherv1.Frame_Data:
 		if len(k.Data.Chunk) > MaxChunk {
 			return fmt.Errorf("data chunk of %d bytes exceeds %d", len(k.Data.Chunk), MaxChunk)
@@ -155,4 +162,18 @@ func checkString(what, s string) error {
 		return fmt.Errorf("%s is not valid UTF-8", what)
 	}
 	return nil
+}
+
+// HandlerOptions and ClientOptions are the Connect RPC options of every
+// hop that carries frames: no message above MaxFrame, and no compression.
+// Bodies are compact or already compressed by the kube-apiserver, and gzip
+// per message cost more CPU than all the rest of a hop
+// (bench/results/core-path.md).
+func HandlerOptions() connect.HandlerOption {
+	return connect.WithHandlerOptions(connect.WithReadMaxBytes(MaxFrame), connect.WithCompression("gzip", nil, nil))
+}
+
+// ClientOptions: see HandlerOptions.
+func ClientOptions() connect.ClientOption {
+	return connect.WithClientOptions(connect.WithReadMaxBytes(MaxFrame), connect.WithAcceptCompression("gzip", nil, nil))
 }

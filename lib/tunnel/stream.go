@@ -149,10 +149,30 @@ func (s *Stream) send(f *tetherv1.Frame) error {
 	return s.out.Send(f)
 }
 
-// SendHead sends an Open or Response frame.
+// SendHead sends an Open or Response frame. A Response body uses credit
+// like Data; SendHead waits for none: a body too large for the credit at
+// hand fails, and the caller sends it as Data instead.
 func (s *Stream) SendHead(f *tetherv1.Frame) error {
+	if r := f.GetResponse(); r != nil && len(r.Body) > 0 {
+		s.mu.Lock()
+		if int64(len(r.Body)) > s.credit {
+			s.mu.Unlock()
+			return errNoCredit
+		}
+		s.credit -= int64(len(r.Body))
+		s.mu.Unlock()
+	}
 	s.HeadSent(f)
 	return s.send(f)
+}
+
+var errNoCredit = errors.New("tunnel: response body exceeds the credit")
+
+// Credit is how many bytes this end may send now.
+func (s *Stream) Credit() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.credit)
 }
 
 // HeadSent records a head this end sent by other means: the window an Open
@@ -396,16 +416,22 @@ func (s *Stream) Deliver(f *tetherv1.Frame) error {
 			s.mu.Unlock()
 			return s.protocolError("a second head frame")
 		}
+		if r := f.GetResponse(); r != nil && int64(len(r.Body)) > s.allowance {
+			allowance := s.allowance
+			s.mu.Unlock()
+			return s.protocolError(fmt.Sprintf("peer sent a %d byte body with %d of credit", len(r.Body), allowance))
+		}
 		s.headSeen = true
 		s.head = f
 		if o := f.GetOpen(); o != nil {
 			s.credit += int64(o.Window)
-			if o.End {
-				s.readEnded = true
-			}
+			s.readEnded = o.End
 		}
-		if r := f.GetResponse(); r != nil && r.End {
-			s.readEnded = true
+		if r := f.GetResponse(); r != nil {
+			// The body rides with the head, for whoever takes the head; it
+			// never enters the read queue.
+			s.allowance -= int64(len(r.Body))
+			s.readEnded = s.readEnded || r.End
 		}
 		s.broadcastLocked()
 		s.mu.Unlock()

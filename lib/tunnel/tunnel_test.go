@@ -334,3 +334,42 @@ func TestWriteLastEndsInTheSameFrame(t *testing.T) {
 		t.Fatalf("CloseWrite after WriteLast sent another frame: %v, %d frames", err, len(frames))
 	}
 }
+
+func TestResponseBodyInTheHead(t *testing.T) {
+	caller, _, _ := pair(t, 0, func(ctx context.Context, s *Stream) {
+		if _, err := s.Head(ctx); err != nil {
+			return
+		}
+		_ = s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Body: []byte("{}"), End: true}}})
+	})
+	s, err := caller.Open(open("/small", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Forget(s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := s.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(h.GetResponse().Body) != "{}" || !s.AtEOF() || !s.Finished() {
+		t.Fatalf("head %v, AtEOF %v, Finished %v", h, s.AtEOF(), s.Finished())
+	}
+	if n, err := s.Read(make([]byte, 8)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("Read after a whole body in the head: %d, %v", n, err)
+	}
+}
+
+func TestResponseBodyBeyondCreditIsRefused(t *testing.T) {
+	s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
+	// No credit: Open.window was never seen.
+	err := s.SendHead(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Body: []byte("x"), End: true}}})
+	if err == nil {
+		t.Fatal("sent a body without credit")
+	}
+	r := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
+	if err := r.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Body: []byte("x"), End: true}}}); CodeOf(err) != tetherv1.ResetCode_RESET_CODE_PROTOCOL {
+		t.Fatalf("accepted a body beyond the credit it granted: %v", err)
+	}
+}

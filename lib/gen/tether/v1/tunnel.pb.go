@@ -607,8 +607,13 @@ type Response struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Status  uint32                 `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
 	Headers []*Header              `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
-	// Set when the response has no body.
-	End           bool `protobuf:"varint,3,opt,name=end,proto3" json:"end,omitempty"`
+	// Set when no Data follows: the response has no body, or all of it is in
+	// body.
+	End bool `protobuf:"varint,3,opt,name=end,proto3" json:"end,omitempty"`
+	// A whole small body (at most 64 KiB) sent with the head, with end set:
+	// one frame instead of two on every hop for most API responses. It counts
+	// against the caller's credit like Data.
+	Body          []byte `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +667,13 @@ func (x *Response) GetEnd() bool {
 		return x.End
 	}
 	return false
+}
+
+func (x *Response) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
 }
 
 // Data carries body bytes (at most 64 KiB a frame). end half-closes this
@@ -1079,11 +1091,12 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\tR\x06values\"4\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values\"a\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"u\n" +
 	"\bResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\rR\x06status\x12+\n" +
 	"\aheaders\x18\x02 \x03(\v2\x11.tether.v1.HeaderR\aheaders\x12\x10\n" +
-	"\x03end\x18\x03 \x01(\bR\x03end\".\n" +
+	"\x03end\x18\x03 \x01(\bR\x03end\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\".\n" +
 	"\x04Data\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\bR\x03end\"&\n" +

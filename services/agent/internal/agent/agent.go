@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -106,7 +105,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg:     cfg,
-		client:  tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, cfg.SubscriberURL, connect.WithReadMaxBytes(tunnel.MaxFrame)),
+		client:  tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, cfg.SubscriberURL, tunnel.ClientOptions()),
 		apiBase: base,
 		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
 		metrics: m,

@@ -83,16 +83,25 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	a.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
 	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
 
-	end := resp.ContentLength == 0 || req.Method == http.MethodHead
-	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
-		Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil), End: end,
-	}}}); err != nil {
+	rh := &tetherv1.Response{Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil)}
+	buf := tunnel.GetChunk()
+	defer tunnel.PutChunk(buf)
+	switch n := resp.ContentLength; {
+	case n == 0 || req.Method == http.MethodHead:
+		rh.End = true
+	case n > 0 && n <= int64(len(*buf)) && int(n) <= s.Credit():
+		// Most API responses are small and complete: send them whole with
+		// the head, one frame on every hop.
+		if _, err := io.ReadFull(resp.Body, (*buf)[:n]); err != nil {
+			a.fail(s, log, http.StatusBadGateway, "reading the kube-apiserver response: "+err.Error())
+			return
+		}
+		rh.Body, rh.End = (*buf)[:n], true
+	}
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil || rh.End {
 		return
 	}
-	if end {
-		return
-	}
-	if err := copyBody(ctx, s, resp.Body, resp.ContentLength); err != nil {
+	if err := copyBody(ctx, s, resp.Body, resp.ContentLength, *buf); err != nil {
 		if ctx.Err() == nil {
 			log.Warn("response body broken off", "err", err)
 			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
@@ -169,24 +178,20 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 func (a *Agent) fail(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
 	log.Warn("request failed at the agent", "code", code, "err", msg)
 	a.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
-	body := kstatus.New(code, msg).Body()
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
 		Status:  uint32(code),
 		Headers: []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}},
+		Body:    kstatus.New(code, msg).Body(),
+		End:     true,
 	}}}); err != nil {
-		return
+		s.Reset(tetherv1.ResetCode_RESET_CODE_INTERNAL, msg)
 	}
-	if _, err := s.Write(body); err != nil {
-		return
-	}
-	_ = s.CloseWrite()
 }
 
 // copyBody streams the response as it arrives, a watch event the moment
 // the kube-apiserver writes it, and half-closes the stream. When the length
 // is known, the last bytes carry the end.
-func copyBody(ctx context.Context, s *tunnel.Stream, body io.Reader, length int64) error {
-	buf := make([]byte, tunnel.MaxChunk)
+func copyBody(ctx context.Context, s *tunnel.Stream, body io.Reader, length int64, buf []byte) error {
 	var sent int64
 	for {
 		n, err := body.Read(buf)

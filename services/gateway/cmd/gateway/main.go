@@ -16,8 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"connectrpc.com/connect"
-
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -60,7 +58,7 @@ func main() {
 		routerURL = strings.TrimSuffix(routerURL, "/")
 		gw, err := gateway.New(gateway.Config{
 			Auth:       tokens,
-			Router:     tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, connect.WithReadMaxBytes(tunnel.MaxFrame)),
+			Router:     tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
 			Logger:     env.Log,
 			Registerer: env.Telemetry.Registry,
 			Tracer:     env.Telemetry.Tracer,

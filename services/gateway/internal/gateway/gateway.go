@@ -196,6 +196,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
 	span.SetAttributes(attribute.Int("http.response.status_code", code))
 	if resp.End {
+		_, _ = w.Write(resp.Body)
 		return
 	}
 	flusher, _ := w.(http.Flusher)
@@ -237,7 +238,9 @@ type proxyStream interface {
 // sendBody streams the request body to the router; the router's HTTP/2
 // flow control, and behind it the agent's credit, pace it.
 func sendBody(stream proxyStream, body io.Reader, cancel context.CancelFunc) {
-	buf := make([]byte, tunnel.MaxChunk)
+	bp := tunnel.GetChunk()
+	defer tunnel.PutChunk(bp)
+	buf := *bp
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {

@@ -14,8 +14,6 @@ import (
 	"os"
 	"time"
 
-	"connectrpc.com/connect"
-
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/svc"
@@ -67,7 +65,7 @@ func main() {
 			return err
 		}
 		go srv.Run(ctx)
-		path, h := tetherv1connect.NewProxyServiceHandler(srv, connect.WithReadMaxBytes(tunnel.MaxFrame))
+		path, h := tetherv1connect.NewProxyServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
 		hs := svc.H2CServer(mux)

@@ -253,7 +253,9 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 	if resp.End {
 		return nil
 	}
-	buf := make([]byte, tunnel.MaxChunk)
+	bp := tunnel.GetChunk()
+	defer tunnel.PutChunk(bp)
+	buf := *bp
 	for {
 		n, err := c.s.ReadContext(ctx, buf)
 		if n > 0 {
@@ -392,8 +394,7 @@ func sendStatus(gw *connect.BidiStream[tetherv1.Frame, tetherv1.Frame], st kstat
 	if st.Details != nil && st.Details.RetryAfterSeconds > 0 {
 		headers = append(headers, &tetherv1.Header{Name: "Retry-After", Values: []string{strconv.Itoa(st.Details.RetryAfterSeconds)}})
 	}
-	if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: uint32(st.Code), Headers: headers}}}); err != nil {
-		return err
-	}
-	return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: st.Body(), End: true}}})
+	return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
+		Status: uint32(st.Code), Headers: headers, Body: st.Body(), End: true,
+	}}})
 }

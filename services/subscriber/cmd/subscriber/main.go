@@ -14,8 +14,6 @@ import (
 	"os"
 	"time"
 
-	"connectrpc.com/connect"
-
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/svc"
@@ -59,7 +57,7 @@ func main() {
 		if err != nil {
 			return err
 		}
-		path, h := tetherv1connect.NewTunnelServiceHandler(srv, connect.WithReadMaxBytes(tunnel.MaxFrame))
+		path, h := tetherv1connect.NewTunnelServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
 		hs := svc.H2CServer(mux)
