@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,6 +48,9 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			return nil, fmt.Errorf("natsconn: registering metrics: %w", err)
 		}
 	}
+	// The reconnect loop and the reconnect callback run on different
+	// goroutines; both touch the backoff.
+	var mu sync.Mutex
 	b := backoff.Default()
 	b.Max = 5 * time.Second
 	log := o.Logger.With("nats", o.URL)
@@ -54,7 +58,11 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		nats.Name(o.Name),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
-		nats.CustomReconnectDelay(func(int) time.Duration { return b.Next() }),
+		nats.CustomReconnectDelay(func(int) time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			return b.Next()
+		}),
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.ReconnectBufSize(4 << 20),
@@ -63,7 +71,9 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			log.Warn("nats disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
+			mu.Lock()
 			b.Reset()
+			mu.Unlock()
 			reconnects.Inc()
 			log.Info("nats reconnected")
 		}),

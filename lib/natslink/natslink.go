@@ -47,6 +47,16 @@ func Reset(nc *nats.Conn, m *nats.Msg, f *tetherv1.Frame, reply, why string) {
 	_ = Publish(nc, m.Reply, reply, &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: why}}}, nil)
 }
 
+// Refuse answers an Open that will not be served (malformed, wrong
+// cluster, agent gone) so the router learns at once; the reply carries no
+// session, so the router takes it as the request's whole answer.
+func Refuse(nc *nats.Conn, m *nats.Msg, why string) {
+	if m.Reply == "" {
+		return
+	}
+	_ = Publish(nc, m.Reply, "", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_REFUSED, Message: why}}}, nil)
+}
+
 // AnswerPing replies to a liveness ping for a request: Pong if known.
 func AnswerPing(nc *nats.Conn, m *nats.Msg, known bool) {
 	if m.Reply == "" {

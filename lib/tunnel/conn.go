@@ -104,7 +104,7 @@ func (c *Conn) Receive() (*tetherv1.Frame, error) {
 func (c *Conn) Run(ctx context.Context, handle func(*tetherv1.Frame) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var dead atomic.Bool
+	var dead, pinging atomic.Bool
 	go func() {
 		t := time.NewTicker(c.keepalive.Interval / 2)
 		defer t.Stop()
@@ -120,15 +120,21 @@ func (c *Conn) Run(ctx context.Context, handle func(*tetherv1.Frame) error) erro
 					c.abort()
 					return
 				}
-				if quiet >= c.keepalive.Interval {
-					// A failed send shows up as a failed Receive soon enough.
-					_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: c.nonce.Add(1)}}})
+				// The ping goes out on its own goroutine: a Send blocked behind
+				// a full window to a dead peer must not stop this loop from
+				// declaring it dead.
+				if quiet >= c.keepalive.Interval && pinging.CompareAndSwap(false, true) {
+					go func() {
+						defer pinging.Store(false)
+						// A failed send shows up as a failed Receive soon enough.
+						_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: c.nonce.Add(1)}}})
+					}()
 				}
 			}
 		}
 	}()
 	for {
-		f, err := c.Receive()
+		f, err := c.t.Receive()
 		if err != nil {
 			if dead.Load() {
 				return ErrPeerDead
@@ -137,6 +143,26 @@ func (c *Conn) Run(ctx context.Context, handle func(*tetherv1.Frame) error) erro
 				return ctx.Err()
 			}
 			return err
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		if verr := Validate(f); verr != nil {
+			if f.StreamId == 0 {
+				return fmt.Errorf("invalid frame from peer: %w", verr)
+			}
+			// One stream broke the protocol: end it on both sides, and keep
+			// the connection the other streams share.
+			reset := func() *tetherv1.Frame {
+				return &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{
+					Code: tetherv1.ResetCode_RESET_CODE_PROTOCOL, Message: "invalid frame: " + verr.Error(),
+				}}}
+			}
+			if err := c.Send(reset()); err != nil {
+				return err
+			}
+			if err := handle(reset()); err != nil {
+				return err
+			}
+			continue
 		}
 		switch k := f.Kind.(type) {
 		case *tetherv1.Frame_Ping:

@@ -26,9 +26,7 @@ type Mux struct {
 // Open the peer sends, with the Open available from s.Head; the stream is
 // forgotten when accept returns. accept may be nil on a side that only opens.
 func NewMux(conn *Conn, window int, accept func(ctx context.Context, s *Stream)) *Mux {
-	if window <= 0 {
-		window = DefaultWindow
-	}
+	window = ClampWindow(window)
 	return &Mux{conn: conn, window: window, accept: accept, streams: map[uint64]*Stream{}, nextID: 1}
 }
 

@@ -84,9 +84,7 @@ type Stream struct {
 // window is the receive window this end grants; the caller must tell the peer
 // about it (Open.window, or an initial Window frame via Grant).
 func NewStream(id uint64, out Sender, window int) *Stream {
-	if window <= 0 {
-		window = DefaultWindow
-	}
+	window = ClampWindow(window)
 	return &Stream{
 		id:      id,
 		out:     out,
@@ -140,12 +138,30 @@ func (s *Stream) AllowPeer(n int) {
 
 // Grant gives the peer n more bytes of credit.
 func (s *Stream) Grant(n int) error {
+	if n <= 0 || n > MaxWindow {
+		return fmt.Errorf("tunnel: grant of %d bytes outside 1..%d", n, MaxWindow)
+	}
 	s.AllowPeer(n)
 	return s.send(&tetherv1.Frame{Kind: &tetherv1.Frame_Window{Window: &tetherv1.Window{Increment: uint32(n)}}})
 }
 
+// ClampWindow maps a configured window into 1..MaxWindow, DefaultWindow for
+// zero or less, so no setting can make a peer refuse our frames.
+func ClampWindow(n int) int {
+	if n <= 0 {
+		return DefaultWindow
+	}
+	return min(n, MaxWindow)
+}
+
+// send checks f as the peer will, so that nothing this end produces (a
+// kube-apiserver's odd header, a setting out of range) can make the peer
+// drop the connection that other streams share.
 func (s *Stream) send(f *tetherv1.Frame) error {
 	f.StreamId = s.id
+	if err := Validate(f); err != nil {
+		return fmt.Errorf("tunnel: refusing to send an invalid frame: %w", err)
+	}
 	return s.out.Send(f)
 }
 
@@ -272,7 +288,12 @@ var errWriteAfterEnd = errors.New("tunnel: write after CloseWrite")
 // everything sent before.
 func (s *Stream) CloseWrite() error {
 	s.mu.Lock()
-	if s.writeEnded || s.err != nil {
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return err
+	}
+	if s.writeEnded {
 		s.mu.Unlock()
 		return nil
 	}
@@ -443,6 +464,10 @@ func (s *Stream) Deliver(f *tetherv1.Frame) error {
 
 func (s *Stream) deliverData(d *tetherv1.Data) error {
 	s.mu.Lock()
+	if !s.headSeen {
+		s.mu.Unlock()
+		return s.protocolError("data before the head")
+	}
 	if s.readEnded {
 		s.mu.Unlock()
 		return s.protocolError("data after end")

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
@@ -222,6 +224,9 @@ func TestLostConnectionResetsStreams(t *testing.T) {
 func TestWindowOverrunIsAProtocolError(t *testing.T) {
 	s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 10)
 	s.AllowPeer(10)
+	if err := s.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200}}}); err != nil {
+		t.Fatal(err)
+	}
 	data := func(n int) *tetherv1.Frame {
 		return &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: make([]byte, n)}}}
 	}
@@ -372,4 +377,94 @@ func TestResponseBodyBeyondCreditIsRefused(t *testing.T) {
 	if err := r.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Body: []byte("x"), End: true}}}); CodeOf(err) != tetherv1.ResetCode_RESET_CODE_PROTOCOL {
 		t.Fatalf("accepted a body beyond the credit it granted: %v", err)
 	}
+}
+
+func TestDataBeforeTheHeadIsAProtocolError(t *testing.T) {
+	s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 10)
+	s.AllowPeer(10)
+	err := s.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: []byte("x")}}})
+	if CodeOf(err) != tetherv1.ResetCode_RESET_CODE_PROTOCOL {
+		t.Fatalf("got %v, want a PROTOCOL reset", err)
+	}
+}
+
+// A head this end cannot send whole (a status no peer accepts) fails at
+// the sender: the peer never sees it, so the connection other streams use
+// lives on.
+func TestInvalidHeadIsRefusedAtTheSender(t *testing.T) {
+	var sent int
+	s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { sent++; return nil }), 0)
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 999}}}); err == nil || sent != 0 {
+		t.Fatalf("sent an invalid head: err %v, %d frames", err, sent)
+	}
+	if err := s.Grant(MaxWindow + 1); err == nil {
+		t.Fatal("granted more than MaxWindow")
+	}
+	if ClampWindow(64<<20) != MaxWindow || ClampWindow(0) != DefaultWindow {
+		t.Fatal("ClampWindow")
+	}
+}
+
+// A frame that breaks the protocol ends its own stream only.
+func TestInvalidFrameResetsOnlyItsStream(t *testing.T) {
+	caller, a, _ := pair(t, 0, func(ctx context.Context, s *Stream) { <-s.Done() })
+	watch, err := caller.Open(open("/watch", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := caller.Open(open("/bad", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a broken peer would send: a head no one may send, bypassing the
+	// sender's own check.
+	b, _ := Encode(&tetherv1.Frame{StreamId: bad.ID(), Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{}}})
+	raw := append([]byte(nil), b...)
+	f, _ := Decode(raw)
+	f.GetData().Chunk = make([]byte, MaxChunk+1)
+	enc, _ := proto.Marshal(f)
+	a.out <- enc
+	select {
+	case <-bad.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream with the invalid frame lives on")
+	}
+	select {
+	case <-watch.Done():
+		t.Fatalf("a sibling stream died too: %v", watch.Err())
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestKeepaliveDetectsADeadPeerWhileASendIsBlocked(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	tr := &blockingTransport{block: block, recv: make(chan struct{})}
+	var once sync.Once
+	c, err := NewConn(tr, fastKeepalive, func() { once.Do(func() { close(tr.recv) }) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{}}}) }()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(context.Background(), func(*tetherv1.Frame) error { return nil }) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrPeerDead) {
+			t.Fatalf("got %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a blocked Send kept the keepalive from declaring the peer dead")
+	}
+}
+
+// blockingTransport's Send blocks until block closes; Receive until recv closes.
+type blockingTransport struct {
+	block, recv chan struct{}
+}
+
+func (b *blockingTransport) Send(*tetherv1.Frame) error { <-b.block; return errPipeClosed }
+func (b *blockingTransport) Receive() (*tetherv1.Frame, error) {
+	<-b.recv
+	return nil, io.EOF
 }

@@ -82,9 +82,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: kube-apiserver URL %q is not absolute", cfg.APIServer)
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/")
-	if cfg.Window <= 0 {
-		cfg.Window = tunnel.DefaultWindow
-	}
+	cfg.Window = tunnel.ClampWindow(cfg.Window)
 	if cfg.Keepalive == (tunnel.Keepalive{}) {
 		cfg.Keepalive = tunnel.DefaultKeepalive
 	}

@@ -98,7 +98,13 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		}
 		rh.Body, rh.End = (*buf)[:n], true
 	}
-	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil || rh.End {
+	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
+		// A head the tunnel cannot carry (a header that is not UTF-8, a
+		// status out of range): say so instead of leaving the caller waiting.
+		a.fail(s, log, http.StatusBadGateway, "the kube-apiserver's response cannot be carried: "+err.Error())
+		return
+	}
+	if rh.End {
 		return
 	}
 	if err := copyBody(ctx, s, resp.Body, resp.ContentLength, *buf); err != nil {
@@ -164,7 +170,9 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 		}
 		for k, v := range id.Extra {
 			for _, val := range v.GetValues() {
-				req.Header.Add("Impersonate-Extra-"+k, val)
+				// Keys such as authentication.kubernetes.io/credential-id
+				// are percent-encoded in the header name, as Kubernetes reads them.
+				req.Header.Add("Impersonate-Extra-"+url.PathEscape(k), val)
 			}
 		}
 	} else {

@@ -109,10 +109,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	cluster, rest, err := ParsePath(r.URL.EscapedPath())
 	code := 0
+	authenticated := false
 	defer func() {
-		if cluster != "" {
-			g.requests.WithLabelValues(cluster, r.Method, strconv.Itoa(code)).Inc()
+		// Only authenticated requests get a series of their own, so nobody
+		// can mint metric labels without a token.
+		if !authenticated {
+			cluster = "-"
 		}
+		g.requests.WithLabelValues(cluster, verb(r.Method), strconv.Itoa(code)).Inc()
 	}()
 	switch {
 	case errors.Is(err, errDotSegment):
@@ -131,6 +135,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Error(w, code, "Unauthorized")
 		return
 	}
+	authenticated = true
 
 	reqID := newRequestID()
 	ctx := g.cfg.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
@@ -157,25 +162,44 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
 	}
 	g.cfg.Propagator.Inject(ctx, propagation.MapCarrier(open.Trace))
+	// What the router would refuse is refused here, with the reason.
+	frame := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}
+	if err := tunnel.Validate(frame); err != nil {
+		code = http.StatusBadRequest
+		kstatus.Error(w, code, "the request cannot be carried: "+err.Error())
+		return
+	}
+	if _, err := tunnel.Encode(frame); err != nil {
+		code = http.StatusRequestHeaderFieldsTooLarge
+		kstatus.Error(w, code, "the request head is too large or not valid UTF-8: "+err.Error())
+		return
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream := g.cfg.Router.Proxy(ctx)
 	defer func() { _ = stream.CloseResponse() }()
-	if err := stream.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}); err != nil {
+	if err := stream.Send(frame); err != nil {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
 		kstatus.Write(w, kstatus.New(code, "no router is reachable").WithRetryAfter(time.Second))
 		return
 	}
+	uploadFailed := make(chan struct{})
 	if noBody {
 		_ = stream.CloseRequest()
 	} else {
-		go sendBody(stream, r.Body, cancel)
+		go sendBody(stream, r.Body, func() { close(uploadFailed); cancel() })
 	}
 
 	f, err := stream.Receive()
 	if err != nil {
+		select {
+		case <-uploadFailed:
+			// The client's body broke off; never let that look like success.
+			panic(http.ErrAbortHandler)
+		default:
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -237,7 +261,7 @@ type proxyStream interface {
 
 // sendBody streams the request body to the router; the router's HTTP/2
 // flow control, and behind it the agent's credit, pace it.
-func sendBody(stream proxyStream, body io.Reader, cancel context.CancelFunc) {
+func sendBody(stream proxyStream, body io.Reader, fail func()) {
 	bp := tunnel.GetChunk()
 	defer tunnel.PutChunk(bp)
 	buf := *bp
@@ -255,10 +279,19 @@ func sendBody(stream proxyStream, body io.Reader, cancel context.CancelFunc) {
 		}
 		if err != nil {
 			// The client broke off its upload: cancel the whole request.
-			cancel()
+			fail()
 			return
 		}
 	}
+}
+
+// verb bounds the method label to the methods Kubernetes serves.
+func verb(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return method
+	}
+	return "other"
 }
 
 func (g *Gateway) authenticate(r *http.Request) (User, bool) {

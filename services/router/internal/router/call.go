@@ -24,7 +24,8 @@ type call struct {
 
 	mu           sync.Mutex
 	peer         string
-	answered     chan struct{}
+	answered     chan struct{} // closed by the first answer
+	isAnswered   bool
 	noResponders bool
 
 	lastRecv atomic.Int64
@@ -47,9 +48,12 @@ func (c *call) Send(f *tetherv1.Frame) error {
 // goroutine and never blocks.
 func (c *call) receive(m *nats.Msg, f *tetherv1.Frame) {
 	c.mu.Lock()
-	first := c.peer == ""
+	first := !c.isAnswered
 	if first {
+		c.isAnswered = true
+		// A refusal comes without a session: there is no peer to talk to.
 		c.peer = m.Reply
+		close(c.answered)
 	}
 	ok := c.peer == m.Reply
 	c.mu.Unlock()
@@ -58,19 +62,22 @@ func (c *call) receive(m *nats.Msg, f *tetherv1.Frame) {
 		return
 	}
 	c.lastRecv.Store(time.Now().UnixNano())
-	if first {
-		close(c.answered)
-	}
 	_ = c.s.Deliver(f)
 }
 
+// noResponder handles NATS' notice that nobody listened: before an answer,
+// no subscriber holds the agent; after, the subscriber we spoke to is gone.
 func (c *call) noResponder() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.peer == "" && !c.noResponders {
+	if !c.isAnswered {
+		c.isAnswered = true
 		c.noResponders = true
 		close(c.answered)
+		c.mu.Unlock()
+		return
 	}
+	c.mu.Unlock()
+	c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber holding the agent is gone"})
 }
 
 func (c *call) peerSubject() string {

@@ -6,6 +6,8 @@ package router
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +62,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 
+	inboxID string
+
 	mu    sync.Mutex
 	calls map[uint64]*call
 	next  uint64
@@ -75,15 +79,13 @@ type metrics struct {
 
 // New validates cfg and subscribes to the router's inbox.
 func New(cfg Config) (*Server, error) {
-	if !subject.ValidToken(cfg.ID) {
-		return nil, fmt.Errorf("router: id %q must match [A-Za-z0-9_-]{1,64}", cfg.ID)
+	if !subject.ValidToken(cfg.ID) || len(cfg.ID) > 48 {
+		return nil, fmt.Errorf("router: id %q must match [A-Za-z0-9_-]{1,48}", cfg.ID)
 	}
 	if cfg.NATS == nil || cfg.Catalog == nil || cfg.Logger == nil || cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
 		return nil, errors.New("router: NATS, catalog, logger, registerer, tracer and propagator are required")
 	}
-	if cfg.Window <= 0 {
-		cfg.Window = tunnel.DefaultWindow
-	}
+	cfg.Window = tunnel.ClampWindow(cfg.Window)
 	if cfg.IdleProbe <= 0 {
 		cfg.IdleProbe = 30 * time.Second
 	}
@@ -101,8 +103,11 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("router: registering metrics: %w", err)
 		}
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}}
-	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(cfg.ID), s.inbox)
+	// The inbox carries a per-process nonce besides the configured id: a
+	// restarted router (same pod name) must never receive answers meant for
+	// its predecessor's calls.
+	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inboxID: cfg.ID + "-" + nonce()}
+	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inboxID), s.inbox)
 	if err != nil {
 		return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
 	}
@@ -162,11 +167,17 @@ func (s *Server) inbox(m *nats.Msg) {
 	c.receive(m, f)
 }
 
+func nonce() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 func (s *Server) newCall() *call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
-	c := &call{id: s.next, inbox: subject.Router(s.cfg.ID, s.next), nc: s.cfg.NATS, answered: make(chan struct{})}
+	c := &call{id: s.next, inbox: subject.Router(s.inboxID, s.next), nc: s.cfg.NATS, answered: make(chan struct{})}
 	c.s = tunnel.NewStream(1, c, s.cfg.Window)
 	c.lastRecv.Store(time.Now().UnixNano())
 	s.calls[c.id] = c
@@ -210,7 +221,7 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 	s.metrics.inflight.Inc()
 	defer s.metrics.inflight.Dec()
 
-	c, err := s.dial(ctx, open)
+	c, head, headErr, err := s.dialHead(ctx, open)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -227,10 +238,9 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 	}()
 	if !open.End {
 		go s.pumpRequest(ctx, gw, c)
+		head, headErr = c.s.Head(ctx)
 	}
-
-	head, err := c.s.Head(ctx)
-	if err != nil {
+	if err := headErr; err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -277,6 +287,26 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 			}
 			return connect.NewError(connect.CodeUnavailable, err)
 		}
+	}
+}
+
+// dialHead dials, and for a request without a body also waits for the
+// head (or the error that ends the stream first): an agent that refused it
+// (draining) or a subscriber that had lost it did nothing, so the request
+// goes out again while NoAgentWait lasts. err is for the dial alone.
+func (s *Server) dialHead(ctx context.Context, open *tetherv1.Open) (c *call, head *tetherv1.Frame, headErr, err error) {
+	deadline := time.Now().Add(s.cfg.NoAgentWait)
+	for {
+		c, err := s.dial(ctx, open)
+		if err != nil || !open.End {
+			return c, nil, nil, err
+		}
+		head, headErr := c.s.Head(ctx)
+		if tunnel.CodeOf(headErr) != tetherv1.ResetCode_RESET_CODE_REFUSED || time.Now().After(deadline) {
+			return c, head, headErr, nil
+		}
+		s.forget(c)
+		s.metrics.retries.Inc()
 	}
 }
 

@@ -106,12 +106,19 @@ func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv
 	done := make(chan error, 1)
 	go func() { done <- s.serve(ctx, conn) }()
 	select {
-	case err := <-done:
-		return err
+	case err = <-done:
 	case <-aborted:
-		conn.Close()
-		return connect.NewError(connect.CodeDeadlineExceeded, tunnel.ErrPeerDead)
+		select {
+		case err = <-done: // serve ended on its own; Run aborts on its way out
+		default:
+			// serve is stuck in Receive; returning is what unblocks it.
+			err = connect.NewError(connect.CodeUnavailable, errors.New("agent stream aborted"))
+		}
 	}
+	// Nothing may write to the stream once the handler returns: NATS
+	// callbacks and probes still hold conn.
+	conn.Close()
+	return err
 }
 
 func (s *Server) serve(ctx context.Context, conn *tunnel.Conn) error {

@@ -92,7 +92,9 @@ func (s *session) stopListening() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.subs) > 0 {
-		_ = s.subs[0].Unsubscribe()
+		// Drain, not Unsubscribe: Opens already delivered to us are still
+		// served rather than dropped.
+		_ = s.subs[0].Drain()
 		s.subs = s.subs[1:]
 	}
 }
@@ -127,13 +129,14 @@ func (s *session) len() int {
 // open takes a new request from a router and hands it to the agent.
 func (s *session) open(m *nats.Msg) {
 	f, err := tunnel.Decode(m.Data)
-	if err != nil || f.GetOpen() == nil || m.Reply == "" {
-		s.log.Warn("dropping malformed request", "err", err)
+	if err != nil || f.GetOpen() == nil {
+		s.log.Warn("refusing a malformed request", "err", err)
+		natslink.Refuse(s.srv.cfg.NATS, m, fmt.Sprintf("malformed request: %v", err))
 		return
 	}
 	open := f.GetOpen()
 	if open.ClusterId != s.cluster {
-		natslink.Reset(s.srv.cfg.NATS, m, f, "", "request for another cluster")
+		natslink.Refuse(s.srv.cfg.NATS, m, "request for another cluster")
 		return
 	}
 	ctx := s.srv.cfg.Propagator.Extract(context.Background(), propagation.HeaderCarrier(m.Header))
@@ -149,7 +152,7 @@ func (s *session) open(m *nats.Msg) {
 	if s.closing {
 		s.mu.Unlock()
 		span.End()
-		natslink.Reset(s.srv.cfg.NATS, m, f, "", "agent disconnected")
+		natslink.Refuse(s.srv.cfg.NATS, m, "agent disconnected")
 		return
 	}
 	id := s.nextID
@@ -185,7 +188,11 @@ func (s *session) fromRouter(m *nats.Msg) {
 		return
 	}
 	if !ok {
-		natslink.Reset(s.srv.cfg.NATS, m, f, "", "request is gone")
+		natslink.Reset(s.srv.cfg.NATS, m, f, m.Subject, "request is gone")
+		return
+	}
+	if m.Reply != r.router {
+		// Only the router that opened the request speaks for it.
 		return
 	}
 	r.lastRecv.Store(time.Now().UnixNano())
@@ -204,7 +211,11 @@ func (s *session) fromRouter(m *nats.Msg) {
 	}
 	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
 	if err := s.conn.Send(f); err != nil {
-		done = true
+		if s.forget(id) {
+			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "agent stream broke"}}})
+			s.finish(r, "agent_lost")
+		}
+		return
 	}
 	if done && s.forget(id) {
 		s.finish(r, outcome(f))
