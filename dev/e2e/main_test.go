@@ -77,8 +77,9 @@ func run(m *testing.M) int {
 		Args: map[string][]string{
 			"agent":      {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint()},
 			"gateway":    {"--otlp-endpoint", env.collector.endpoint()},
-			"router":     {"--otlp-endpoint", env.collector.endpoint()},
-			"subscriber": {"--otlp-endpoint", env.collector.endpoint()},
+			// Short idle probes so the tests of dead peers finish quickly.
+			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
+			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
 		},
 	})
 	if err != nil {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,4 +34,75 @@ func TestAgentDrainsAndReconnects(t *testing.T) {
 	if out := must(t, kubeconfig(t, "admin"), "", "get", "ns", "default", "-o", "name"); !strings.Contains(out, "namespace/default") {
 		t.Fatalf("after the agent came back: %q", out)
 	}
+}
+
+// openWatch starts a watch through the gateway and returns its body.
+func openWatch(t *testing.T) io.ReadCloser {
+	t.Helper()
+	c, err := env.stack.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/configmaps?watch=1", nil)
+	req.Header.Set("Authorization", "Bearer "+token("admin"))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("watch: %s", resp.Status)
+	}
+	return resp.Body
+}
+
+func kill(t *testing.T, name string) {
+	t.Helper()
+	p := env.stack.Process(name)
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+}
+
+func restart(t *testing.T, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := env.stack.Restart(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A router that dies leaves nothing running at the agent: the subscriber's
+// idle probe finds the router gone and cancels its watches.
+func TestDeadRouterLeavesNothingAtTheAgent(t *testing.T) {
+	before := gauge(t, "agent", "tether_agent_requests_in_flight")
+	w := openWatch(t)
+	defer w.Close()
+	waitFor(t, 10*time.Second, func() bool { return gauge(t, "agent", "tether_agent_requests_in_flight") > before })
+	kill(t, "router")
+	waitFor(t, 30*time.Second, func() bool { return gauge(t, "agent", "tether_agent_requests_in_flight") == before })
+	restart(t, "router")
+	must(t, kubeconfig(t, "admin"), "", "get", "ns", "default")
+}
+
+// A subscriber that dies ends its watches at the client (which then
+// reconnects, as client-go does), and the agent comes back through the new
+// subscriber.
+func TestDeadSubscriberEndsWatchesAndTheAgentReconnects(t *testing.T) {
+	w := openWatch(t)
+	defer w.Close()
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, w); ended <- err }()
+	kill(t, "subscriber")
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the watch outlived its subscriber by 30s")
+	}
+	restart(t, "subscriber")
+	waitFor(t, 60*time.Second, func() bool {
+		_, _, err := kubectl(t, kubeconfig(t, "admin"), "", "get", "ns", "default")
+		return err == nil
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -94,4 +95,23 @@ func Ping(ctx context.Context, nc *nats.Conn, subj string, timeout time.Duration
 		return ErrGone
 	}
 	return nil
+}
+
+// PingAll pings every subject at once, at most 32 in flight, so one peer
+// that is slow to answer does not hold up the rest. errs[i] is for subjs[i].
+func PingAll(ctx context.Context, nc *nats.Conn, subjs []string, timeout time.Duration) []error {
+	errs := make([]error, len(subjs))
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i, subj := range subjs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = Ping(ctx, nc, subj, timeout)
+		}()
+	}
+	wg.Wait()
+	return errs
 }

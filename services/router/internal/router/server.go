@@ -395,8 +395,12 @@ func (s *Server) probeIdle(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
-	for _, c := range quiet {
-		err := natslink.Ping(ctx, s.cfg.NATS, c.peerSubject(), 5*time.Second)
+	subjs := make([]string, len(quiet))
+	for i, c := range quiet {
+		subjs[i] = c.peerSubject()
+	}
+	for i, err := range natslink.PingAll(ctx, s.cfg.NATS, subjs, 5*time.Second) {
+		c := quiet[i]
 		if errors.Is(err, natslink.ErrGone) {
 			c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber holding the agent is gone"})
 		} else if err == nil {

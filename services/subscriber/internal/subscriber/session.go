@@ -319,14 +319,18 @@ func (s *session) probeIdle(ctx context.Context) {
 			}
 		}
 		s.mu.Unlock()
+		var ids []uint64
+		var relays []*relay
+		var subjs []string
+		s.mu.Lock()
 		for _, id := range quiet {
-			s.mu.Lock()
-			r, ok := s.relays[id]
-			s.mu.Unlock()
-			if !ok {
-				continue
+			if r, ok := s.relays[id]; ok {
+				ids, relays, subjs = append(ids, id), append(relays, r), append(subjs, r.router)
 			}
-			err := natslink.Ping(ctx, s.srv.cfg.NATS, r.router, 5*time.Second)
+		}
+		s.mu.Unlock()
+		for i, err := range natslink.PingAll(ctx, s.srv.cfg.NATS, subjs, 5*time.Second) {
+			id, r := ids[i], relays[i]
 			if errors.Is(err, natslink.ErrGone) && s.forget(id) {
 				s.log.Info("router gone; cancelling its request at the agent", "stream", id)
 				_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "router gone"}}})
