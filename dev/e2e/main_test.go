@@ -75,8 +75,8 @@ func run(m *testing.M) int {
 		// Long enough that an agent which waits it out instead of leaving
 		// as soon as it is idle fails TestAgentDrainsAndReconnects.
 		Args: map[string][]string{
-			"agent":      {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint()},
-			"gateway":    {"--otlp-endpoint", env.collector.endpoint()},
+			"agent":   {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint()},
+			"gateway": {"--otlp-endpoint", env.collector.endpoint()},
 			// Short idle probes so the tests of dead peers finish quickly.
 			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
 			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
