@@ -16,7 +16,7 @@ func RunPlaceholder(name, purpose string) int {
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	var common Common
 	common.Register(fs)
-	natsURL := fs.String("nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	natsURL := fs.String("nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
 	_ = fs.Parse(os.Args[1:])
 	return Run(name, common, func(ctx context.Context, env *Env) error {
 		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: *natsURL, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry})
@@ -31,11 +31,4 @@ func RunPlaceholder(name, purpose string) int {
 		<-ctx.Done()
 		return natsconn.Drain(nc, env.ShutdownTimeout)
 	})
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -38,7 +38,7 @@ func main() {
 	fs.StringVar(&certFile, "tls-cert", "", "serving certificate (PEM)")
 	fs.StringVar(&keyFile, "tls-key", "", "serving key (PEM)")
 	fs.StringVar(&tokensFile, "tokens", os.Getenv("TETHER_TOKENS_FILE"), `static tokens, CSV: token,user,uid,"groups","tenants"`)
-	fs.StringVar(&routerURL, "router-url", envOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
+	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
 	fs.IntVar(&maxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted")
 	_ = fs.Parse(os.Args[1:])
@@ -77,24 +77,7 @@ func main() {
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		}
-		ln, err := net.Listen("tcp", listen)
-		if err != nil {
-			return fmt.Errorf("listening on %s: %w", listen, err)
-		}
-		env.Log.Info("serving clients", "addr", "https://"+ln.Addr().String())
-		errc := make(chan error, 1)
-		go func() { errc <- hs.ServeTLS(ln, "", "") }()
-		select {
-		case err := <-errc:
-			return fmt.Errorf("serving clients: %w", err)
-		case <-ctx.Done():
-		}
-		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
-		defer cancel()
-		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("draining clients: %w", err)
-		}
-		return nil
+		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true})
 	}))
 }
 
@@ -109,11 +92,4 @@ func routerReachable(routerURL string) func(context.Context) error {
 		}
 		return c.Close()
 	}
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -6,10 +6,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -35,7 +33,7 @@ func main() {
 	fs := flag.NewFlagSet("router", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8082", "address gateways connect to")
-	fs.StringVar(&natsURL, "nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	fs.StringVar(&natsURL, "nats-url", svc.EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
 	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
 	fs.StringVar(&clusters, "clusters", os.Getenv("TETHER_CLUSTERS_FILE"), `JSON file of clusters: {"clusters":[{"id":"dev","tenant":"acme"}]}`)
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
@@ -68,33 +66,9 @@ func main() {
 		path, h := tetherv1connect.NewProxyServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
-		hs := svc.H2CServer(mux)
-		ln, err := net.Listen("tcp", listen)
-		if err != nil {
-			return fmt.Errorf("listening on %s: %w", listen, err)
-		}
-		env.Log.Info("accepting gateways", "addr", ln.Addr().String(), "id", id)
-		errc := make(chan error, 1)
-		go func() { errc <- hs.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return fmt.Errorf("serving gateways: %w", err)
-		case <-ctx.Done():
-		}
-		// Shutdown waits for the requests in flight, watches included, up
-		// to the deadline; clients of those still open then reconnect.
-		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
-		defer cancel()
-		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			env.Log.Warn("closing the gateway listener", "err", err)
+		if err := env.Serve(ctx, svc.Listener{What: "gateways", Addr: listen, Server: svc.H2CServer(mux)}); err != nil {
+			return err
 		}
 		return natsconn.Drain(nc, 5*time.Second)
 	}))
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -6,10 +6,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -33,8 +31,8 @@ func main() {
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "address agents connect to")
-	fs.StringVar(&natsURL, "nats-url", envOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
-	fs.StringVar(&id, "id", envOr("TETHER_SUBSCRIBER_ID", ""), "instance id; default: host name and pid")
+	fs.StringVar(&natsURL, "nats-url", svc.EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	fs.StringVar(&id, "id", svc.EnvOr("TETHER_SUBSCRIBER_ID", ""), "instance id; default: host name and pid")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping an agent after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "drop an agent after this long without traffic")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "ask a router whether it still wants a request after this long without traffic from it")
@@ -60,34 +58,11 @@ func main() {
 		path, h := tetherv1connect.NewTunnelServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
-		hs := svc.H2CServer(mux)
-		ln, err := net.Listen("tcp", listen)
-		if err != nil {
-			return fmt.Errorf("listening on %s: %w", listen, err)
-		}
-		env.Log.Info("accepting agents", "addr", ln.Addr().String(), "id", id)
-		errc := make(chan error, 1)
-		go func() { errc <- hs.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return fmt.Errorf("serving agents: %w", err)
-		case <-ctx.Done():
-		}
-		dctx, cancel := context.WithTimeout(context.Background(), env.ShutdownTimeout)
-		defer cancel()
-		// Stop taking requests, let those in flight finish, then close the
-		// agents' streams so they reconnect to another subscriber.
-		srv.Drain(dctx)
-		if err := hs.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			env.Log.Warn("closing the agent listener", "err", err)
+		// On SIGTERM: stop taking requests, let those in flight finish, then
+		// close the agents' streams so they reconnect to another subscriber.
+		if err := env.Serve(ctx, svc.Listener{What: "agents", Addr: listen, Server: svc.H2CServer(mux), Drain: srv.Drain}); err != nil {
+			return err
 		}
 		return natsconn.Drain(nc, 5*time.Second)
 	}))
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
