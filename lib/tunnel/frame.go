@@ -150,6 +150,13 @@ func checkHeaders(hs []*tetherv1.Header) error {
 		if err := checkString("header name", h.Name); err != nil {
 			return err
 		}
+		for _, v := range h.Values {
+			// proto3 strings are UTF-8; HTTP allows other bytes, which the
+			// sender turns into a clear error instead of a broken frame.
+			if err := checkString("value of header "+h.Name, v); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

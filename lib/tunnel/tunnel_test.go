@@ -304,6 +304,7 @@ func TestValidate(t *testing.T) {
 		{"status 42", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 42}}}, true},
 		{"oversized chunk", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: make([]byte, MaxChunk+1)}}}, true},
 		{"zero window", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Window{Window: &tetherv1.Window{}}}, true},
+		{"header value not UTF-8", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Headers: []*tetherv1.Header{{Name: "X", Values: []string{"caf\xe9"}}}}}}, true},
 		{"header without name", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Headers: []*tetherv1.Header{{Values: []string{"x"}}}}}}, true},
 		{"invalid utf-8 user", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
 			o := okOpen()
