@@ -77,7 +77,13 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: resource: %w", err)
 	}
-	popts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample()))}
+	// Without an exporter nothing would read a recorded span: spans still
+	// get ids (for logs, and to pass on), but record nothing.
+	sampler := sdktrace.NeverSample()
+	if o.OTLPEndpoint != "" {
+		sampler = sdktrace.ParentBased(sdktrace.AlwaysSample())
+	}
+	popts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
 	if o.OTLPEndpoint != "" {
 		var eopts []otlptracehttp.Option
 		if strings.Contains(o.OTLPEndpoint, "://") {
