@@ -26,9 +26,10 @@ const file_tether_v1_services_proto_rawDesc = "" +
 	"\n" +
 	"\x18tether/v1/services.proto\x12\ttether.v1\x1a\x16tether/v1/tunnel.proto2B\n" +
 	"\rTunnelService\x121\n" +
-	"\aConnect\x12\x10.tether.v1.Frame\x1a\x10.tether.v1.Frame(\x010\x012?\n" +
+	"\aConnect\x12\x10.tether.v1.Frame\x1a\x10.tether.v1.Frame(\x010\x012m\n" +
 	"\fProxyService\x12/\n" +
-	"\x05Proxy\x12\x10.tether.v1.Frame\x1a\x10.tether.v1.Frame(\x010\x01B9Z7github.com/tether-dev/tether/lib/gen/tether/v1;tetherv1b\x06proto3"
+	"\x05Proxy\x12\x10.tether.v1.Frame\x1a\x10.tether.v1.Frame(\x010\x01\x12,\n" +
+	"\x04Call\x12\x10.tether.v1.Frame\x1a\x10.tether.v1.Frame0\x01B9Z7github.com/tether-dev/tether/lib/gen/tether/v1;tetherv1b\x06proto3"
 
 var file_tether_v1_services_proto_goTypes = []any{
 	(*Frame)(nil), // 0: tether.v1.Frame
@@ -36,10 +37,12 @@ var file_tether_v1_services_proto_goTypes = []any{
 var file_tether_v1_services_proto_depIdxs = []int32{
 	0, // 0: tether.v1.TunnelService.Connect:input_type -> tether.v1.Frame
 	0, // 1: tether.v1.ProxyService.Proxy:input_type -> tether.v1.Frame
-	0, // 2: tether.v1.TunnelService.Connect:output_type -> tether.v1.Frame
-	0, // 3: tether.v1.ProxyService.Proxy:output_type -> tether.v1.Frame
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	0, // 2: tether.v1.ProxyService.Call:input_type -> tether.v1.Frame
+	0, // 3: tether.v1.TunnelService.Connect:output_type -> tether.v1.Frame
+	0, // 4: tether.v1.ProxyService.Proxy:output_type -> tether.v1.Frame
+	0, // 5: tether.v1.ProxyService.Call:output_type -> tether.v1.Frame
+	3, // [3:6] is the sub-list for method output_type
+	0, // [0:3] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name

@@ -1,7 +1,7 @@
 // Package gateway is Tether's HTTPS edge. It serves Kubernetes API paths
 // under /clusters/{id}/, authenticates the caller, drops every header a
 // client could use to claim another identity, and hands the request to a
-// router as a Proxy stream, streaming both bodies.
+// router (a Call, or a Proxy stream when there is a body to stream).
 package gateway
 
 import (
@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -177,22 +178,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream := g.cfg.Router.Proxy(ctx)
-	defer func() { _ = stream.CloseResponse() }()
-	if err := stream.Send(frame); err != nil {
+	uploadFailed := make(chan struct{})
+	receive, err := g.send(ctx, frame, noBody, r.Body, func() { close(uploadFailed); cancel() })
+	if err != nil {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
 		kstatus.Write(w, kstatus.New(code, "no router is reachable").WithRetryAfter(time.Second))
 		return
 	}
-	uploadFailed := make(chan struct{})
-	if noBody {
-		_ = stream.CloseRequest()
-	} else {
-		go sendBody(stream, r.Body, func() { close(uploadFailed); cancel() })
-	}
 
-	f, err := stream.Receive()
+	f, err := receive()
 	if err != nil {
 		select {
 		case <-uploadFailed:
@@ -221,11 +216,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	span.SetAttributes(attribute.Int("http.response.status_code", code))
 	if resp.End {
 		_, _ = w.Write(resp.Body)
+		finish(receive)
 		return
 	}
 	flusher, _ := w.(http.Flusher)
 	for {
-		f, err := stream.Receive()
+		f, err := receive()
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Info("response broken off", "err", err)
@@ -249,6 +245,44 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if d.End {
 			log.Debug("served", "code", code, "duration", time.Since(start))
+			finish(receive)
+			return
+		}
+	}
+}
+
+// send hands the request to a router: a Call when it has no body (one
+// HTTP/2 request of known length), else a Proxy stream with the body
+// streamed behind the Open. It returns how to read the answer.
+func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, noBody bool, body io.Reader, uploadFailed func()) (func() (*tetherv1.Frame, error), error) {
+	if noBody {
+		ss, err := g.cfg.Router.Call(ctx, connect.NewRequest(open))
+		if err != nil {
+			return nil, err
+		}
+		return func() (*tetherv1.Frame, error) {
+			if ss.Receive() {
+				return ss.Msg(), nil
+			}
+			if err := ss.Err(); err != nil {
+				return nil, err
+			}
+			return nil, io.EOF
+		}, nil
+	}
+	stream := g.cfg.Router.Proxy(ctx)
+	if err := stream.Send(open); err != nil {
+		return nil, err
+	}
+	go sendBody(stream, body, uploadFailed)
+	return stream.Receive, nil
+}
+
+// finish reads the router's end of stream, so the call ends cleanly
+// instead of being reset when the handler's context is cancelled.
+func finish(receive func() (*tetherv1.Frame, error)) {
+	for {
+		if _, err := receive(); err != nil {
 			return
 		}
 	}

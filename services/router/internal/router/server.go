@@ -198,6 +198,28 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 	if err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("waiting for open: %w", err))
 	}
+	return s.serve(ctx, start, f, gw, gw)
+}
+
+// Call serves one client request that has no body.
+func (s *Server) Call(ctx context.Context, req *connect.Request[tetherv1.Frame], gw *connect.ServerStream[tetherv1.Frame]) error {
+	if !req.Msg.GetOpen().GetEnd() {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("Call takes requests without a body; use Proxy"))
+	}
+	return s.serve(ctx, time.Now(), req.Msg, gw, nil)
+}
+
+// sender is where the answer goes: a Proxy or a Call stream.
+type sender interface {
+	Send(*tetherv1.Frame) error
+}
+
+// receiver is where a request body comes from; nil for Call.
+type receiver interface {
+	Receive() (*tetherv1.Frame, error)
+}
+
+func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, gw sender, body receiver) error {
 	if err := tunnel.Validate(f); err != nil || f.GetOpen() == nil {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("first frame must be a valid Open: %v", err))
 	}
@@ -237,7 +259,7 @@ func (s *Server) Proxy(ctx context.Context, gw *connect.BidiStream[tetherv1.Fram
 		}
 	}()
 	if !open.End {
-		go s.pumpRequest(ctx, gw, c)
+		go s.pumpRequest(ctx, body, c)
 		head, headErr = c.s.Head(ctx)
 	}
 	if err := headErr; err != nil {
@@ -358,7 +380,7 @@ func (s *Server) dial(ctx context.Context, open *tetherv1.Open) (*call, error) {
 
 // pumpRequest streams the request body from the gateway to the agent,
 // waiting for the agent's credit.
-func (s *Server) pumpRequest(ctx context.Context, gw *connect.BidiStream[tetherv1.Frame, tetherv1.Frame], c *call) {
+func (s *Server) pumpRequest(ctx context.Context, gw receiver, c *call) {
 	for {
 		f, err := gw.Receive()
 		if err != nil {
@@ -423,7 +445,7 @@ func statusFor(cluster string, err error) kstatus.Status {
 }
 
 // sendStatus answers the gateway with a Kubernetes Status.
-func sendStatus(gw *connect.BidiStream[tetherv1.Frame, tetherv1.Frame], st kstatus.Status) error {
+func sendStatus(gw sender, st kstatus.Status) error {
 	headers := []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}}
 	if st.Details != nil && st.Details.RetryAfterSeconds > 0 {
 		headers = append(headers, &tetherv1.Header{Name: "Retry-After", Values: []string{strconv.Itoa(st.Details.RetryAfterSeconds)}})

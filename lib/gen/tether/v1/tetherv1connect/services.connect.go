@@ -39,6 +39,8 @@ const (
 	TunnelServiceConnectProcedure = "/tether.v1.TunnelService/Connect"
 	// ProxyServiceProxyProcedure is the fully-qualified name of the ProxyService's Proxy RPC.
 	ProxyServiceProxyProcedure = "/tether.v1.ProxyService/Proxy"
+	// ProxyServiceCallProcedure is the fully-qualified name of the ProxyService's Call RPC.
+	ProxyServiceCallProcedure = "/tether.v1.ProxyService/Call"
 )
 
 // TunnelServiceClient is a client for the tether.v1.TunnelService service.
@@ -114,6 +116,10 @@ func (UnimplementedTunnelServiceHandler) Connect(context.Context, *connect.BidiS
 // ProxyServiceClient is a client for the tether.v1.ProxyService service.
 type ProxyServiceClient interface {
 	Proxy(context.Context) *connect.BidiStreamForClient[v1.Frame, v1.Frame]
+	// Call is Proxy for a request without a body (Open.end set), the common
+	// case: one HTTP/2 request with a known length, no request stream to
+	// hold open, so each hop writes less.
+	Call(context.Context, *connect.Request[v1.Frame]) (*connect.ServerStreamForClient[v1.Frame], error)
 }
 
 // NewProxyServiceClient constructs a client for the tether.v1.ProxyService service. By default, it
@@ -133,12 +139,19 @@ func NewProxyServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(proxyServiceMethods.ByName("Proxy")),
 			connect.WithClientOptions(opts...),
 		),
+		call: connect.NewClient[v1.Frame, v1.Frame](
+			httpClient,
+			baseURL+ProxyServiceCallProcedure,
+			connect.WithSchema(proxyServiceMethods.ByName("Call")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // proxyServiceClient implements ProxyServiceClient.
 type proxyServiceClient struct {
 	proxy *connect.Client[v1.Frame, v1.Frame]
+	call  *connect.Client[v1.Frame, v1.Frame]
 }
 
 // Proxy calls tether.v1.ProxyService.Proxy.
@@ -146,9 +159,18 @@ func (c *proxyServiceClient) Proxy(ctx context.Context) *connect.BidiStreamForCl
 	return c.proxy.CallBidiStream(ctx)
 }
 
+// Call calls tether.v1.ProxyService.Call.
+func (c *proxyServiceClient) Call(ctx context.Context, req *connect.Request[v1.Frame]) (*connect.ServerStreamForClient[v1.Frame], error) {
+	return c.call.CallServerStream(ctx, req)
+}
+
 // ProxyServiceHandler is an implementation of the tether.v1.ProxyService service.
 type ProxyServiceHandler interface {
 	Proxy(context.Context, *connect.BidiStream[v1.Frame, v1.Frame]) error
+	// Call is Proxy for a request without a body (Open.end set), the common
+	// case: one HTTP/2 request with a known length, no request stream to
+	// hold open, so each hop writes less.
+	Call(context.Context, *connect.Request[v1.Frame], *connect.ServerStream[v1.Frame]) error
 }
 
 // NewProxyServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -164,10 +186,18 @@ func NewProxyServiceHandler(svc ProxyServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(proxyServiceMethods.ByName("Proxy")),
 		connect.WithHandlerOptions(opts...),
 	)
+	proxyServiceCallHandler := connect.NewServerStreamHandler(
+		ProxyServiceCallProcedure,
+		svc.Call,
+		connect.WithSchema(proxyServiceMethods.ByName("Call")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tether.v1.ProxyService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ProxyServiceProxyProcedure:
 			proxyServiceProxyHandler.ServeHTTP(w, r)
+		case ProxyServiceCallProcedure:
+			proxyServiceCallHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -179,4 +209,8 @@ type UnimplementedProxyServiceHandler struct{}
 
 func (UnimplementedProxyServiceHandler) Proxy(context.Context, *connect.BidiStream[v1.Frame, v1.Frame]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("tether.v1.ProxyService.Proxy is not implemented"))
+}
+
+func (UnimplementedProxyServiceHandler) Call(context.Context, *connect.Request[v1.Frame], *connect.ServerStream[v1.Frame]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("tether.v1.ProxyService.Call is not implemented"))
 }
