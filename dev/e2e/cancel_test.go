@@ -33,25 +33,12 @@ func gauge(t *testing.T, service, name string) float64 {
 // A client that goes away cancels its request at every hop, down to the
 // call the agent made to the kube-apiserver.
 func TestClientCancelReachesTheAgent(t *testing.T) {
-	c, err := env.stack.HTTPClient()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const watches = 5
 	cancels := make([]context.CancelFunc, 0, watches)
 	for range watches {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancels = append(cancels, cancel)
-		req, _ := http.NewRequestWithContext(ctx, "GET", env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/configmaps?watch=1", nil)
-		req.Header.Set("Authorization", "Bearer "+token("admin"))
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != 200 {
-			t.Fatalf("watch: %s", resp.Status)
-		}
-		defer resp.Body.Close()
+		defer openWatch(t, ctx).Close()
 	}
 	waitFor(t, 10*time.Second, func() bool { return gauge(t, "agent", "tether_agent_requests_in_flight") >= watches })
 	for _, cancel := range cancels {

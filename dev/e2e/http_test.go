@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -177,4 +178,24 @@ func createConfigMaps(t *testing.T, ns string, n, size int) error {
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// openWatch starts a watch on configmaps in default through the gateway and
+// returns its body; ctx ends it.
+func openWatch(t *testing.T, ctx context.Context) io.ReadCloser {
+	t.Helper()
+	c, err := env.stack.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/configmaps?watch=1", nil)
+	req.Header.Set("Authorization", "Bearer "+token("admin"))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("watch: %s", resp.Status)
+	}
+	return resp.Body
 }

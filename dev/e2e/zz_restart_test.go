@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"io"
-	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,25 +35,6 @@ func TestAgentDrainsAndReconnects(t *testing.T) {
 	}
 }
 
-// openWatch starts a watch through the gateway and returns its body.
-func openWatch(t *testing.T) io.ReadCloser {
-	t.Helper()
-	c, err := env.stack.HTTPClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest("GET", env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/configmaps?watch=1", nil)
-	req.Header.Set("Authorization", "Bearer "+token("admin"))
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 200 {
-		t.Fatalf("watch: %s", resp.Status)
-	}
-	return resp.Body
-}
-
 func kill(t *testing.T, name string) {
 	t.Helper()
 	p := env.stack.Process(name)
@@ -77,7 +57,7 @@ func restart(t *testing.T, name string) {
 // idle probe finds the router gone and cancels its watches.
 func TestDeadRouterLeavesNothingAtTheAgent(t *testing.T) {
 	before := gauge(t, "agent", "tether_agent_requests_in_flight")
-	w := openWatch(t)
+	w := openWatch(t, context.Background())
 	defer w.Close()
 	waitFor(t, 10*time.Second, func() bool { return gauge(t, "agent", "tether_agent_requests_in_flight") > before })
 	kill(t, "router")
@@ -90,7 +70,7 @@ func TestDeadRouterLeavesNothingAtTheAgent(t *testing.T) {
 // reconnects, as client-go does), and the agent comes back through the new
 // subscriber.
 func TestDeadSubscriberEndsWatchesAndTheAgentReconnects(t *testing.T) {
-	w := openWatch(t)
+	w := openWatch(t, context.Background())
 	defer w.Close()
 	ended := make(chan error, 1)
 	go func() { _, err := io.Copy(io.Discard, w); ended <- err }()

@@ -130,13 +130,6 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-// InFlight is the number of open calls.
-func (s *Server) InFlight() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.calls)
-}
-
 func (s *Server) inbox(m *nats.Msg) {
 	id, err := subject.LastNumber(m.Subject)
 	if err != nil {
