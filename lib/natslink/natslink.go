@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -114,4 +115,21 @@ func PingAll(ctx context.Context, nc *nats.Conn, subjs []string, timeout time.Du
 	}
 	wg.Wait()
 	return errs
+}
+
+// AckDelay is how long a subscriber waits for the agent's first answer
+// before it tells the router it has the request (Ack): short requests never
+// pay for the message, and a router can tell a slow request from a lost one.
+const AckDelay = time.Second
+
+// Ack tells the router at subj that the request is held at session subject
+// reply, so it can probe it from now on.
+func Ack(nc *nats.Conn, subj, reply string) error {
+	return Publish(nc, subj, reply, &tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{}}}, nil)
+}
+
+// IsAck reports whether a Ping is an Ack (its reply names a session) rather
+// than a liveness question (its reply is a request inbox).
+func IsAck(m *nats.Msg) bool {
+	return subject.IsSession(m.Reply)
 }

@@ -48,6 +48,9 @@ func Session(session string, stream uint64) string {
 	return "tether.sess." + session + "." + strconv.FormatUint(stream, 10)
 }
 
+// IsSession reports whether subj is a session's stream subject.
+func IsSession(subj string) bool { return strings.HasPrefix(subj, "tether.sess.") }
+
 // RouterWildcard subscribes to every call of a router.
 func RouterWildcard(router string) string { return "tether.rtr." + router + ".*" }
 

@@ -47,22 +47,28 @@ func (c *call) Send(f *tetherv1.Frame) error {
 // receive takes a message from the inbox. It runs on the NATS delivery
 // goroutine and never blocks.
 func (c *call) receive(m *nats.Msg, f *tetherv1.Frame) {
-	c.mu.Lock()
-	first := !c.isAnswered
-	if first {
-		c.isAnswered = true
-		// A refusal comes without a session: there is no peer to talk to.
-		c.peer = m.Reply
-		close(c.answered)
-	}
-	ok := c.peer == m.Reply
-	c.mu.Unlock()
-	if !ok {
+	if !c.answer(m.Reply) {
 		// Only the subscriber that took the request may speak for it.
 		return
 	}
-	c.lastRecv.Store(time.Now().UnixNano())
 	_ = c.s.Deliver(f)
+}
+
+// answer records a message from reply: the first names the peer (a
+// refusal, with no reply, names none). It reports whether reply is the peer.
+func (c *call) answer(reply string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.isAnswered {
+		c.isAnswered = true
+		c.peer = reply
+		close(c.answered)
+	}
+	if c.peer != reply {
+		return false
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	return true
 }
 
 // noResponder handles NATS' notice that nobody listened: before an answer,

@@ -150,6 +150,12 @@ func (s *Server) inbox(m *nats.Msg) {
 		return
 	}
 	if f.GetPing() != nil {
+		if natslink.IsAck(m) {
+			if c != nil {
+				c.answer(m.Reply)
+			}
+			return
+		}
 		natslink.AnswerPing(s.cfg.NATS, m, c != nil)
 		return
 	}
@@ -405,9 +411,16 @@ func (s *Server) probeIdle(ctx context.Context) {
 	s.mu.Lock()
 	var quiet []*call
 	for _, c := range s.calls {
-		if c.lastRecv.Load() < cutoff && c.peerSubject() != "" {
-			quiet = append(quiet, c)
+		if c.lastRecv.Load() >= cutoff {
+			continue
 		}
+		if c.peerSubject() == "" {
+			// A subscriber acknowledges a request it took within a second
+			// (natslink.Ack); silence this long means it died with it.
+			c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber that took the request is gone"})
+			continue
+		}
+		quiet = append(quiet, c)
 	}
 	s.mu.Unlock()
 	subjs := make([]string, len(quiet))

@@ -39,6 +39,8 @@ type session struct {
 type relay struct {
 	router    string // subject of the router's call
 	lastRecv  atomic.Int64
+	answered  atomic.Bool // the agent sent something back
+	ack       *time.Timer
 	span      trace.Span
 	agentDone bool // the agent sent its end, or a Reset
 	routerEnd bool // the router sent its end
@@ -158,6 +160,13 @@ func (s *session) open(m *nats.Msg) {
 	id := s.nextID
 	s.nextID += 2
 	s.relays[id] = r
+	// Tell the router we hold the request if the agent is slow to answer,
+	// so the router can probe for us and never waits on a lost request.
+	r.ack = time.AfterFunc(natslink.AckDelay, func() {
+		if !r.answered.Load() {
+			_ = natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id))
+		}
+	})
 	s.mu.Unlock()
 	s.srv.metrics.inflight.Inc()
 	f.StreamId = id
@@ -235,6 +244,7 @@ func (s *session) fromAgent(f *tetherv1.Frame) error {
 		}
 		return s.conn.Send(&tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "request is gone"}}})
 	}
+	r.answered.Store(true)
 	done := false
 	switch k := f.Kind.(type) {
 	case *tetherv1.Frame_Reset_:
@@ -286,6 +296,7 @@ func (s *session) forget(id uint64) bool {
 }
 
 func (s *session) finish(r *relay, outcome string) {
+	r.ack.Stop()
 	s.srv.metrics.inflight.Dec()
 	s.srv.metrics.requests.WithLabelValues(s.cluster, outcome).Inc()
 	r.span.SetAttributes(attribute.String("tether.outcome", outcome))
