@@ -59,8 +59,13 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	// cancels the call to the kube-apiserver.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctxOf(s), cancel)
-	defer stop()
+	go func() {
+		select {
+		case <-s.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 
 	req, err := a.request(ctx, open, s)
 	if err != nil {
@@ -115,16 +120,6 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		return
 	}
 	log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
-}
-
-// ctxOf is a context that ends with the stream.
-func ctxOf(s *tunnel.Stream) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-s.Done()
-		cancel()
-	}()
-	return ctx
 }
 
 // request builds the call to the kube-apiserver: the client's method, path,
