@@ -178,7 +178,7 @@ func TestDeployManifestsApply(t *testing.T) {
 		path := filepath.Join(env.root, "deploy", f)
 		// Namespaces first: a server-side dry run does not create them.
 		ns := map[string]string{"agent.yaml": "tether-system", "tether.yaml": "tether"}[f]
-		must(t, env.direct, "", "create", "namespace", ns)
+		must(t, env.direct, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+ns+"\n", "apply", "-f", "-")
 		must(t, env.direct, "", "apply", "--dry-run=server", "-f", path)
 	}
 }
