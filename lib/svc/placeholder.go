@@ -19,14 +19,13 @@ func RunPlaceholder(name, purpose string) int {
 	natsURL := fs.String("nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
 	_ = fs.Parse(os.Args[1:])
 	return Run(name, common, func(ctx context.Context, env *Env) error {
-		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: *natsURL, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		nc, err := env.ConnectNATS(ctx, *natsURL, name)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // told to stop before NATS was reachable
 			}
 			return err
 		}
-		env.Admin.AddCheck("nats", natsconn.Ready(nc))
 		env.Log.Info("placeholder: connected to NATS; not yet " + purpose)
 		<-ctx.Done()
 		return natsconn.Drain(nc, env.ShutdownTimeout)

@@ -7,6 +7,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tether-dev/tether/lib/natsconn"
 )
 
 // Listener says how a service serves its main endpoint.
@@ -65,4 +69,24 @@ func EnvOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// InstanceID is id, or host name and pid when id is empty: unique per
+// process, stable in logs.
+func InstanceID(id string) string {
+	if id != "" {
+		return id
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
+
+// ConnectNATS connects as name and makes /readyz depend on the connection.
+func (env *Env) ConnectNATS(ctx context.Context, url, name string) (*nats.Conn, error) {
+	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: url, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry})
+	if err != nil {
+		return nil, err
+	}
+	env.Admin.AddCheck("nats", natsconn.Ready(nc))
+	return nc, nil
 }

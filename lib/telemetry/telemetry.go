@@ -127,3 +127,25 @@ func orDefault(s, d string) string {
 	}
 	return s
 }
+
+// Instruments is what a component reports through; service configs embed
+// it instead of listing the four each.
+type Instruments struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
+}
+
+// Validate reports a missing instrument.
+func (i Instruments) Validate() error {
+	if i.Logger == nil || i.Registerer == nil || i.Tracer == nil || i.Propagator == nil {
+		return errors.New("logger, registerer, tracer and propagator are required")
+	}
+	return nil
+}
+
+// Instruments returns t's logger, registry, tracer and propagator.
+func (t *Telemetry) Instruments() Instruments {
+	return Instruments{Logger: t.Logger, Registerer: t.Registry, Tracer: t.Tracer, Propagator: t.Propagator}
+}

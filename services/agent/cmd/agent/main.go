@@ -65,10 +65,7 @@ func main() {
 			Window:        window,
 			Keepalive:     ka,
 			Version:       svc.Version,
-			Logger:        env.Log,
-			Registerer:    env.Telemetry.Registry,
-			Tracer:        env.Telemetry.Tracer,
-			Propagator:    env.Telemetry.Propagator,
+			Instruments:   env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err

@@ -19,13 +19,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tether-dev/tether/lib/backoff"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/subject"
+	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -43,10 +42,7 @@ type Config struct {
 	Keepalive    tunnel.Keepalive
 	Version      string
 
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Tracer     trace.Tracer
-	Propagator propagation.TextMapPropagator
+	telemetry.Instruments
 }
 
 // Agent serves requests for one cluster.
@@ -73,9 +69,11 @@ func New(cfg Config) (*Agent, error) {
 	if !subject.ValidClusterID(cfg.ClusterID) {
 		return nil, fmt.Errorf("agent: invalid cluster id %q", cfg.ClusterID)
 	}
-	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil || cfg.Logger == nil ||
-		cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
-		return nil, errors.New("agent: subscriber URL and client, API transport, logger, registerer, tracer and propagator are required")
+	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil {
+		return nil, errors.New("agent: subscriber URL and client and API transport are required")
+	}
+	if err := cfg.Instruments.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	base, err := url.Parse(cfg.APIServer)
 	if err != nil || base.Scheme == "" || base.Host == "" {

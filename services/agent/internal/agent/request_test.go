@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -21,8 +22,10 @@ func newTestAgent(t *testing.T) *Agent {
 	a, err := New(Config{
 		ClusterID: "dev", SubscriberURL: "http://127.0.0.1:1", Subscriber: http.DefaultClient,
 		APIServer: "https://127.0.0.1:6443/prefix", APITransport: http.DefaultTransport,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
-		Tracer: noop.NewTracerProvider().Tracer(""), Propagator: propagation.TraceContext{},
+		Instruments: telemetry.Instruments{
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
+			Tracer: noop.NewTracerProvider().Tracer(""), Propagator: propagation.TraceContext{},
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

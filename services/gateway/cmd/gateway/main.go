@@ -57,12 +57,9 @@ func main() {
 		}
 		routerURL = strings.TrimSuffix(routerURL, "/")
 		gw, err := gateway.New(gateway.Config{
-			Auth:       tokens,
-			Router:     tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
-			Logger:     env.Log,
-			Registerer: env.Telemetry.Registry,
-			Tracer:     env.Telemetry.Tracer,
-			Propagator: env.Telemetry.Propagator,
+			Auth:        tokens,
+			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
+			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -41,10 +40,7 @@ type Config struct {
 	Auth   Authenticator
 	Router tetherv1connect.ProxyServiceClient
 
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Tracer     trace.Tracer
-	Propagator propagation.TextMapPropagator
+	telemetry.Instruments
 }
 
 // Gateway is the http.Handler of the edge.
@@ -56,8 +52,11 @@ type Gateway struct {
 
 // New validates cfg and returns a Gateway.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.Auth == nil || cfg.Router == nil || cfg.Logger == nil || cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
-		return nil, errors.New("gateway: auth, router, logger, registerer, tracer and propagator are required")
+	if cfg.Auth == nil || cfg.Router == nil {
+		return nil, errors.New("gateway: auth and router are required")
+	}
+	if err := cfg.Instruments.Validate(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := &Gateway{
 		cfg: cfg,

@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"net/http"
 	"os"
 	"time"
@@ -40,24 +39,20 @@ func main() {
 	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
 	_ = fs.Parse(os.Args[1:])
-	if id == "" {
-		host, _ := os.Hostname()
-		id = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
+	id = svc.InstanceID(id)
 
 	os.Exit(svc.Run("router", common, func(ctx context.Context, env *svc.Env) error {
 		cat, err := router.LoadCatalog(clusters)
 		if err != nil {
 			return err
 		}
-		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: natsURL, Name: "router-" + id, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		nc, err := env.ConnectNATS(ctx, natsURL, "router-"+id)
 		if err != nil {
 			return err
 		}
-		env.Admin.AddCheck("nats", natsconn.Ready(nc))
 		srv, err := router.New(router.Config{
 			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, IdleProbe: idleProbe,
-			Logger: env.Log, Registerer: env.Telemetry.Registry, Tracer: env.Telemetry.Tracer, Propagator: env.Telemetry.Propagator,
+			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err

@@ -48,10 +48,7 @@ type Config struct {
 	// subscriber whether it still has it.
 	IdleProbe time.Duration
 
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Tracer     trace.Tracer
-	Propagator propagation.TextMapPropagator
+	telemetry.Instruments
 }
 
 // Server serves ProxyService.
@@ -82,8 +79,11 @@ func New(cfg Config) (*Server, error) {
 	if !subject.ValidToken(cfg.ID) || len(cfg.ID) > 48 {
 		return nil, fmt.Errorf("router: id %q must match [A-Za-z0-9_-]{1,48}", cfg.ID)
 	}
-	if cfg.NATS == nil || cfg.Catalog == nil || cfg.Logger == nil || cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
-		return nil, errors.New("router: NATS, catalog, logger, registerer, tracer and propagator are required")
+	if cfg.NATS == nil || cfg.Catalog == nil {
+		return nil, errors.New("router: NATS and catalog are required")
+	}
+	if err := cfg.Instruments.Validate(); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
 	}
 	cfg.Window = tunnel.ClampWindow(cfg.Window)
 	if cfg.IdleProbe <= 0 {

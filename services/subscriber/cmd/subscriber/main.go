@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"net/http"
 	"os"
 	"time"
@@ -37,20 +36,16 @@ func main() {
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "drop an agent after this long without traffic")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "ask a router whether it still wants a request after this long without traffic from it")
 	_ = fs.Parse(os.Args[1:])
-	if id == "" {
-		host, _ := os.Hostname()
-		id = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
+	id = svc.InstanceID(id)
 
 	os.Exit(svc.Run("subscriber", common, func(ctx context.Context, env *svc.Env) error {
-		nc, err := natsconn.Connect(ctx, natsconn.Options{URL: natsURL, Name: "subscriber-" + id, Logger: env.Log, Registerer: env.Telemetry.Registry})
+		nc, err := env.ConnectNATS(ctx, natsURL, "subscriber-"+id)
 		if err != nil {
 			return err
 		}
-		env.Admin.AddCheck("nats", natsconn.Ready(nc))
 		srv, err := subscriber.New(subscriber.Config{
 			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe,
-			Logger: env.Log, Registerer: env.Telemetry.Registry, Tracer: env.Telemetry.Tracer, Propagator: env.Telemetry.Propagator,
+			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err

@@ -18,12 +18,11 @@ import (
 	"connectrpc.com/connect"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/subject"
+	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -37,10 +36,7 @@ type Config struct {
 	// asks its router whether it still wants it.
 	IdleProbe time.Duration
 
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Tracer     trace.Tracer
-	Propagator propagation.TextMapPropagator
+	telemetry.Instruments
 }
 
 // Server serves TunnelService.
@@ -69,8 +65,11 @@ func New(cfg Config) (*Server, error) {
 	if !subject.ValidToken(cfg.ID) {
 		return nil, fmt.Errorf("subscriber: id %q must match [A-Za-z0-9_-]{1,64}", cfg.ID)
 	}
-	if cfg.NATS == nil || cfg.Logger == nil || cfg.Registerer == nil || cfg.Tracer == nil || cfg.Propagator == nil {
-		return nil, errors.New("subscriber: NATS, logger, registerer, tracer and propagator are required")
+	if cfg.NATS == nil {
+		return nil, errors.New("subscriber: NATS is required")
+	}
+	if err := cfg.Instruments.Validate(); err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
 	}
 	if cfg.Keepalive == (tunnel.Keepalive{}) {
 		cfg.Keepalive = tunnel.DefaultKeepalive
