@@ -39,7 +39,8 @@ fuzz:
 
 ## proto: regenerate lib/gen from proto/ with pinned local plugins
 proto:
-	GOBIN=$(BIN) $(GO) install $(PROTOC_GEN_GO) $(PROTOC_GEN_CONNECT) $(BUF)
+	@# One go install per module: go install takes one module version per call.
+	for t in $(PROTOC_GEN_GO) $(PROTOC_GEN_CONNECT) $(BUF); do GOBIN=$(BIN) $(GO) install $$t || exit 1; done
 	cd proto && $(BIN)/buf lint && $(BIN)/buf generate
 
 ## kube: build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl

@@ -24,6 +24,10 @@ type Listener struct {
 	// Drain, if set, runs first when ctx ends: the service's own way of
 	// finishing in-flight work before the server shuts down.
 	Drain func(ctx context.Context)
+	// Hijacked, if set, runs after the server has shut down: it waits for
+	// connections the server no longer tracks (upgraded ones) until ctx
+	// ends, then closes them.
+	Hijacked func(ctx context.Context)
 }
 
 // Serve serves l until ctx ends, then drains and shuts the server down
@@ -59,6 +63,9 @@ func (env *Env) Serve(ctx context.Context, l Listener) error {
 	}
 	if err := l.Server.Shutdown(dctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		env.Log.Warn("shutting down the "+l.What+" listener", "err", err)
+	}
+	if l.Hijacked != nil {
+		l.Hijacked(dctx)
 	}
 	return nil
 }

@@ -91,6 +91,12 @@ func Validate(f *tetherv1.Frame) error {
 		if len(k.Response.Body) > 0 && !k.Response.End {
 			return fmt.Errorf("a response body in the head must be the whole body")
 		}
+		if switched := k.Response.Status == 101; switched != (k.Response.Upgrade != "") || (switched && k.Response.End) {
+			return fmt.Errorf("a 101 response must name its protocol and leave the stream open, and only a 101 may")
+		}
+		if err := checkString("upgrade", k.Response.Upgrade); err != nil {
+			return err
+		}
 	case *tetherv1.Frame_Data:
 		if len(k.Data.Chunk) > MaxChunk {
 			return fmt.Errorf("data chunk of %d bytes exceeds %d", len(k.Data.Chunk), MaxChunk)
@@ -124,6 +130,12 @@ func validateOpen(o *tetherv1.Open) error {
 	}
 	if o.Window > MaxWindow {
 		return fmt.Errorf("open window %d exceeds %d", o.Window, MaxWindow)
+	}
+	if o.Upgrade != "" && o.End {
+		return fmt.Errorf("an upgrade request cannot end before its response")
+	}
+	if err := checkString("upgrade", o.Upgrade); err != nil {
+		return err
 	}
 	if len(o.Trace) > maxTraceKeys {
 		return fmt.Errorf("open carries %d trace keys", len(o.Trace))

@@ -30,6 +30,31 @@ func Credential(name string) bool {
 	return name == "Authorization" || strings.HasPrefix(name, "Impersonate-")
 }
 
+// Upgrade returns the protocols an HTTP/1.1 message asks to switch to (its
+// Upgrade header), or "" unless its Connection header names "upgrade" too:
+// an Upgrade header alone is not a request to switch.
+func Upgrade(h http.Header) string {
+	up := strings.Join(h.Values("Upgrade"), ", ")
+	if up == "" {
+		return ""
+	}
+	for _, v := range h.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return up
+			}
+		}
+	}
+	return ""
+}
+
+// SetUpgrade adds the connection-level headers of an upgrade to h, which
+// FromHTTP and ToHTTP never carry.
+func SetUpgrade(h http.Header, protocols string) {
+	h.Set("Connection", "Upgrade")
+	h.Set("Upgrade", protocols)
+}
+
 // FromHTTP converts h to frame headers, leaving out hop-by-hop headers,
 // those that Connection names, and those that drop reports.
 func FromHTTP(h http.Header, drop func(canonicalName string) bool) []*tetherv1.Header {

@@ -27,3 +27,38 @@ func TestFromHTTPDropsHopByHopAndCredentials(t *testing.T) {
 		}
 	}
 }
+
+func TestUpgrade(t *testing.T) {
+	tests := []struct {
+		name    string
+		headers map[string][]string
+		want    string
+	}{
+		{"websocket", map[string][]string{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}, "websocket"},
+		{"spdy among other connection tokens", map[string][]string{"Connection": {"keep-alive, upgrade"}, "Upgrade": {"SPDY/3.1"}}, "SPDY/3.1"},
+		{"two upgrade lines", map[string][]string{"Connection": {"Upgrade"}, "Upgrade": {"a", "b"}}, "a, b"},
+		{"upgrade header without connection token", map[string][]string{"Upgrade": {"websocket"}}, ""},
+		{"connection token without upgrade header", map[string][]string{"Connection": {"Upgrade"}}, ""},
+		{"plain request", map[string][]string{"Accept": {"*/*"}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			for k, vs := range tt.headers {
+				for _, v := range vs {
+					h.Add(k, v)
+				}
+			}
+			if got := Upgrade(h); got != tt.want {
+				t.Errorf("Upgrade() = %q, want %q", got, tt.want)
+			}
+			// Whatever the message asked, the envelope never carries the
+			// connection-level headers themselves.
+			out := http.Header{}
+			ToHTTP(FromHTTP(h, nil), out, nil)
+			if out.Get("Upgrade") != "" || out.Get("Connection") != "" {
+				t.Errorf("connection-level headers carried: %v", out)
+			}
+		})
+	}
+}

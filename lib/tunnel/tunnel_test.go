@@ -306,6 +306,12 @@ func TestValidate(t *testing.T) {
 		{"zero window", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Window{Window: &tetherv1.Window{}}}, true},
 		{"header value not UTF-8", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Headers: []*tetherv1.Header{{Name: "X", Values: []string{"caf\xe9"}}}}}}, true},
 		{"header without name", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Headers: []*tetherv1.Header{{Values: []string{"x"}}}}}}, true},
+		{"upgrade open", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.End, o.Upgrade = false, "websocket"; return o }()}}, false},
+		{"upgrade open that ends", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.End, o.Upgrade = true, "websocket"; return o }()}}, true},
+		{"switching protocols", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 101, Upgrade: "SPDY/3.1"}}}, false},
+		{"101 without a protocol", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 101}}}, true},
+		{"101 that ends", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 101, Upgrade: "websocket", End: true}}}, true},
+		{"protocol on a 200", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Upgrade: "websocket"}}}, true},
 		{"invalid utf-8 user", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
 			o := okOpen()
 			o.Identity = &tetherv1.Identity{User: "\xff"}

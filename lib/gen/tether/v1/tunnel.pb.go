@@ -324,7 +324,13 @@ type Open struct {
 	End bool `protobuf:"varint,10,opt,name=end,proto3" json:"end,omitempty"`
 	// The tenants the user belongs to; the router serves a cluster only to
 	// users of its tenant. Never sent on to the agent.
-	Tenants       []string `protobuf:"bytes,11,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	Tenants []string `protobuf:"bytes,11,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	// The protocols of an HTTP upgrade the client asked for (the Upgrade
+	// header: "websocket", "SPDY/3.1"); empty for plain requests. An
+	// upgrade never has end set: once the response is a 101, Data frames
+	// carry the upgraded connection's bytes both ways, each direction ending
+	// with its own end (a half-close), until both have ended or a Reset.
+	Upgrade       string `protobuf:"bytes,12,opt,name=upgrade,proto3" json:"upgrade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -434,6 +440,13 @@ func (x *Open) GetTenants() []string {
 		return x.Tenants
 	}
 	return nil
+}
+
+func (x *Open) GetUpgrade() string {
+	if x != nil {
+		return x.Upgrade
+	}
+	return ""
 }
 
 // Identity is the end user as the gateway authenticated them. The agent turns
@@ -613,7 +626,11 @@ type Response struct {
 	// A whole small body (at most 64 KiB) sent with the head, with end set:
 	// one frame instead of two on every hop for most API responses. It counts
 	// against the caller's credit like Data.
-	Body          []byte `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	// The protocol switched to, with status 101: the Upgrade header of the
+	// response. Connection-level headers are never carried; each hop writes
+	// its own.
+	Upgrade       string `protobuf:"bytes,5,opt,name=upgrade,proto3" json:"upgrade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -674,6 +691,13 @@ func (x *Response) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *Response) GetUpgrade() string {
+	if x != nil {
+		return x.Upgrade
+	}
+	return ""
 }
 
 // Data carries body bytes (at most 64 KiB a frame). end half-closes this
@@ -1058,7 +1082,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x04pong\x18\t \x01(\v2\x0f.tether.v1.PongH\x00R\x04pong\x12.\n" +
 	"\awelcome\x18\n" +
 	" \x01(\v2\x12.tether.v1.WelcomeH\x00R\awelcomeB\x06\n" +
-	"\x04kind\"\x94\x03\n" +
+	"\x04kind\"\xae\x03\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
@@ -1073,7 +1097,8 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x06window\x18\t \x01(\rR\x06window\x12\x10\n" +
 	"\x03end\x18\n" +
 	" \x01(\bR\x03end\x12\x18\n" +
-	"\atenants\x18\v \x03(\tR\atenants\x1a8\n" +
+	"\atenants\x18\v \x03(\tR\atenants\x12\x18\n" +
+	"\aupgrade\x18\f \x01(\tR\aupgrade\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1091,12 +1116,13 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\tR\x06values\"4\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values\"u\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\x8f\x01\n" +
 	"\bResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\rR\x06status\x12+\n" +
 	"\aheaders\x18\x02 \x03(\v2\x11.tether.v1.HeaderR\aheaders\x12\x10\n" +
 	"\x03end\x18\x03 \x01(\bR\x03end\x12\x12\n" +
-	"\x04body\x18\x04 \x01(\fR\x04body\".\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\x18\n" +
+	"\aupgrade\x18\x05 \x01(\tR\aupgrade\".\n" +
 	"\x04Data\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\bR\x03end\"&\n" +

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -56,16 +57,21 @@ func main() {
 		if err != nil {
 			return fmt.Errorf("building the kube-apiserver transport: %w", err)
 		}
+		upgrades, err := upgradeTransport(cfg)
+		if err != nil {
+			return err
+		}
 		a, err := agent.New(agent.Config{
-			ClusterID:     clusterID,
-			SubscriberURL: subURL,
-			Subscriber:    &http.Client{Transport: svc.H2CTransport()},
-			APIServer:     cfg.Host,
-			APITransport:  rt,
-			Window:        window,
-			Keepalive:     ka,
-			Version:       svc.Version,
-			Instruments:   env.Telemetry.Instruments(),
+			ClusterID:        clusterID,
+			SubscriberURL:    subURL,
+			Subscriber:       &http.Client{Transport: svc.H2CTransport()},
+			APIServer:        cfg.Host,
+			APITransport:     rt,
+			UpgradeTransport: upgrades,
+			Window:           window,
+			Keepalive:        ka,
+			Version:          svc.Version,
+			Instruments:      env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err
@@ -94,4 +100,19 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	cfg.Timeout = 0 * time.Second // watches and streams are long; the caller's context bounds each request
 	return cfg, nil
+}
+
+// upgradeTransport dials the kube-apiserver for exec, attach and
+// port-forward with the same credentials as every other request: client
+// certificates in the TLS config, tokens from client-go's wrappers.
+func upgradeTransport(cfg *rest.Config) (http.RoundTripper, error) {
+	tlsConfig, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("building the kube-apiserver TLS config: %w", err)
+	}
+	rt, err := rest.HTTPWrappersForConfig(cfg, &agent.UpgradeTransport{TLS: tlsConfig, Dialer: net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}})
+	if err != nil {
+		return nil, fmt.Errorf("building the kube-apiserver upgrade transport: %w", err)
+	}
+	return rt, nil
 }

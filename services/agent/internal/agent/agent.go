@@ -38,9 +38,13 @@ type Config struct {
 	// agent's own credentials to it.
 	APIServer    string
 	APITransport http.RoundTripper
-	Window       int
-	Keepalive    tunnel.Keepalive
-	Version      string
+	// UpgradeTransport carries the same credentials for upgrade requests
+	// (exec, attach, port-forward): see UpgradeTransport. Without it the
+	// agent answers upgrades with 501.
+	UpgradeTransport http.RoundTripper
+	Window           int
+	Keepalive        tunnel.Keepalive
+	Version          string
 
 	telemetry.Instruments
 }
@@ -62,6 +66,7 @@ type metrics struct {
 	connected prometheus.Gauge
 	connects  prometheus.Counter
 	duration  *prometheus.HistogramVec
+	upgraded  prometheus.Gauge
 }
 
 // New validates cfg and returns an Agent.
@@ -89,12 +94,13 @@ func New(cfg Config) (*Agent, error) {
 		inflight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "1 while the agent holds a stream to a subscriber."}),
 		connects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
+		upgraded:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration} {
+	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}

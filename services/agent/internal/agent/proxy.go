@@ -73,8 +73,15 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		return
 	}
 	a.cfg.Propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	rt := a.cfg.APITransport
+	if open.Upgrade != "" {
+		if rt = a.cfg.UpgradeTransport; rt == nil {
+			a.fail(s, log, http.StatusNotImplemented, "this agent cannot carry upgraded connections")
+			return
+		}
+	}
 	start := time.Now()
-	resp, err := a.cfg.APITransport.RoundTrip(req)
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return // the caller went away; nobody to answer
@@ -87,6 +94,14 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	a.metrics.duration.WithLabelValues("agent").Observe(time.Since(start).Seconds())
 	a.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
 	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if open.Upgrade == "" {
+			a.fail(s, log, http.StatusBadGateway, "the kube-apiserver switched protocols unasked")
+			return
+		}
+		a.switchProtocols(ctx, log, s, resp)
+		return
+	}
 
 	rh := &tetherv1.Response{Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil)}
 	buf := tunnel.GetChunk()
@@ -135,7 +150,13 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 	u.Path = path
 	u.RawQuery = open.Query
 	var body io.ReadCloser = http.NoBody
-	if !open.End {
+	if open.Upgrade != "" {
+		// The connection's bytes follow the 101; credit for them now saves
+		// a round trip once it comes.
+		if err := s.Grant(s.Window()); err != nil {
+			return nil, err
+		}
+	} else if !open.End {
 		if err := s.Grant(s.Window()); err != nil {
 			return nil, err
 		}
@@ -147,7 +168,7 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 	}
 	tunnel.ToHTTP(open.Headers, req.Header, tunnel.Credential)
 	req.ContentLength = -1
-	if open.End {
+	if open.End || open.Upgrade != "" {
 		req.ContentLength = 0
 	} else if cl := req.Header.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
@@ -155,6 +176,9 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 		}
 	}
 	req.Header.Del("Content-Length")
+	if open.Upgrade != "" {
+		tunnel.SetUpgrade(req.Header, open.Upgrade)
+	}
 	if id := open.Identity; id != nil && id.User != "" {
 		req.Header.Set("Impersonate-User", id.User)
 		if id.Uid != "" {

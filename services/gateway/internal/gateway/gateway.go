@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -48,6 +49,13 @@ type Gateway struct {
 	cfg      Config
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	upgraded prometheus.Gauge
+
+	// Upgraded connections are the handler's own once hijacked: the HTTP
+	// server's shutdown neither waits for nor closes them.
+	hijacked     sync.WaitGroup
+	stopHijacked context.Context
+	closeAll     context.CancelFunc
 }
 
 // New validates cfg and returns a Gateway.
@@ -67,8 +75,12 @@ func New(cfg Config) (*Gateway, error) {
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
+		upgraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_gateway_upgraded_connections", Help: "Upgraded client connections (exec, attach, port-forward) being carried.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{g.requests, g.duration} {
+	g.stopHijacked, g.closeAll = context.WithCancel(context.Background())
+	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}
@@ -161,6 +173,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > 0 {
 		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
 	}
+	if up := tunnel.Upgrade(r.Header); up != "" {
+		// exec, attach and port-forward: HTTP/1.1 upgrades to SPDY or
+		// WebSocket, whose bytes follow the 101 on the same connection.
+		if r.ProtoMajor != 1 || !noBody {
+			code = http.StatusBadRequest
+			kstatus.Error(w, code, "an upgrade request must be HTTP/1.1 and carry no body")
+			return
+		}
+		open.Upgrade, open.End = up, false
+	}
 	g.cfg.Propagator.Inject(ctx, propagation.MapCarrier(open.Trace))
 	// What the router would refuse is refused here, with the reason.
 	frame := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}
@@ -178,7 +200,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	uploadFailed := make(chan struct{})
-	receive, err := g.send(ctx, frame, noBody, r.Body, func() { close(uploadFailed); cancel() })
+	receive, upgrade, err := g.send(ctx, frame, r.Body, func() { close(uploadFailed); cancel() })
 	if err != nil {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
@@ -209,6 +231,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code = int(resp.Status)
+	if upgrade != nil {
+		if code == http.StatusSwitchingProtocols {
+			g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
+			span.SetAttributes(attribute.Int("http.response.status_code", code))
+			g.switchProtocols(ctx, cancel, log, w, resp, upgrade, receive)
+			return
+		}
+		// Refused (a Status from the cluster or from Tether): no bytes follow.
+		_ = upgrade.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+		_ = upgrade.CloseRequest()
+	} else if code == http.StatusSwitchingProtocols {
+		code = http.StatusBadGateway
+		kstatus.Error(w, code, "the cluster switched protocols on a request that asked for no upgrade")
+		return
+	}
 	tunnel.ToHTTP(resp.Headers, w.Header(), nil)
 	w.WriteHeader(code)
 	g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
@@ -252,12 +289,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // send hands the request to a router: a Call when it has no body (one
 // HTTP/2 request of known length), else a Proxy stream with the body
-// streamed behind the Open. It returns how to read the answer.
-func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, noBody bool, body io.Reader, uploadFailed func()) (func() (*tetherv1.Frame, error), error) {
-	if noBody {
+// streamed behind the Open. It returns how to read the answer, and for an
+// upgrade the stream its bytes will go out on.
+func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func()) (func() (*tetherv1.Frame, error), proxyStream, error) {
+	if open.GetOpen().GetEnd() {
 		ss, err := g.cfg.Router.Call(ctx, connect.NewRequest(open))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		return func() (*tetherv1.Frame, error) {
 			if ss.Receive() {
@@ -267,14 +305,17 @@ func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, noBody bool, b
 				return nil, err
 			}
 			return nil, io.EOF
-		}, nil
+		}, nil, nil
 	}
 	stream := g.cfg.Router.Proxy(ctx)
 	if err := stream.Send(open); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if open.GetOpen().GetUpgrade() != "" {
+		return stream.Receive, stream, nil
 	}
 	go sendBody(stream, body, uploadFailed)
-	return stream.Receive, nil
+	return stream.Receive, nil, nil
 }
 
 // finish reads the router's end of stream, so the call ends cleanly

@@ -257,9 +257,25 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 			c.s.Reset(tetherv1.ResetCode_RESET_CODE_CANCELED, "client went away")
 		}
 	}()
+	pumped := make(chan struct{})
 	if !open.End {
-		go s.pumpRequest(ctx, body, c)
+		go func() {
+			defer close(pumped)
+			s.pumpRequest(ctx, body, c)
+		}()
 		head, headErr = c.s.Head(ctx)
+	}
+	// An upgraded connection's two directions end apart: once the agent's
+	// has, the client's may still be sending (a half-close), so the call
+	// lasts until the client ends too, or goes away.
+	bothEnded := func() error {
+		if resp := head.GetResponse(); resp.GetStatus() == http.StatusSwitchingProtocols {
+			select {
+			case <-pumped:
+			case <-ctx.Done():
+			}
+		}
+		return nil
 	}
 	if err := headErr; err != nil {
 		if ctx.Err() != nil {
@@ -274,6 +290,10 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	if resp == nil {
 		code = http.StatusBadGateway
 		return sendStatus(gw, kstatus.New(code, "agent answered with a frame that is not a response"))
+	}
+	if resp.Status == http.StatusSwitchingProtocols && open.Upgrade == "" {
+		code = http.StatusBadGateway
+		return sendStatus(gw, kstatus.New(code, "agent switched protocols on a request that asked for no upgrade"))
 	}
 	code = int(resp.Status)
 	s.metrics.duration.WithLabelValues("router").Observe(time.Since(start).Seconds())
@@ -296,11 +316,14 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 				return err
 			}
 			if end {
-				return nil
+				return bothEnded()
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+			if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}}); err != nil {
+				return err
+			}
+			return bothEnded()
 		}
 		if err != nil {
 			if ctx.Err() == nil {
