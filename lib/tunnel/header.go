@@ -55,6 +55,39 @@ func SetUpgrade(h http.Header, protocols string) {
 	h.Set("Upgrade", protocols)
 }
 
+// wsTokenPrefix marks a bearer token among a WebSocket client's
+// subprotocols, where browsers put what they cannot send as Authorization.
+// The kube-apiserver authenticates with it, so it is a credential too.
+const wsTokenPrefix = "base64url.bearer.authorization.k8s.io."
+
+// ScrubCredentials removes from h everything that would claim an identity:
+// the headers Credential names, and bearer tokens hidden among WebSocket
+// subprotocols.
+func ScrubCredentials(h http.Header) {
+	for name := range h {
+		if Credential(name) {
+			delete(h, name)
+		}
+	}
+	const wsp = "Sec-Websocket-Protocol"
+	protocols := h.Values(wsp)
+	if len(protocols) == 0 {
+		return
+	}
+	var kept []string
+	for _, v := range protocols {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(p, wsTokenPrefix) {
+				kept = append(kept, p)
+			}
+		}
+	}
+	h.Del(wsp)
+	if len(kept) > 0 {
+		h.Set(wsp, strings.Join(kept, ", "))
+	}
+}
+
 // FromHTTP converts h to frame headers, leaving out hop-by-hop headers,
 // those that Connection names, and those that drop reports.
 func FromHTTP(h http.Header, drop func(canonicalName string) bool) []*tetherv1.Header {

@@ -62,3 +62,30 @@ func TestUpgrade(t *testing.T) {
 		})
 	}
 }
+
+func TestScrubCredentials(t *testing.T) {
+	h := http.Header{}
+	h.Set("Authorization", "Bearer stolen")
+	h["impersonate-uid"] = []string{"0"}
+	h.Add("Sec-WebSocket-Protocol", "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVu")
+	h.Add("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+	h.Set("Accept", "*/*")
+	ScrubCredentials(h)
+	if got := h.Get("Sec-WebSocket-Protocol"); got != "v5.channel.k8s.io, v4.channel.k8s.io" {
+		t.Errorf("subprotocols = %q", got)
+	}
+	for _, name := range []string{"Authorization", "Impersonate-Uid", "impersonate-uid"} {
+		if len(h[name]) > 0 {
+			t.Errorf("%s kept", name)
+		}
+	}
+	if h.Get("Accept") != "*/*" {
+		t.Error("Accept lost")
+	}
+
+	only := http.Header{"Sec-Websocket-Protocol": {"base64url.bearer.authorization.k8s.io.eA"}}
+	ScrubCredentials(only)
+	if _, ok := only["Sec-Websocket-Protocol"]; ok {
+		t.Errorf("a header of only a token stays: %v", only)
+	}
+}

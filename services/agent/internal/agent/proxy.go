@@ -166,7 +166,9 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 	if err != nil {
 		return nil, fmt.Errorf("bad request: %w", err)
 	}
-	tunnel.ToHTTP(open.Headers, req.Header, tunnel.Credential)
+	tunnel.ToHTTP(open.Headers, req.Header, nil)
+	// The gateway scrubbed these already; an agent never trusts that.
+	tunnel.ScrubCredentials(req.Header)
 	req.ContentLength = -1
 	if open.End || open.Upgrade != "" {
 		req.ContentLength = 0

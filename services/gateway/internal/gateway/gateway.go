@@ -50,6 +50,7 @@ type Gateway struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	upgraded prometheus.Gauge
+	upgrades *prometheus.CounterVec
 
 	// Upgraded connections are the handler's own once hijacked: the HTTP
 	// server's shutdown neither waits for nor closes them.
@@ -78,9 +79,12 @@ func New(cfg Config) (*Gateway, error) {
 		upgraded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_gateway_upgraded_connections", Help: "Upgraded client connections (exec, attach, port-forward) being carried.",
 		}),
+		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_gateway_upgrades_total", Help: "Connections switched to another protocol, by protocol (websocket, spdy, other).",
+		}, []string{"protocol"}),
 	}
 	g.stopHijacked, g.closeAll = context.WithCancel(context.Background())
-	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded} {
+	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded, g.upgrades} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}
@@ -157,6 +161,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := telemetry.LogWith(ctx, g.cfg.Logger).With("request_id", reqID, "cluster_id", cluster, "user", user.Name, "method", r.Method, "path", rest)
 	w.Header().Set("X-Tether-Request-Id", reqID)
 
+	// Before anything else reads the request: only the identity the
+	// gateway authenticated may reach a cluster.
+	tunnel.ScrubCredentials(r.Header)
 	noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	open := &tetherv1.Open{
 		RequestId: reqID,

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -40,6 +41,7 @@ func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc
 		log.Info("client gone before the 101", "err", err)
 		return
 	}
+	g.upgrades.WithLabelValues(protocolLabel(resp.Upgrade)).Inc()
 	g.upgraded.Inc()
 	defer g.upgraded.Dec()
 
@@ -83,6 +85,18 @@ func (g *Gateway) WaitUpgraded(ctx context.Context) {
 		g.closeAll()
 		<-done
 	}
+}
+
+// protocolLabel bounds the protocol metric label: the value comes from the
+// cluster and could be anything.
+func protocolLabel(upgrade string) string {
+	switch p := strings.ToLower(upgrade); {
+	case p == "websocket":
+		return "websocket"
+	case strings.HasPrefix(p, "spdy/"):
+		return "spdy"
+	}
+	return "other"
 }
 
 // writeSwitch writes the 101 head: the cluster's headers plus our own
