@@ -10,8 +10,19 @@ import (
 	"time"
 )
 
-// gauge reads one unlabelled gauge from a service's /metrics.
-func gauge(t *testing.T, service, name string) float64 {
+// gauge reads one gauge or counter series, such as name or
+// name{label="v"}, from a service's /metrics; the test fails without it.
+func gauge(t *testing.T, service, series string) float64 {
+	t.Helper()
+	v, ok := metric(t, service, series)
+	if !ok {
+		t.Fatalf("%s has no %s", service, series)
+	}
+	return v
+}
+
+// metric reads one series from a service's /metrics, if it is there.
+func metric(t *testing.T, service, series string) (float64, bool) {
 	t.Helper()
 	resp, err := http.Get("http://" + env.stack.Admin[service] + "/metrics")
 	if err != nil {
@@ -19,15 +30,15 @@ func gauge(t *testing.T, service, name string) float64 {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
 	if m == nil {
-		t.Fatalf("%s has no %s", service, name)
+		return 0, false
 	}
 	v, err := strconv.ParseFloat(string(m[1]), 64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return v, true
 }
 
 // A client that goes away cancels its request at every hop, down to the

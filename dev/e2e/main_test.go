@@ -74,12 +74,15 @@ func run(m *testing.M) int {
 		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,
 		// Long enough that an agent which waits it out instead of leaving
 		// as soon as it is idle fails TestAgentDrainsAndReconnects.
+		// --pprof: the leak test collects garbage in each service before
+		// reading its heap.
 		Args: map[string][]string{
-			"agent":   {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint()},
-			"gateway": {"--otlp-endpoint", env.collector.endpoint()},
+			// Keepalives of 1 s, so an idle port-forward outlasts several.
+			"agent":   {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint(), "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
+			"gateway": {"--otlp-endpoint", env.collector.endpoint(), "--pprof"},
 			// Short idle probes so the tests of dead peers finish quickly.
-			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
-			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s"},
+			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--pprof"},
+			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
 		},
 	})
 	if err != nil {

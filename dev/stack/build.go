@@ -10,8 +10,8 @@ import (
 	"strings"
 )
 
-// Binaries are the programs of the stack: Tether's services and the
-// embedded NATS server.
+// Binaries are the programs of the stack: Tether's services, the embedded
+// NATS server, the development node and what its test pods run.
 var Binaries = map[string]string{
 	"gateway":        "./services/gateway/cmd/gateway",
 	"router":         "./services/router/cmd/router",
@@ -21,6 +21,8 @@ var Binaries = map[string]string{
 	"audit":          "./services/audit/cmd/audit",
 	"autoscaler":     "./services/autoscaler/cmd/autoscaler",
 	"natsd":          "./dev/cmd/natsd",
+	"devnode":        "./dev/cmd/devnode",
+	"podtool":        "./dev/cmd/podtool",
 }
 
 // Build compiles every binary into dir with one go build, so packages

@@ -73,6 +73,9 @@ type Stack struct {
 	CAFile     string // CA of the gateway's serving certificate
 	NATSURL    string
 	Kube       *kube.ControlPlane // nil with AgentKubeconfig
+	// NodeName is the development node running pods as host processes;
+	// empty with AgentKubeconfig.
+	NodeName string
 	// AgentKubeconfig is what the agent uses to reach its cluster.
 	AgentKubeconfig string
 	Users           map[string]User
@@ -128,6 +131,9 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 			return nil, err
 		}
 		s.AgentKubeconfig = s.Kube.AdminKubeconfig
+		if err := s.startNode(ctx); err != nil {
+			return nil, err
+		}
 	}
 
 	ports, err := proc.FreePorts(9)
@@ -184,6 +190,78 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		fmt.Fprintf(o.Log, "stack: %s ready (admin http://%s)\n", svc.name, a)
 	}
 	return s, nil
+}
+
+// NodeName is the development node's name: pods that set it as their
+// spec.nodeName run on this machine as host processes.
+const NodeName = "tether-dev-node"
+
+// startNode starts the development node (dev/kubelet) against the stack's
+// own control plane, and waits until its Node is Ready.
+func (s *Stack) startNode(ctx context.Context) error {
+	pkiDir := filepath.Join(s.opts.StateDir, "pki")
+	cert, key, err := s.ca.IssueServer(pkiDir, "devnode", []string{"127.0.0.1"})
+	if err != nil {
+		return err
+	}
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	p, err := s.start(ctx, "devnode", "--kubeconfig", s.Kube.AdminKubeconfig, "--name", NodeName, "--listen", addr(ports[0]),
+		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"))
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(s.Kube.CAFile)
+	if err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if err := poll(ctx, p, time.Minute, func() bool { return nodeReady(ctx, client, s.Kube.URL, s.Kube.AdminToken) }); err != nil {
+		return err
+	}
+	s.NodeName = NodeName
+	fmt.Fprintf(s.opts.Log, "stack: development node %s ready\n", NodeName)
+	return nil
+}
+
+func nodeReady(ctx context.Context, client *http.Client, base, token string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/nodes/"+NodeName, nil)
+	if err != nil {
+		return false
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var node struct {
+		Status struct {
+			Conditions []struct{ Type, Status string }
+		}
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&node) != nil {
+		return false
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True"
+		}
+	}
+	return false
+}
+
+// Bin is the path of a built binary, such as "podtool" for test pods.
+func (s *Stack) Bin(name string) string {
+	p, err := filepath.Abs(filepath.Join(s.opts.BinDir, name))
+	if err != nil {
+		return filepath.Join(s.opts.BinDir, name)
+	}
+	return p
 }
 
 func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

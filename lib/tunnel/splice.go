@@ -31,17 +31,32 @@ func Splice(ctx context.Context, s *Stream, conn io.ReadWriteCloser) error {
 		}
 	}()
 
-	upstream := make(chan error, 1)
-	go func() { upstream <- spliceToConn(ctx, s, conn) }()
-	if err := spliceFromConn(ctx, s, conn); err != nil {
-		s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "upgraded connection broken off: "+err.Error())
-		cancel()
-		<-upstream
-		return err
-	}
-	if err := <-upstream; err != nil {
-		s.Reset(tetherv1.ResetCode_RESET_CODE_CANCELED, "upgraded connection closed: "+err.Error())
-		return err
+	// Both directions run on their own, so a failure of either is seen at
+	// once, even while the other is idle (an idle port-forward whose client
+	// vanished).
+	toConn, fromConn := make(chan error, 1), make(chan error, 1)
+	go func() { toConn <- spliceToConn(ctx, s, conn) }()
+	go func() { fromConn <- spliceFromConn(ctx, s, conn) }()
+	for pending := 2; pending > 0; pending-- {
+		var err error
+		code := tetherv1.ResetCode_RESET_CODE_CANCELED
+		select {
+		case err = <-toConn:
+			toConn = nil
+		case err = <-fromConn:
+			fromConn, code = nil, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE
+		}
+		if err != nil {
+			s.Reset(code, "upgraded connection broken off: "+err.Error())
+			cancel()
+			if toConn != nil {
+				<-toConn
+			}
+			if fromConn != nil {
+				<-fromConn
+			}
+			return err
+		}
 	}
 	return nil
 }

@@ -43,6 +43,8 @@ type config struct {
 	cmCount, cmSize    int // the big list
 	lists              int
 	natsN, natsWarm    int
+	pfBytes            int64 // port-forwarded each way
+	rttN               int   // exec round trips
 }
 
 const smallPath = "/api/v1/namespaces/default"
@@ -59,10 +61,12 @@ func main() {
 		c.duration = 2 * time.Second
 		c.cmCount, c.cmSize, c.lists = 20, 500_000, 2
 		c.natsN, c.natsWarm = 500, 100
+		c.pfBytes, c.rttN = 10<<20, 50
 	} else {
 		c.warm, c.seqN, c.rounds = 200, 2000, 4
 		c.cmCount, c.cmSize, c.lists = 100, 500_000, 5
 		c.natsN, c.natsWarm = 5000, 500
+		c.pfBytes, c.rttN = 100<<20, 500
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -119,6 +123,10 @@ func run(ctx context.Context, c config) error {
 	if err := bigList(ctx, c, s, direct, tether, r); err != nil {
 		return err
 	}
+	sr, err := benchStreams(ctx, c, s)
+	if err != nil {
+		return fmt.Errorf("streams: %w", err)
+	}
 	if c.profile {
 		r.profiles = profileTether(ctx, c, s, tether, bin, dir)
 	}
@@ -141,7 +149,11 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return fmt.Errorf("nats: %w", err)
 	}
-	return writeReports(c.out, coreReport(r), natsReport(r, nr))
+	return writeReports(c.out, map[string]string{
+		"core-path.md":         coreReport(r),
+		"nats-request-path.md": natsReport(r, nr),
+		"streams.md":           streamsReport(r, sr),
+	})
 }
 
 // commit names the tree the binaries were built from: HEAD, and whether
@@ -184,14 +196,14 @@ func k8sVersion(ctx context.Context, t *target) string {
 	return v.GitVersion
 }
 
-func writeReports(out string, core, nats string) error {
+func writeReports(out string, reports map[string]string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	fmt.Println(core)
-	fmt.Println(nats)
-	return errors.Join(
-		os.WriteFile(filepath.Join(out, "core-path.md"), []byte(core), 0o644),
-		os.WriteFile(filepath.Join(out, "nats-request-path.md"), []byte(nats), 0o644),
-	)
+	var errs []error
+	for name, report := range reports {
+		fmt.Println(report)
+		errs = append(errs, os.WriteFile(filepath.Join(out, name), []byte(report), 0o644))
+	}
+	return errors.Join(errs...)
 }

@@ -207,7 +207,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	uploadFailed := make(chan struct{})
-	receive, upgrade, err := g.send(ctx, frame, r.Body, func() { close(uploadFailed); cancel() })
+	call, err := g.send(ctx, frame, r.Body, func() { close(uploadFailed); cancel() })
+	if err == nil {
+		defer call.end()
+	}
+	receive, upgrade := call.receive, call.upgrade
 	if err != nil {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
@@ -242,7 +246,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if code == http.StatusSwitchingProtocols {
 			g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
 			span.SetAttributes(attribute.Int("http.response.status_code", code))
-			g.switchProtocols(ctx, cancel, log, w, resp, upgrade, receive)
+			g.switchProtocols(ctx, cancel, log, w, resp, upgrade, receive, call.end)
 			return
 		}
 		// Refused (a Status from the cluster or from Tether): no bytes follow.
@@ -294,35 +298,56 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// routerCall is one request at a router, as the gateway sees it.
+type routerCall struct {
+	receive func() (*tetherv1.Frame, error)
+	// upgrade is the stream an upgraded connection's bytes go out on; nil
+	// for other requests.
+	upgrade proxyStream
+	// end ends the call whatever state it is in: after a clean end it does
+	// nothing, otherwise the router sees the stream reset. Cancelling the
+	// context alone does not end an HTTP/2 stream whose request body is
+	// still open.
+	end func()
+}
+
 // send hands the request to a router: a Call when it has no body (one
 // HTTP/2 request of known length), else a Proxy stream with the body
-// streamed behind the Open. It returns how to read the answer, and for an
-// upgrade the stream its bytes will go out on.
-func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func()) (func() (*tetherv1.Frame, error), proxyStream, error) {
+// streamed behind the Open, or, for an upgrade, the connection's bytes
+// once it has switched.
+func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func()) (routerCall, error) {
 	if open.GetOpen().GetEnd() {
 		ss, err := g.cfg.Router.Call(ctx, connect.NewRequest(open))
 		if err != nil {
-			return nil, nil, err
+			return routerCall{}, err
 		}
-		return func() (*tetherv1.Frame, error) {
-			if ss.Receive() {
-				return ss.Msg(), nil
-			}
-			if err := ss.Err(); err != nil {
-				return nil, err
-			}
-			return nil, io.EOF
-		}, nil, nil
+		return routerCall{
+			receive: func() (*tetherv1.Frame, error) {
+				if ss.Receive() {
+					return ss.Msg(), nil
+				}
+				if err := ss.Err(); err != nil {
+					return nil, err
+				}
+				return nil, io.EOF
+			},
+			end: func() { _ = ss.Close() },
+		}, nil
 	}
 	stream := g.cfg.Router.Proxy(ctx)
+	// Closing the response resets an HTTP/2 stream that is still open, the
+	// request side included; after a clean end it only frees the stream.
+	call := routerCall{receive: stream.Receive, end: func() { _ = stream.CloseResponse() }}
 	if err := stream.Send(open); err != nil {
-		return nil, nil, err
+		call.end()
+		return routerCall{}, err
 	}
 	if open.GetOpen().GetUpgrade() != "" {
-		return stream.Receive, stream, nil
+		call.upgrade = stream
+		return call, nil
 	}
 	go sendBody(stream, body, uploadFailed)
-	return stream.Receive, nil, nil
+	return call, nil
 }
 
 // finish reads the router's end of stream, so the call ends cleanly

@@ -21,7 +21,7 @@ import (
 // both ways over the router's stream until both directions have ended or
 // either breaks. A clean end of one direction is passed on as a half-close.
 // Nothing here knows SPDY or WebSocket.
-func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc, log *slog.Logger, w http.ResponseWriter, resp *tetherv1.Response, up proxyStream, receive func() (*tetherv1.Frame, error)) {
+func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc, log *slog.Logger, w http.ResponseWriter, resp *tetherv1.Response, up proxyStream, receive func() (*tetherv1.Frame, error), end func()) {
 	// Counted before the hijack, while the server still tracks the
 	// connection, so a shutdown that has returned has seen it.
 	g.hijacked.Add(1)
@@ -45,28 +45,36 @@ func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc
 	g.upgraded.Inc()
 	defer g.upgraded.Dec()
 
-	fromClient := make(chan error, 1)
+	// Both directions run on their own, so a failure of either is seen at
+	// once, even while the other is idle: a client that vanished from an
+	// idle port-forward must not leave its session open everywhere.
+	fromClient, toClient := make(chan error, 1), make(chan error, 1)
 	go func() { fromClient <- pumpClient(brw.Reader, up) }()
-	toClient := pumpRouter(conn, receive)
-	if toClient != nil {
-		// Broken off: tear everything down, router stream and client alike.
-		cancel()
-		conn.Close()
-		<-fromClient
-		if ctx.Err() == nil || !errors.Is(toClient, context.Canceled) {
-			log.Info("upgraded connection broken off", "err", toClient)
+	go func() { toClient <- pumpRouter(conn, receive) }()
+	for pending := 2; pending > 0; pending-- {
+		var err error
+		select {
+		case err = <-fromClient:
+			fromClient = nil
+		case err = <-toClient:
+			toClient = nil
 		}
-		return
-	}
-	// The cluster's direction ended cleanly; the client's may go on.
-	select {
-	case err := <-fromClient:
 		if err != nil {
-			log.Info("upgraded connection broken off by the client", "err", err)
+			if ctx.Err() == nil {
+				log.Info("upgraded connection broken off", "err", err)
+			}
+			// Tear down everything: the router's stream, and the client.
+			cancel()
+			end()
+			conn.Close()
+			if fromClient != nil {
+				<-fromClient
+			}
+			if toClient != nil {
+				<-toClient
+			}
+			return
 		}
-	case <-ctx.Done():
-		conn.Close()
-		<-fromClient
 	}
 }
 
