@@ -239,7 +239,7 @@ func execRoundTrips(ctx context.Context, cfg *rest.Config, protocol, pod string,
 func streamsReport(r *results, sr *streamResults) string {
 	var b strings.Builder
 	header(&b, "Interactive streams: Tether vs direct access", r)
-	fmt.Fprintf(&b, "- Clients: client-go in the bench process (tools/portforward, tools/remotecommand), as kubectl uses them; the pods run on the development node (dev/node) as host processes\n\n")
+	fmt.Fprintf(&b, "- Clients: client-go in the bench process (tools/portforward, tools/remotecommand), as kubectl uses them; the pods run on the development node (dev/kubelet) as host processes\n\n")
 	fmt.Fprintf(&b, "## Port-forward throughput\n\n%d MiB sent to an echo server in a pod while reading them back on one forwarded connection; checksums compared.\n\n", sr.pfBytes>>20)
 	b.WriteString("| protocol | direct MiB/s each way | Tether MiB/s each way | ratio |\n|---|---:|---:|---:|\n")
 	for _, p := range streamProtocols {
@@ -253,6 +253,6 @@ func streamsReport(r *results, sr *streamResults) string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | ×%.2f | %s |\n", p, ms(d.pct(0.5)), ms(t.pct(0.5)), ms(d.pct(0.99)), ms(t.pct(0.99)),
 			ratio(float64(t.pct(0.5)), float64(d.pct(0.5))), ms(t.pct(0.5)-d.pct(0.5)))
 	}
-	b.WriteString("\nThe direct path is kubectl → kube-apiserver → node; through Tether the bytes also cross gateway, router, NATS, subscriber and agent, each a process with its own copies and system calls, on the same two cores as everything else.\n")
+	b.WriteString("\nThe direct path is client → kube-apiserver → node; through Tether the bytes also cross gateway, router, NATS, subscriber and agent, each a process with its own copies and system calls, on the same two cores as everything else.\n")
 	return b.String()
 }

@@ -73,12 +73,21 @@ func run(state, agentKubeconfig string) error {
 	if err != nil {
 		return err
 	}
+	node := ""
+	if s.NodeName != "" {
+		node = fmt.Sprintf(`
+Pods with spec.nodeName: %s run on this machine as host processes (the
+development node), so exec, attach, logs and port-forward work:
+  kubectl run shell --image=none --overrides='{"spec":{"nodeName":"%s"}}' --command -- sleep 3600
+  kubectl exec -it shell -- sh
+`, s.NodeName, s.NodeName)
+	}
 	fmt.Printf(`
 Tether is up: gateway %s, cluster %q behind an agent that dialed out.
 
   export KUBECONFIG=%s
   kubectl get ns
-
+`+node+`
 Other users: alice (tenant acme; the cluster's RBAC decides, nothing granted yet)
                KUBECONFIG=%s
              mallory (tenant globex: cannot see cluster %q)
@@ -94,7 +103,7 @@ Ctrl-C stops everything.
 			return nil
 		case <-time.After(time.Second):
 		}
-		for _, name := range []string{"natsd", "subscriber", "router", "gateway", "agent"} {
+		for _, name := range []string{"natsd", "subscriber", "router", "gateway", "agent", "devnode"} {
 			if p := s.Process(name); p != nil && p.Exited() {
 				return fmt.Errorf("%s exited: %v", name, p.ExitError())
 			}
