@@ -263,7 +263,9 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 			defer close(pumped)
 			s.pumpRequest(ctx, body, c)
 		}()
-		head, headErr = c.s.Head(ctx)
+		if head == nil && headErr == nil {
+			head, headErr = c.s.Head(ctx)
+		}
 	}
 	// An upgraded connection's two directions end apart: once the agent's
 	// has, the client's may still be sending (a half-close), so the call
@@ -334,7 +336,8 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	}
 }
 
-// dialHead dials, and for a request without a body also waits for the
+// dialHead dials, and for a request that sends nothing before its answer
+// (no body, or an upgrade, whose bytes follow the 101) also waits for the
 // head (or the error that ends the stream first): an agent that refused it
 // (draining) or a subscriber that had lost it did nothing, so the request
 // goes out again while NoAgentWait lasts. err is for the dial alone.
@@ -342,7 +345,7 @@ func (s *Server) dialHead(ctx context.Context, open *tetherv1.Open) (c *call, he
 	deadline := time.Now().Add(s.cfg.NoAgentWait)
 	for {
 		c, err := s.dial(ctx, open)
-		if err != nil || !open.End {
+		if err != nil || !(open.End || open.Upgrade != "") {
 			return c, nil, nil, err
 		}
 		head, headErr := c.s.Head(ctx)
