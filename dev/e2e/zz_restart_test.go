@@ -86,3 +86,47 @@ func TestDeadSubscriberEndsWatchesAndTheAgentReconnects(t *testing.T) {
 		return err == nil
 	})
 }
+
+// On SIGTERM the gateway takes no new connections but lets an open exec
+// session finish before it exits, with exit code 0; a new gateway serves.
+func TestGatewayLetsExecSessionsFinishOnSIGTERM(t *testing.T) {
+	pod := sleeper(t)
+	cfg := throughTether(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	in, typed := io.Pipe()
+	var out lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- execIn(ctx, t, cfg, websocketExecutor, pod, in, &out, io.Discard, "sh", "-c", "read line; echo got $line")
+	}()
+	waitFor(t, 30*time.Second, func() bool { return gauge(t, "gateway", "tether_gateway_upgraded_connections") == 1 })
+
+	p := env.stack.Process("gateway")
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if p.Exited() {
+		t.Fatalf("gateway exited with an exec session open: %v", p.ExitError())
+	}
+	if _, err := io.WriteString(typed, "hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	typed.Close()
+	if err := <-done; err != nil || out.String() != "got hello\n" {
+		t.Fatalf("the session across the gateway's drain: %q, %v", out.String(), err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("gateway still running after its last session ended")
+	}
+	if c := p.ExitCode(); c != 0 {
+		t.Fatalf("gateway exit code %d: %v", c, p.ExitError())
+	}
+	restart(t, "gateway")
+	if out := must(t, kubeconfig(t, "admin"), "", "get", "ns", "default", "-o", "name"); !strings.Contains(out, "namespace/default") {
+		t.Fatalf("after the gateway came back: %q", out)
+	}
+}
