@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+
+	"github.com/tether-dev/tether/dev/echo"
 )
 
 // protocols are the two ways kubectl carries exec, attach, cp and
@@ -350,48 +352,22 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// echoThrough sends n pseudo-random bytes on conn while reading the echo,
-// and reports whether what came back is what went out.
-func echoThrough(conn net.Conn, n int64) error {
-	sent := sha256.New()
-	got := sha256.New()
-	done := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(io.MultiWriter(conn, sent), rand.Reader, n)
-		if err == nil {
-			err = conn.(*net.TCPConn).CloseWrite()
-		}
-		done <- err
-	}()
-	m, err := io.Copy(got, conn)
-	if werr := <-done; werr != nil {
-		return fmt.Errorf("sending: %w", werr)
-	}
-	if err != nil {
-		return fmt.Errorf("receiving after %d bytes: %w", m, err)
-	}
-	if m != n || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
-		return fmt.Errorf("sent %d bytes, received %d, checksums differ: %v", n, m, !bytes.Equal(sent.Sum(nil), got.Sum(nil)))
-	}
-	return nil
-}
-
 // port-forward: 100 MB each way, 20 connections at once through one
 // forward, and a forward left idle through several keepalive periods.
 func TestPortForward(t *testing.T) {
 	pod := echoPod(t)
 	forEachProtocol(t, func(t *testing.T, _ string, penv []string) {
 		addr := portForward(t, penv, pod)
-		dial := func() net.Conn {
+		dial := func() *net.TCPConn {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { c.Close() })
-			return c
+			return c.(*net.TCPConn)
 		}
 
-		if err := echoThrough(dial(), 100<<20); err != nil {
+		if err := echo.RoundTrip(dial(), 100<<20); err != nil {
 			t.Fatalf("100 MB each way: %v", err)
 		}
 
@@ -402,7 +378,7 @@ func TestPortForward(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs <- echoThrough(c, 1<<20)
+				errs <- echo.RoundTrip(c, 1<<20)
 			}()
 		}
 		wg.Wait()
@@ -425,7 +401,7 @@ func TestPortForward(t *testing.T) {
 		if _, err := io.ReadFull(idle, buf); err != nil || string(buf) != "still there?" {
 			t.Fatalf("idle connection after keepalive periods: %q, %v", buf, err)
 		}
-		if err := echoThrough(dial(), 64<<10); err != nil {
+		if err := echo.RoundTrip(dial(), 64<<10); err != nil {
 			t.Fatalf("new connection on an idle forward: %v", err)
 		}
 	})

@@ -29,10 +29,10 @@ func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	for _, prefix := range []string{"/exec/{ns}/{pod}/{container}", "/exec/{ns}/{pod}/{uid}/{container}"} {
-		mux.HandleFunc(prefix, n.serveExec)
+		mux.HandleFunc(prefix, n.serveRemoteCommand(false))
 	}
 	for _, prefix := range []string{"/attach/{ns}/{pod}/{container}", "/attach/{ns}/{pod}/{uid}/{container}"} {
-		mux.HandleFunc(prefix, n.serveAttach)
+		mux.HandleFunc(prefix, n.serveRemoteCommand(true))
 	}
 	for _, prefix := range []string{"/portForward/{ns}/{pod}", "/portForward/{ns}/{pod}/{uid}"} {
 		mux.HandleFunc(prefix, n.servePortForward)
@@ -57,32 +57,26 @@ func (n *Node) find(w http.ResponseWriter, r *http.Request) (*pod, *container, b
 	return p, c, true
 }
 
-func (n *Node) serveExec(w http.ResponseWriter, r *http.Request) {
-	p, c, ok := n.find(w, r)
-	if !ok {
-		return
+// serveRemoteCommand serves exec, or attach with attach set: the same
+// stream options and protocols, a different thing at the other end.
+func (n *Node) serveRemoteCommand(attach bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, c, ok := n.find(w, r)
+		if !ok {
+			return
+		}
+		opts, err := remotecommandserver.NewOptions(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		idle, creation, protocols := n.cfg.StreamIdleTimeout, n.cfg.StreamCreationTimeout, remotecommandconsts.SupportedStreamingProtocols
+		if attach {
+			remotecommandserver.ServeAttach(w, r, attacher{c}, p.name, p.uid, c.spec.Name, opts, idle, creation, protocols)
+			return
+		}
+		remotecommandserver.ServeExec(w, r, executor{p, c}, p.name, p.uid, c.spec.Name, r.URL.Query()["command"], opts, idle, creation, protocols)
 	}
-	opts, err := remotecommandserver.NewOptions(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	remotecommandserver.ServeExec(w, r, executor{p, c}, p.name, p.uid, c.spec.Name, r.URL.Query()["command"], opts,
-		n.cfg.StreamIdleTimeout, n.cfg.StreamCreationTimeout, remotecommandconsts.SupportedStreamingProtocols)
-}
-
-func (n *Node) serveAttach(w http.ResponseWriter, r *http.Request) {
-	p, c, ok := n.find(w, r)
-	if !ok {
-		return
-	}
-	opts, err := remotecommandserver.NewOptions(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	remotecommandserver.ServeAttach(w, r, attacher{c}, p.name, p.uid, c.spec.Name, opts,
-		n.cfg.StreamIdleTimeout, n.cfg.StreamCreationTimeout, remotecommandconsts.SupportedStreamingProtocols)
 }
 
 func (n *Node) servePortForward(w http.ResponseWriter, r *http.Request) {

@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
 
+	"github.com/tether-dev/tether/dev/echo"
 	"github.com/tether-dev/tether/dev/stack"
 )
 
@@ -169,23 +166,10 @@ func forwardThroughput(ctx context.Context, cfg *rest.Config, protocol, pod stri
 	}
 	defer conn.Close()
 	start := time.Now()
-	sent, got := sha256.New(), sha256.New()
-	wrote := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(io.MultiWriter(conn, sent), rand.Reader, n)
-		if err == nil {
-			err = conn.(*net.TCPConn).CloseWrite()
-		}
-		wrote <- err
-	}()
-	m, rerr := io.Copy(got, conn)
-	elapsed := time.Since(start)
-	if err := errors.Join(<-wrote, rerr); err != nil {
+	if err := echo.RoundTrip(conn.(*net.TCPConn), n); err != nil {
 		return 0, err
 	}
-	if m != n || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
-		return 0, fmt.Errorf("echo returned %d of %d bytes, or different ones", m, n)
-	}
+	elapsed := time.Since(start)
 	return float64(n) / (1 << 20) / elapsed.Seconds(), nil
 }
 
