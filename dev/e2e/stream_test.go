@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -491,4 +492,31 @@ func TestExecTTY(t *testing.T) {
 			t.Fatalf("kubectl exec -it did not end after exit:\n%s", screen.String())
 		}
 	})
+}
+
+// A watch that has no event yet still gets its head at once, as directly:
+// clients such as kubectl delete --wait wait for the head before anything
+// else. Without it the head would come with the first event, or with the
+// watch's end 30 s later.
+func TestQuietWatchGetsItsHeadAtOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := env.stack.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=30&fieldSelector=metadata.name%3Dnobody", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token("admin"))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("no head within 10 s of a 30 s watch: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch: %s", resp.Status)
+	}
 }

@@ -266,7 +266,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		finish(receive)
 		return
 	}
+	// The head goes out now, not with the first body bytes: a watch may
+	// have no event for minutes, and its client waits for the head (kubectl
+	// delete --wait did, until its timeout).
 	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
 	for {
 		f, err := receive()
 		if err != nil {
