@@ -58,9 +58,14 @@ func (c *container) start(log func(msg string, args ...any)) {
 	}
 	logPath := filepath.Join(c.pod.dir, c.spec.Name+"-"+strconv.Itoa(n)+".log")
 	inst := &instance{logPath: logPath, started: time.Now(), exited: make(chan struct{}), out: newFanout()}
-	c.instance = inst
 	c.stdinUsed = false
 	c.mu.Unlock()
+	// Published once its fields are set: stop and attach read them.
+	defer func() {
+		c.mu.Lock()
+		c.instance = inst
+		c.mu.Unlock()
+	}()
 
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -160,10 +165,11 @@ func (c *container) start(log func(msg string, args ...any)) {
 	log("container started", "container", c.spec.Name, "pid", cmd.Process.Pid)
 
 	go func() {
-		err := cmd.Wait()
-		// Output ends once every process holding it is gone (EOF, or EIO
-		// for a terminal); a child left running in the background must not
-		// keep the container from having exited.
+		_ = cmd.Wait()
+		// The container ends with its main process, as a runtime tears down
+		// the container's processes: children left in the background go
+		// too, and with them their hold on the output.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		drained := make(chan struct{})
 		go func() { outputs.Wait(); close(drained) }()
 		select {
@@ -175,16 +181,7 @@ func (c *container) start(log func(msg string, args ...any)) {
 		closeOutputs()
 		logs.flush()
 		logFile.Close()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-			if code < 0 {
-				code = 128 + int(syscall.SIGKILL)
-			}
-		} else if err != nil {
-			code = 128
-		}
+		code := exitCode(cmd.ProcessState)
 		if inst.stdin != nil && inst.tty == nil {
 			inst.stdin.Close()
 		}
@@ -193,6 +190,18 @@ func (c *container) start(log func(msg string, args ...any)) {
 		close(inst.exited)
 		log("container exited", "container", c.spec.Name, "code", code)
 	}()
+}
+
+// exitCode is the code a container runtime reports: the process's own, or
+// 128 plus the signal that ended it.
+func exitCode(ps *os.ProcessState) int {
+	if ps == nil {
+		return 128
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
 }
 
 func (i *instance) fail(err error) {

@@ -334,6 +334,13 @@ func (n *Node) supervise(ctx context.Context, p *pod, c *container) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 10*time.Second)
+		// Deleted during the backoff: nothing may start any more.
+		p.mu.Lock()
+		stopping = p.stopping
+		p.mu.Unlock()
+		if stopping {
+			return
+		}
 		c.start(p.log)
 		n.updateStatus(ctx, p)
 	}
@@ -360,7 +367,7 @@ func (n *Node) updateStatus(ctx context.Context, p *pod) {
 
 func (p *pod) status() corev1.PodStatus {
 	p.mu.Lock()
-	containers := p.containers
+	containers, stopping := p.containers, p.stopping
 	p.mu.Unlock()
 	st := corev1.PodStatus{
 		HostIP: p.node.host, HostIPs: []corev1.HostIP{{IP: p.node.host}},
@@ -395,7 +402,7 @@ func (p *pod) status() corev1.PodStatus {
 				StartedAt: metav1.NewTime(inst.started), FinishedAt: metav1.NewTime(inst.finished), ContainerID: cs.ContainerID,
 			}
 			willRestart := p.restart == corev1.RestartPolicyAlways || (p.restart == corev1.RestartPolicyOnFailure && inst.exitCode != 0)
-			if willRestart && !p.stopping {
+			if willRestart && !stopping {
 				allDone = false
 			}
 		}

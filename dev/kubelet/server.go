@@ -115,11 +115,15 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ types.UID, _ 
 	} else {
 		err = runPiped(proc, in, out, errw)
 	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.Exited() {
-		return utilexec.CodeExitError{Err: err, Code: ee.ExitCode()}
+	ps := proc.ProcessState
+	if ps == nil {
+		return err // it never started
 	}
-	return err
+	if ps.Success() {
+		// Even if a child it left behind held the output past WaitDelay.
+		return nil
+	}
+	return utilexec.CodeExitError{Err: fmt.Errorf("command ended: %s", ps), Code: exitCode(ps)}
 }
 
 // runPiped runs proc with its own pipes: the end of the client's input
@@ -154,7 +158,12 @@ func runOnTerminal(proc *exec.Cmd, in io.Reader, out io.Writer, resize <-chan re
 	defer term.Close()
 	go applyResizes(term, resize)
 	if in != nil {
-		go func() { _, _ = io.Copy(term, in) }()
+		go func() {
+			_, _ = io.Copy(term, in)
+			// The client's terminal is gone: hang up, as closing a real
+			// terminal does, or a shell would wait on it for ever.
+			_ = syscall.Kill(-proc.Process.Pid, syscall.SIGHUP)
+		}()
 	}
 	copied := make(chan struct{})
 	go func() {
@@ -165,6 +174,8 @@ func runOnTerminal(proc *exec.Cmd, in io.Reader, out io.Writer, resize <-chan re
 		}
 	}()
 	err = proc.Wait()
+	// What the command left on the terminal goes with it.
+	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
 	select {
 	case <-copied:
 	case <-time.After(2 * time.Second):
@@ -189,7 +200,11 @@ func (f forwarder) PortForward(ctx context.Context, _ string, _ types.UID, port 
 	}
 	defer conn.Close()
 	go func() {
-		_, _ = io.Copy(conn, stream)
+		if _, err := io.Copy(conn, stream); err != nil {
+			// The client is gone, not done: so is this connection.
+			conn.Close()
+			return
+		}
 		// The client's end of input is the pod's.
 		_ = conn.(*net.TCPConn).CloseWrite()
 	}()

@@ -55,6 +55,9 @@ func ReasonFor(code int) string {
 		return ReasonNotFound
 	case http.StatusRequestEntityTooLarge:
 		return ReasonRequestEntityLarge
+	case http.StatusRequestHeaderFieldsTooLarge:
+		// Kubernetes has no reason of its own for this; it is the client's.
+		return ReasonBadRequest
 	case http.StatusTooManyRequests:
 		return ReasonTooManyRequests
 	case http.StatusServiceUnavailable:

@@ -109,7 +109,8 @@ type upgradedConn struct {
 
 func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// CloseWrite ends our direction only: for TLS a close_notify, then a FIN.
+// CloseWrite ends our direction only: for TLS a close_notify alert, which
+// the peer reads as EOF while it can still write.
 func (c *upgradedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

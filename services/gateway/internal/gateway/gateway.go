@@ -54,6 +54,8 @@ type Gateway struct {
 
 	// Upgraded connections are the handler's own once hijacked: the HTTP
 	// server's shutdown neither waits for nor closes them.
+	hijackMu     sync.Mutex
+	hijackClosed bool
 	hijacked     sync.WaitGroup
 	stopHijacked context.Context
 	closeAll     context.CancelFunc

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/kstatus"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -24,7 +25,10 @@ import (
 func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc, log *slog.Logger, w http.ResponseWriter, resp *tetherv1.Response, up proxyStream, receive func() (*tetherv1.Frame, error), end func()) {
 	// Counted before the hijack, while the server still tracks the
 	// connection, so a shutdown that has returned has seen it.
-	g.hijacked.Add(1)
+	if !g.beginHijack() {
+		kstatus.Write(w, kstatus.New(http.StatusServiceUnavailable, "the gateway is shutting down").WithRetryAfter(time.Second))
+		return
+	}
 	defer g.hijacked.Done()
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -76,12 +80,34 @@ func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc
 			return
 		}
 	}
+	// Both directions ended cleanly: read the router's end of stream, so
+	// the call ends as cleanly at every hop instead of being reset; a
+	// router that does not end it soon is reset after all.
+	stop := time.AfterFunc(5*time.Second, end)
+	finish(receive)
+	stop.Stop()
+}
+
+// beginHijack counts an upgraded connection about to be taken over, unless
+// the gateway is already waiting for the last of them.
+func (g *Gateway) beginHijack() bool {
+	g.hijackMu.Lock()
+	defer g.hijackMu.Unlock()
+	if g.hijackClosed {
+		return false
+	}
+	g.hijacked.Add(1)
+	return true
 }
 
 // WaitUpgraded waits for upgraded connections (exec, attach, port-forward
 // sessions) to end, and closes those still open when ctx ends. Call it
-// after the HTTP server has shut down.
+// after the HTTP server has shut down; upgrades that have not switched yet
+// are refused from now on.
 func (g *Gateway) WaitUpgraded(ctx context.Context) {
+	g.hijackMu.Lock()
+	g.hijackClosed = true
+	g.hijackMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		g.hijacked.Wait()
@@ -90,9 +116,11 @@ func (g *Gateway) WaitUpgraded(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		g.closeAll()
-		<-done
 	}
+	if ctx.Err() != nil {
+		g.closeAll()
+	}
+	<-done
 }
 
 // protocolLabel bounds the protocol metric label: the value comes from the
