@@ -14,6 +14,9 @@ import (
 // says bye and hangs up. A 403 answers requests without the upgrade.
 func upgrader(t *testing.T) *httptest.Server {
 	t.Helper()
+	// A stalled answer lasts until the test ends, whatever the server
+	// thinks of its client meanwhile.
+	release := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "toy" {
 			w.Header().Set("Content-Type", "application/json")
@@ -22,7 +25,7 @@ func upgrader(t *testing.T) *httptest.Server {
 			return
 		}
 		if r.URL.Query().Get("stall") != "" {
-			<-r.Context().Done()
+			<-release
 			return
 		}
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -39,6 +42,7 @@ func upgrader(t *testing.T) *httptest.Server {
 	}))
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
 	return srv
 }
 

@@ -30,7 +30,7 @@ func main() {
 		tokensFile        string
 		routerURL         string
 		readHeaderTimeout time.Duration
-		maxHeaderBytes    int
+		limits            gateway.Limits
 	)
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	common.Register(fs)
@@ -40,7 +40,12 @@ func main() {
 	fs.StringVar(&tokensFile, "tokens", os.Getenv("TETHER_TOKENS_FILE"), `static tokens, CSV: token,user,uid,"groups","tenants"`)
 	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
-	fs.IntVar(&maxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted")
+	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted (431 beyond)")
+	fs.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", 3<<20, "largest request body accepted, as the kube-apiserver's own limit (413 beyond); exec and port-forward streams are not bodies")
+	fs.IntVar(&limits.InflightPerUser, "max-inflight-per-user", 400, "requests one user may have in progress (429 beyond); 0: no limit")
+	fs.IntVar(&limits.InflightPerCluster, "max-inflight-per-cluster", 2000, "requests to one cluster in progress, all users together (429 beyond); 0: no limit")
+	fs.IntVar(&limits.LongPerUser, "max-long-running-per-user", 200, "watches, logs -f, exec, attach and port-forward one user may hold open (429 beyond); 0: no limit")
+	fs.IntVar(&limits.LongPerCluster, "max-long-running-per-cluster", 2000, "the same for one cluster, all users together; 0: no limit")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("gateway", common, func(ctx context.Context, env *svc.Env) error {
@@ -59,6 +64,7 @@ func main() {
 		gw, err := gateway.New(gateway.Config{
 			Auth:        tokens,
 			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
+			Limits:      limits,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
@@ -68,8 +74,10 @@ func main() {
 		hs := &http.Server{
 			Handler:           gw,
 			ReadHeaderTimeout: readHeaderTimeout,
-			MaxHeaderBytes:    maxHeaderBytes,
-			IdleTimeout:       5 * time.Minute,
+			// The gateway answers a head over the limit with a Status; far
+			// beyond it the server cuts the client off without reading on.
+			MaxHeaderBytes: 2 * limits.MaxHeaderBytes,
+			IdleTimeout:    5 * time.Minute,
 			// No read or write timeout: watches and streams last hours.
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},

@@ -40,6 +40,7 @@ type Authenticator interface {
 type Config struct {
 	Auth   Authenticator
 	Router tetherv1connect.ProxyServiceClient
+	Limits Limits
 
 	telemetry.Instruments
 }
@@ -51,6 +52,9 @@ type Gateway struct {
 	duration *prometheus.HistogramVec
 	upgraded prometheus.Gauge
 	upgrades *prometheus.CounterVec
+	refusals *prometheus.CounterVec
+
+	short, long admission
 
 	// Upgraded connections are the handler's own once hijacked: the HTTP
 	// server's shutdown neither waits for nor closes them.
@@ -85,8 +89,14 @@ func New(cfg Config) (*Gateway, error) {
 			Name: "tether_gateway_upgrades_total", Help: "Connections switched to another protocol, by protocol (websocket, spdy, other).",
 		}, []string{"protocol"}),
 	}
+	g.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_gateway_refusals_total", Help: "Requests the gateway refused itself, by reason.",
+	}, []string{"reason"})
+	l := cfg.Limits
+	g.short = admission{user: newCounter(l.InflightPerUser), cluster: newCounter(l.InflightPerCluster)}
+	g.long = admission{user: newCounter(l.LongPerUser), cluster: newCounter(l.LongPerCluster)}
 	g.stopHijacked, g.closeAll = context.WithCancel(context.Background())
-	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded, g.upgrades} {
+	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded, g.upgrades, g.refusals} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}
@@ -136,24 +146,50 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		g.requests.WithLabelValues(cluster, verb(r.Method), strconv.Itoa(code)).Inc()
 	}()
+	refuse := func(status int, reason, msg string) {
+		code = status
+		g.refusals.WithLabelValues(reason).Inc()
+		st := kstatus.New(status, msg)
+		if status == http.StatusTooManyRequests {
+			st = st.WithRetryAfter(time.Second)
+		}
+		kstatus.Write(w, st)
+	}
 	switch {
+	case g.cfg.Limits.MaxHeaderBytes > 0 && headBytes(r) > g.cfg.Limits.MaxHeaderBytes:
+		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", fmt.Sprintf("the request head exceeds %d bytes", g.cfg.Limits.MaxHeaderBytes))
+		return
 	case errors.Is(err, errDotSegment):
-		code = http.StatusBadRequest
-		kstatus.Error(w, code, "paths may not contain . or .. segments")
+		refuse(http.StatusBadRequest, "bad_path", "paths may not contain . or .. segments")
 		return
 	case err != nil:
-		code = http.StatusNotFound
-		kstatus.Error(w, code, "the server could not find the requested resource: paths are /clusters/{id}/...")
+		refuse(http.StatusNotFound, "no_cluster_path", "the server could not find the requested resource: paths are /clusters/{id}/...")
 		return
 	}
 	user, ok := g.authenticate(r)
 	if !ok {
-		code = http.StatusUnauthorized
 		w.Header().Set("Www-Authenticate", `Bearer realm="tether"`)
-		kstatus.Error(w, code, "Unauthorized")
+		refuse(http.StatusUnauthorized, "unauthenticated", "Unauthorized")
 		return
 	}
 	authenticated = true
+	admit, kind := g.short, "inflight"
+	if longRunning(r, rest) {
+		admit, kind = g.long, "long_running"
+	}
+	release, refusal := admit.admit(user.Name, cluster)
+	if refusal != "" {
+		refuse(http.StatusTooManyRequests, kind+"_limit", refusal)
+		return
+	}
+	defer release()
+	if max := g.cfg.Limits.MaxBodyBytes; max > 0 && tunnel.Upgrade(r.Header) == "" && r.Body != nil && r.Body != http.NoBody {
+		if r.ContentLength > max {
+			refuse(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body of %d bytes exceeds %d", r.ContentLength, max))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, max)
+	}
 
 	reqID := newRequestID()
 	ctx := g.cfg.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
@@ -209,7 +245,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	uploadFailed := make(chan struct{})
-	call, err := g.send(ctx, frame, r.Body, func() { close(uploadFailed); cancel() })
+	var uploadErr error
+	call, err := g.send(ctx, frame, r.Body, func(err error) {
+		uploadErr = err
+		close(uploadFailed)
+		cancel()
+	})
 	if err == nil {
 		defer call.end()
 	}
@@ -225,6 +266,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		select {
 		case <-uploadFailed:
+			var tooLarge *http.MaxBytesError
+			if errors.As(uploadErr, &tooLarge) {
+				// Cut off before the cluster saw all of it, so nothing ran.
+				refuse(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body exceeds %d bytes", tooLarge.Limit))
+				return
+			}
 			// The client's body broke off; never let that look like success.
 			panic(http.ErrAbortHandler)
 		default:
@@ -323,7 +370,7 @@ type routerCall struct {
 // HTTP/2 request of known length), else a Proxy stream with the body
 // streamed behind the Open, or, for an upgrade, the connection's bytes
 // once it has switched.
-func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func()) (routerCall, error) {
+func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func(error)) (routerCall, error) {
 	if open.GetOpen().GetEnd() {
 		ss, err := g.cfg.Router.Call(ctx, connect.NewRequest(open))
 		if err != nil {
@@ -375,7 +422,7 @@ type proxyStream interface {
 
 // sendBody streams the request body to the router; the router's HTTP/2
 // flow control, and behind it the agent's credit, pace it.
-func sendBody(stream proxyStream, body io.Reader, fail func()) {
+func sendBody(stream proxyStream, body io.Reader, fail func(error)) {
 	bp := tunnel.GetChunk()
 	defer tunnel.PutChunk(bp)
 	buf := *bp
@@ -392,8 +439,9 @@ func sendBody(stream proxyStream, body io.Reader, fail func()) {
 			return
 		}
 		if err != nil {
-			// The client broke off its upload: cancel the whole request.
-			fail()
+			// The client broke off its upload, or it grew too large:
+			// cancel the whole request.
+			fail(err)
 			return
 		}
 	}

@@ -107,4 +107,3 @@ func (a admission) admit(user, cluster string) (release func(), refusal string) 
 		a.user.release(user)
 	}, ""
 }
-
