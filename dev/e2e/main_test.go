@@ -96,6 +96,10 @@ func run(m *testing.M) int {
 	}()
 	env.direct = env.stack.Kube.AdminKubeconfig
 	code := m.Run()
+	if v := natsViolations(); v != "" {
+		fmt.Fprintf(os.Stderr, "NATS refused what the services sent during the run:\n%s\n", v)
+		code = 1
+	}
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "service logs are in %s (kept: set TETHER_E2E_KEEP=1)\n", filepath.Join(dir, "state", "logs"))
 		if os.Getenv("TETHER_E2E_KEEP") != "" {

@@ -24,7 +24,7 @@ func TestPlaceholderServices(t *testing.T) {
 			}
 			admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
 			p, err := proc.Start(name, filepath.Join(env.bin, name), filepath.Join(env.dir, "logs"), nil,
-				"--nats-url", env.stack.NATSURL, "--admin-addr", admin)
+				append(env.stack.NATSArgs(name), "--admin-addr", admin)...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -162,7 +162,11 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
 
-	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats")); err != nil {
+	auth, err := s.writeNATSUsers()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats"), "--auth", auth); err != nil {
 		return nil, err
 	}
 	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", natsPort), s.byName["natsd"]); err != nil {
@@ -172,8 +176,8 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		name string
 		args []string
 	}{
-		{"subscriber", []string{"--listen", addr(subPort), "--nats-url", s.NATSURL, "--id", "subscriber-0"}},
-		{"router", []string{"--listen", addr(routerPort), "--nats-url", s.NATSURL, "--id", "router-0", "--clusters", clusters}},
+		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0"}, s.NATSArgs("subscriber")...)},
+		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0", "--clusters", clusters}, s.NATSArgs("router")...)},
 		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--tokens", tokens, "--tls-cert", cert, "--tls-key", key}},
 		{"agent", []string{"--cluster-id", ClusterID, "--subscriber-url", "http://" + addr(subPort), "--kubeconfig", s.AgentKubeconfig}},
 	}
@@ -314,6 +318,57 @@ func (s *Stack) Down() error {
 		errs = append(errs, s.Kube.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// natsUsers are what each service may do on NATS: a router sends requests
+// and their frames and listens on its own inbox; a subscriber takes
+// requests and session frames and answers routers; the services of issues
+// 5 and 6 may do nothing yet. Both answer pings (requests to _INBOX).
+var natsUsers = map[string]struct{ publish, subscribe []string }{
+	"router":         {publish: []string{"tether.req.*", "tether.sess.*.*"}, subscribe: []string{"tether.rtr.*.*", "_INBOX.>"}},
+	"subscriber":     {publish: []string{"tether.rtr.*.*"}, subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
+	"agent-registry": {},
+	"audit":          {},
+	"autoscaler":     {},
+}
+
+// writeNATSUsers writes natsd's --auth file, with a new password for each
+// service in a file of its own, and returns the --auth file's path.
+func (s *Stack) writeNATSUsers() (string, error) {
+	dir := filepath.Join(s.opts.StateDir, "nats-users")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	type user struct {
+		User      string   `json:"user"`
+		Password  string   `json:"password"`
+		Publish   []string `json:"publish"`
+		Subscribe []string `json:"subscribe"`
+		Responses bool     `json:"responses"`
+	}
+	var users []user
+	for name, perm := range natsUsers {
+		pw := randomHex(16)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(pw), 0o600); err != nil {
+			return "", fmt.Errorf("stack: %w", err)
+		}
+		users = append(users, user{User: name, Password: pw, Publish: perm.publish, Subscribe: perm.subscribe, Responses: len(perm.subscribe) > 0})
+	}
+	b, err := json.Marshal(map[string]any{"users": users})
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "auth.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	return path, nil
+}
+
+// NATSArgs are the flags that connect service to the stack's NATS as its
+// own user.
+func (s *Stack) NATSArgs(service string) []string {
+	return []string{"--nats-url", s.NATSURL, "--nats-user", service, "--nats-password-file", filepath.Join(s.opts.StateDir, "nats-users", service)}
 }
 
 func (s *Stack) writeTokens() (string, error) {

@@ -16,10 +16,11 @@ func RunPlaceholder(name, purpose string) int {
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	var common Common
 	common.Register(fs)
-	natsURL := fs.String("nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	var n NATS
+	n.Register(fs)
 	_ = fs.Parse(os.Args[1:])
 	return Run(name, common, func(ctx context.Context, env *Env) error {
-		nc, err := env.ConnectNATS(ctx, *natsURL, name)
+		nc, err := env.ConnectNATS(ctx, n, name)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // told to stop before NATS was reachable

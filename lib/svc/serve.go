@@ -3,10 +3,12 @@ package svc
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -88,9 +90,31 @@ func InstanceID(id string) string {
 	return fmt.Sprintf("%s-%d", host, os.Getpid())
 }
 
+// NATS are the flags of a service that connects to NATS.
+type NATS struct {
+	URL          string
+	User         string
+	PasswordFile string
+}
+
+// Register adds --nats-url, --nats-user and --nats-password-file to fs.
+func (n *NATS) Register(fs *flag.FlagSet) {
+	fs.StringVar(&n.URL, "nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	fs.StringVar(&n.User, "nats-user", os.Getenv("TETHER_NATS_USER"), "NATS user (its permissions say what this service may publish and subscribe to); empty: none")
+	fs.StringVar(&n.PasswordFile, "nats-password-file", os.Getenv("TETHER_NATS_PASSWORD_FILE"), "file holding the NATS user's password, so it shows in no process list")
+}
+
 // ConnectNATS connects as name and makes /readyz depend on the connection.
-func (env *Env) ConnectNATS(ctx context.Context, url, name string) (*nats.Conn, error) {
-	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: url, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry})
+func (env *Env) ConnectNATS(ctx context.Context, n NATS, name string) (*nats.Conn, error) {
+	var extra []nats.Option
+	if n.User != "" {
+		pw, err := os.ReadFile(n.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the NATS password: %w", err)
+		}
+		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))))
+	}
+	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: n.URL, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry, Extra: extra})
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,20 @@
 // Command natsd runs an embedded NATS server with JetStream, as its own
 // process, for the development stack and tests: no Docker, no download.
 //
-//	natsd --port 4222 --store-dir .state/nats
+//	natsd --port 4222 --store-dir .state/nats [--auth users.json]
+//
+// With --auth, every client must log in as one of the users in the file,
+// each allowed to publish and subscribe only to its subjects:
+//
+//	{"users": [{"user": "router", "password": "…",
+//	  "publish": ["tether.req.*"], "subscribe": ["tether.rtr.*.*"], "responses": true}]}
+//
+// An empty list allows nothing; "responses" lets the user answer requests
+// sent to it, whatever their reply subject.
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -21,11 +31,13 @@ func main() {
 		port     int
 		storeDir string
 		js       bool
+		authFile string
 	)
 	flag.StringVar(&host, "host", "127.0.0.1", "address to listen on")
 	flag.IntVar(&port, "port", 4222, "client port")
 	flag.StringVar(&storeDir, "store-dir", "", "JetStream storage folder (required with --jetstream)")
 	flag.BoolVar(&js, "jetstream", true, "enable JetStream")
+	flag.StringVar(&authFile, "auth", "", "users and their subject permissions (JSON); empty: no authentication")
 	flag.Parse()
 
 	opts := &server.Options{
@@ -36,6 +48,14 @@ func main() {
 		StoreDir:   storeDir,
 		// Frames are at most 256 KiB; leave room for headers.
 		MaxPayload: 1 << 20,
+	}
+	if authFile != "" {
+		users, err := loadUsers(authFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "natsd: %v\n", err)
+			os.Exit(1)
+		}
+		opts.Users = users
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -56,4 +76,47 @@ func main() {
 	// Shutdown flushes JetStream to disk; clients reconnect with backoff.
 	ns.Shutdown()
 	ns.WaitForShutdown()
+}
+
+// authFile is the --auth file.
+type authFile struct {
+	Users []struct {
+		User      string   `json:"user"`
+		Password  string   `json:"password"`
+		Publish   []string `json:"publish"`
+		Subscribe []string `json:"subscribe"`
+		Responses bool     `json:"responses"`
+	} `json:"users"`
+}
+
+func loadUsers(path string) ([]*server.User, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading users: %w", err)
+	}
+	var f authFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", path, err)
+	}
+	users := make([]*server.User, 0, len(f.Users))
+	for _, u := range f.Users {
+		if u.User == "" || u.Password == "" {
+			return nil, fmt.Errorf("%s: every user needs a name and a password", path)
+		}
+		p := &server.Permissions{Publish: subjects(u.Publish), Subscribe: subjects(u.Subscribe)}
+		if u.Responses {
+			p.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+		}
+		users = append(users, &server.User{Username: u.User, Password: u.Password, Permissions: p})
+	}
+	return users, nil
+}
+
+// subjects allows exactly these subjects; none at all when empty, where
+// NATS would read an empty allow list as everything.
+func subjects(allow []string) *server.SubjectPermission {
+	if len(allow) == 0 {
+		return &server.SubjectPermission{Deny: []string{">"}}
+	}
+	return &server.SubjectPermission{Allow: allow}
 }

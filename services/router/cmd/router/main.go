@@ -22,7 +22,7 @@ func main() {
 	var (
 		common      svc.Common
 		listen      string
-		natsURL     string
+		natsFlags   svc.NATS
 		id          string
 		clusters    string
 		window      int
@@ -32,7 +32,7 @@ func main() {
 	fs := flag.NewFlagSet("router", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8082", "address gateways connect to")
-	fs.StringVar(&natsURL, "nats-url", svc.EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	natsFlags.Register(fs)
 	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
 	fs.StringVar(&clusters, "clusters", os.Getenv("TETHER_CLUSTERS_FILE"), `JSON file of clusters: {"clusters":[{"id":"dev","tenant":"acme"}]}`)
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
@@ -46,7 +46,7 @@ func main() {
 		if err != nil {
 			return err
 		}
-		nc, err := env.ConnectNATS(ctx, natsURL, "router-"+id)
+		nc, err := env.ConnectNATS(ctx, natsFlags, "router-"+id)
 		if err != nil {
 			return err
 		}

@@ -22,7 +22,7 @@ func main() {
 	var (
 		common    svc.Common
 		listen    string
-		natsURL   string
+		natsFlags svc.NATS
 		id        string
 		ka        tunnel.Keepalive
 		idleProbe time.Duration
@@ -30,7 +30,7 @@ func main() {
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "address agents connect to")
-	fs.StringVar(&natsURL, "nats-url", svc.EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+	natsFlags.Register(fs)
 	fs.StringVar(&id, "id", svc.EnvOr("TETHER_SUBSCRIBER_ID", ""), "instance id; default: host name and pid")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping an agent after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "drop an agent after this long without traffic")
@@ -39,7 +39,7 @@ func main() {
 	id = svc.InstanceID(id)
 
 	os.Exit(svc.Run("subscriber", common, func(ctx context.Context, env *svc.Env) error {
-		nc, err := env.ConnectNATS(ctx, natsURL, "subscriber-"+id)
+		nc, err := env.ConnectNATS(ctx, natsFlags, "subscriber-"+id)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// intruder is the NATS client name of the test that misbehaves on purpose;
+// the check after all tests ignores the violations it causes.
+const intruder = "e2e-intruder"
+
+// Each service's NATS user may only do its own part: what a router or a
+// subscriber, or a service with nothing to do on NATS yet, tries beyond
+// that is refused by the server.
+func TestNATSUsersStayInTheirLanes(t *testing.T) {
+	tests := []struct {
+		user      string
+		publish   string // "" for none
+		subscribe string
+	}{
+		{user: "router", publish: "tether.rtr.someone.1"},
+		{user: "router", subscribe: "tether.req.>"},
+		{user: "router", subscribe: "tether.sess.>"},
+		{user: "subscriber", publish: "tether.req.dev"},
+		{user: "subscriber", publish: "tether.sess.s.1"},
+		{user: "subscriber", subscribe: "tether.rtr.>"},
+		{user: "audit", publish: "tether.req.dev"},
+		{user: "audit", subscribe: "tether.>"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.user+" "+tt.publish+" "+tt.subscribe, func(t *testing.T) {
+			pw, err := os.ReadFile(filepath.Join(env.dir, "state", "nats-users", tt.user))
+			if err != nil {
+				t.Fatal(err)
+			}
+			violations := make(chan error, 4)
+			nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo(tt.user, string(pw)),
+				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			if tt.subscribe != "" {
+				if _, err := nc.SubscribeSync(tt.subscribe); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.publish != "" {
+				if err := nc.Publish(tt.publish, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = nc.Flush()
+			select {
+			case err := <-violations:
+				if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+					t.Fatalf("refused with %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s was allowed to publish %q / subscribe %q", tt.user, tt.publish, tt.subscribe)
+			}
+		})
+	}
+	// The server logs each refusal with the client's name: that is how the
+	// check after all tests tells the services' refusals from these.
+	b, err := os.ReadFile(env.stack.Process("natsd").LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), intruder+`" - "`); n < len(tests) {
+		t.Errorf("natsd logged %d refusals naming %s, want %d: the check after the tests cannot tell them apart", n, intruder, len(tests))
+	}
+	// Without a user, nothing at all.
+	if nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("NATS accepted a client without credentials")
+	}
+}
+
+// natsViolations lists what NATS refused to the services themselves during
+// the run: a permission missing from the stack's users would drop frames
+// silently otherwise.
+func natsViolations() string {
+	p := env.stack.Process("natsd")
+	if p == nil {
+		return ""
+	}
+	b, err := os.ReadFile(p.LogPath)
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if (strings.Contains(line, "Publish Violation") || strings.Contains(line, "Subscription Violation")) && !strings.Contains(line, intruder) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
