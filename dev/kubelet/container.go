@@ -16,6 +16,7 @@ import (
 
 	"github.com/creack/pty"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/remotecommand"
 )
 
@@ -28,18 +29,23 @@ type container struct {
 
 	mu        sync.Mutex
 	instance  *instance // the newest; nil before the first start
+	previous  *instance // the one before it, for --previous and lastState
 	restarts  int
 	stdinUsed bool // stdinOnce: the first attach session's stdin has ended
 }
 
 // instance is one run of a container's process.
 type instance struct {
+	id       string // the containerID of the status
 	logPath  string
 	started  time.Time
 	exited   chan struct{} // closed once the process has exited and its output is logged
 	exitCode int
 	finished time.Time
 	err      error // why it could not start
+	// unrunnable: the spec itself cannot run here, so the container waits
+	// (CreateContainerConfigError) instead of failing and restarting.
+	unrunnable bool
 
 	proc  *exec.Cmd
 	stdin io.WriteCloser // nil unless spec.Stdin
@@ -50,6 +56,7 @@ type instance struct {
 
 // start runs a new instance of the container.
 func (c *container) start(log func(msg string, args ...any)) {
+	command := append(append([]string{}, c.spec.Command...), c.spec.Args...)
 	c.mu.Lock()
 	n := c.restarts
 	if c.instance != nil {
@@ -57,28 +64,35 @@ func (c *container) start(log func(msg string, args ...any)) {
 		c.restarts = n
 	}
 	logPath := filepath.Join(c.pod.dir, c.spec.Name+"-"+strconv.Itoa(n)+".log")
-	inst := &instance{logPath: logPath, started: time.Now(), exited: make(chan struct{}), out: newFanout()}
+	inst := &instance{
+		id:      fmt.Sprintf("host://%s-%s-%d", c.pod.uid, c.spec.Name, n),
+		logPath: logPath, started: time.Now(), exited: make(chan struct{}), out: newFanout(),
+	}
 	c.stdinUsed = false
 	c.mu.Unlock()
-	// Published once its fields are set: stop and attach read them.
+	// Published once its fields are set: stop, attach and the status read
+	// them.
 	defer func() {
 		c.mu.Lock()
-		c.instance = inst
+		c.previous, c.instance = c.instance, inst
 		c.mu.Unlock()
 	}()
 
+	if len(command) == 0 {
+		// Waits, rather than fails and restarts: the spec cannot change.
+		inst.unrunnable = true
+		inst.fail(errors.New("container has no command: the development node runs commands, not images"))
+		return
+	}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		inst.fail(fmt.Errorf("creating log file: %w", err))
 		return
 	}
-	command := append(append([]string{}, c.spec.Command...), c.spec.Args...)
-	if len(command) == 0 {
-		logFile.Close()
-		inst.fail(errors.New("container has no command: the development node runs commands, not images"))
-		return
-	}
 	cmd := exec.Command(command[0], command[1:]...)
+	// A node killed outright must not leave its pods' processes holding
+	// pod addresses that the next node hands out again.
+	cmd.SysProcAttr = sysProcAttr()
 	cmd.Env = c.pod.env(c.spec.Env)
 	cmd.Dir = c.pod.workDir(c.spec.WorkingDir)
 	inst.proc = cmd
@@ -118,7 +132,9 @@ func (c *container) start(log func(msg string, args ...any)) {
 		copyOut("stdout", tty)
 		closeOutputs = func() { tty.Close() }
 	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// The container's own process group, so stopping it reaches what
+		// it forked. (pty.Start makes a session, which is a group too.)
+		cmd.SysProcAttr.Setpgid = true
 		var stdinR *os.File
 		if c.spec.Stdin {
 			r, w, err := os.Pipe()
@@ -210,6 +226,22 @@ func (i *instance) fail(err error) {
 	close(i.exited)
 }
 
+// terminated is how the pod status reports the instance's end. Call it
+// once the instance has exited.
+func (i *instance) terminated() *corev1.ContainerStateTerminated {
+	reason, msg := "Completed", ""
+	if i.exitCode != 0 {
+		reason = "Error"
+	}
+	if i.err != nil {
+		reason, msg = "StartError", i.err.Error()
+	}
+	return &corev1.ContainerStateTerminated{
+		ExitCode: int32(i.exitCode), Reason: reason, Message: msg, ContainerID: i.id,
+		StartedAt: metav1.NewTime(i.started), FinishedAt: metav1.NewTime(i.finished),
+	}
+}
+
 func (i *instance) running() bool {
 	select {
 	case <-i.exited:
@@ -241,14 +273,16 @@ func (c *container) current() *instance {
 	return c.instance
 }
 
-// previous returns the log of the instance before the newest, if any.
-func (c *container) previousLog() (string, bool) {
+// lastTerminated is the instance the kubelet reports as the container's
+// last termination state, and whose log --previous reads: the newest one
+// while it waits to be restarted, else the one before it.
+func (c *container) lastTerminated(restartPending bool) *instance {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.restarts == 0 {
-		return "", false
+	if inst := c.instance; inst != nil && !inst.running() && restartPending {
+		return inst
 	}
-	return filepath.Join(c.pod.dir, c.spec.Name+"-"+strconv.Itoa(c.restarts-1)+".log"), true
+	return c.previous
 }
 
 // attach connects a client to the running instance: its output from now

@@ -19,7 +19,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -171,6 +173,12 @@ func (n *Node) postStatus(ctx context.Context) error {
 			return err
 		}
 		now := metav1.Now()
+		since := now
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				since = c.LastTransitionTime
+			}
+		}
 		capacity := corev1.ResourceList{
 			corev1.ResourceCPU: resource.MustParse("8"), corev1.ResourceMemory: resource.MustParse("16Gi"), corev1.ResourcePods: resource.MustParse("250"),
 		}
@@ -179,10 +187,10 @@ func (n *Node) postStatus(ctx context.Context) error {
 			Phase:           corev1.NodeRunning,
 			Addresses:       []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.host}, {Type: corev1.NodeHostName, Address: n.cfg.Name}},
 			DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: n.port()}},
-			NodeInfo:        corev1.NodeSystemInfo{KubeletVersion: "v1.34.4-tether-dev", OperatingSystem: "linux", Architecture: "amd64", ContainerRuntimeVersion: "host://process"},
+			NodeInfo:        corev1.NodeSystemInfo{KubeletVersion: "v1.34.4-tether-dev", OperatingSystem: "linux", Architecture: runtime.GOARCH, ContainerRuntimeVersion: "host://process"},
 			Conditions: []corev1.NodeCondition{{
 				Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "development node is posting ready status",
-				LastHeartbeatTime: now, LastTransitionTime: now,
+				LastHeartbeatTime: now, LastTransitionTime: since,
 			}},
 		}
 		_, err = n.cfg.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
@@ -224,6 +232,66 @@ type pod struct {
 	mu         sync.Mutex
 	containers []*container
 	stopping   bool
+	// execs are the process groups of running exec sessions: they end
+	// with the pod, as they would with its containers' cgroups.
+	execs map[int]struct{}
+}
+
+// willRestart reports whether inst, which has exited, is to be followed by
+// another instance of its container.
+func (p *pod) willRestart(inst *instance) bool {
+	p.mu.Lock()
+	stopping := p.stopping
+	p.mu.Unlock()
+	if stopping || inst.unrunnable {
+		return false
+	}
+	return p.restart == corev1.RestartPolicyAlways || (p.restart == corev1.RestartPolicyOnFailure && inst.exitCode != 0)
+}
+
+// errTerminating refuses an exec in a pod being torn down.
+var errTerminating = errors.New("pod is terminating")
+
+// addExec records an exec session's process group; it fails once the pod
+// is stopping, so nothing new starts in a pod being torn down.
+func (p *pod) addExec(pgid int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping {
+		return fmt.Errorf("pod %q: %w", p.name, errTerminating)
+	}
+	if p.execs == nil {
+		p.execs = map[int]struct{}{}
+	}
+	p.execs[pgid] = struct{}{}
+	return nil
+}
+
+func (p *pod) removeExec(pgid int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.execs, pgid)
+}
+
+// stop ends every container within grace, then every exec session.
+func (p *pod) stop(grace time.Duration) {
+	p.mu.Lock()
+	p.stopping = true
+	containers := p.containers
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range containers {
+		if inst := c.current(); inst != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); inst.stop(grace) }()
+		}
+	}
+	wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pgid := range p.execs {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}
 }
 
 func (p *pod) env(vars []corev1.EnvVar) []string {
@@ -277,18 +345,35 @@ func (n *Node) sync(ctx context.Context, obj any) {
 		return
 	}
 	n.mu.Unlock()
-	if p != nil && kp.DeletionTimestamp != nil {
+	switch {
+	case p != nil && kp.DeletionTimestamp != nil:
 		go n.deletePod(ctx, p, kp)
+	case p == nil && kp.DeletionTimestamp != nil:
+		// Deleted while no node ran it (this one was down): nothing runs,
+		// but only the node bound to a pod finishes its deletion.
+		go n.finishDeletion(ctx, kp.Namespace, kp.Name, kp.UID)
 	}
 }
 
+// allocateIP hands out the pod CIDR's addresses in turn, skipping those of
+// pods still here: a long-lived pod keeps its address however many come
+// and go. n.mu must be held.
 func (n *Node) allocateIP() netip.Addr {
-	ip := n.nextIP
-	n.nextIP = ip.Next()
-	if !n.cfg.PodCIDR.Contains(n.nextIP) {
-		n.nextIP = n.cfg.PodCIDR.Masked().Addr().Next()
+	used := make(map[netip.Addr]bool, len(n.pods))
+	for _, p := range n.pods {
+		used[p.ip] = true
 	}
-	return ip
+	for range 1 << (n.nextIP.BitLen() - n.cfg.PodCIDR.Bits()) {
+		ip := n.nextIP
+		if n.nextIP = ip.Next(); !n.cfg.PodCIDR.Contains(n.nextIP) {
+			n.nextIP = n.cfg.PodCIDR.Masked().Addr().Next()
+		}
+		if !used[ip] {
+			return ip
+		}
+	}
+	// Every address is taken: pods share one, and may clash on ports.
+	return n.nextIP
 }
 
 func (n *Node) startPod(ctx context.Context, p *pod, kp *corev1.Pod) {
@@ -320,12 +405,8 @@ func (n *Node) supervise(ctx context.Context, p *pod, c *container) {
 			return
 		case <-inst.exited:
 		}
-		p.mu.Lock()
-		stopping := p.stopping
-		p.mu.Unlock()
 		n.updateStatus(ctx, p)
-		again := p.restart == corev1.RestartPolicyAlways || (p.restart == corev1.RestartPolicyOnFailure && inst.exitCode != 0)
-		if stopping || !again {
+		if !p.willRestart(inst) {
 			return
 		}
 		select {
@@ -334,11 +415,7 @@ func (n *Node) supervise(ctx context.Context, p *pod, c *container) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 10*time.Second)
-		// Deleted during the backoff: nothing may start any more.
-		p.mu.Lock()
-		stopping = p.stopping
-		p.mu.Unlock()
-		if stopping {
+		if !p.willRestart(inst) { // deleted during the backoff
 			return
 		}
 		c.start(p.log)
@@ -356,7 +433,16 @@ func (n *Node) updateStatus(ctx context.Context, p *pod) {
 		if kp.UID != p.uid {
 			return nil
 		}
-		kp.Status = p.status()
+		st := p.status()
+		// A condition that did not change keeps the time it last did.
+		for i, c := range st.Conditions {
+			for _, old := range kp.Status.Conditions {
+				if old.Type == c.Type && old.Status == c.Status {
+					st.Conditions[i].LastTransitionTime = old.LastTransitionTime
+				}
+			}
+		}
+		kp.Status = st
 		_, err = n.cfg.Client.CoreV1().Pods(p.namespace).UpdateStatus(ctx, kp, metav1.UpdateOptions{})
 		return err
 	})
@@ -367,60 +453,72 @@ func (n *Node) updateStatus(ctx context.Context, p *pod) {
 
 func (p *pod) status() corev1.PodStatus {
 	p.mu.Lock()
-	containers, stopping := p.containers, p.stopping
+	containers := p.containers
 	p.mu.Unlock()
 	st := corev1.PodStatus{
 		HostIP: p.node.host, HostIPs: []corev1.HostIP{{IP: p.node.host}},
 		PodIP: p.ip.String(), PodIPs: []corev1.PodIP{{IP: p.ip.String()}},
 		StartTime: &p.started, QOSClass: corev1.PodQOSBestEffort,
 	}
-	running, failed, allDone := 0, 0, true
+	// Counted as the kubelet's getPhase counts them.
+	var waiting, running, restarting, failed int
 	for _, c := range containers {
 		c.mu.Lock()
 		inst, restarts := c.instance, c.restarts
 		c.mu.Unlock()
 		cs := corev1.ContainerStatus{
 			Name: c.spec.Name, Image: c.spec.Image, ImageID: "host://" + c.spec.Image,
-			ContainerID: fmt.Sprintf("host://%s-%s-%d", p.uid, c.spec.Name, restarts), RestartCount: int32(restarts),
+			RestartCount: int32(restarts), Started: new(bool),
 		}
-		if inst != nil && inst.running() {
-			running++
-			allDone = false
-			t := true
-			cs.Ready, cs.Started = true, &t
+		restartPending := inst != nil && !inst.running() && p.willRestart(inst)
+		if last := c.lastTerminated(restartPending); last != nil {
+			cs.LastTerminationState.Terminated = last.terminated()
+		}
+		switch {
+		case inst == nil:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
+		case inst.unrunnable:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: inst.err.Error()}
+		case inst.running():
+			cs.ContainerID, cs.Ready, *cs.Started = inst.id, true, true
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(inst.started)}
-		} else if inst != nil {
-			reason, msg := "Completed", ""
-			if inst.exitCode != 0 {
-				reason, failed = "Error", failed+1
+		case restartPending:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
+				Message: fmt.Sprintf("back-off restarting failed container %s in pod %s", c.spec.Name, p.name)}
+		default:
+			cs.ContainerID = inst.id
+			cs.State.Terminated = inst.terminated()
+		}
+		switch {
+		case cs.State.Running != nil:
+			running++
+		case restartPending:
+			restarting++
+		case cs.State.Terminated != nil:
+			if cs.State.Terminated.ExitCode != 0 {
+				failed++
 			}
-			if inst.err != nil {
-				reason, msg = "StartError", inst.err.Error()
-			}
-			cs.State.Terminated = &corev1.ContainerStateTerminated{
-				ExitCode: int32(inst.exitCode), Reason: reason, Message: msg,
-				StartedAt: metav1.NewTime(inst.started), FinishedAt: metav1.NewTime(inst.finished), ContainerID: cs.ContainerID,
-			}
-			willRestart := p.restart == corev1.RestartPolicyAlways || (p.restart == corev1.RestartPolicyOnFailure && inst.exitCode != 0)
-			if willRestart && !stopping {
-				allDone = false
-			}
+		default:
+			waiting++ // never ran
 		}
 		st.ContainerStatuses = append(st.ContainerStatuses, cs)
 	}
-	ready := corev1.ConditionFalse
 	switch {
-	case running == len(containers):
-		st.Phase, ready = corev1.PodRunning, corev1.ConditionTrue
-	case allDone && failed > 0:
-		st.Phase = corev1.PodFailed
-	case allDone:
-		st.Phase = corev1.PodSucceeded
-	default:
+	case waiting > 0:
+		st.Phase = corev1.PodPending
+	case running > 0 || restarting > 0:
 		st.Phase = corev1.PodRunning
+	case failed > 0:
+		st.Phase = corev1.PodFailed
+	default:
+		st.Phase = corev1.PodSucceeded
+	}
+	ready := corev1.ConditionFalse
+	if running == len(containers) {
+		ready = corev1.ConditionTrue
 	}
 	now := metav1.Now()
-	for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized} {
+	for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.PodReadyToStartContainers} {
 		st.Conditions = append(st.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: p.started})
 	}
 	for _, t := range []corev1.PodConditionType{corev1.ContainersReady, corev1.PodReady} {
@@ -438,26 +536,25 @@ func (n *Node) deletePod(ctx context.Context, p *pod, kp *corev1.Pod) {
 		return
 	}
 	p.stopping = true
-	containers := p.containers
 	p.mu.Unlock()
 	grace := 2 * time.Second
 	if g := kp.DeletionGracePeriodSeconds; g != nil && time.Duration(*g)*time.Second < grace {
 		grace = time.Duration(*g) * time.Second
 	}
-	var wg sync.WaitGroup
-	for _, c := range containers {
-		if inst := c.current(); inst != nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); inst.stop(grace) }()
-		}
-	}
-	wg.Wait()
-	zero := int64(0)
-	err := n.cfg.Client.CoreV1().Pods(p.namespace).Delete(ctx, p.name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.uid}})
-	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		n.cfg.Log.Warn("deleting pod", "pod", p.namespace+"/"+p.name, "err", err)
-	}
+	p.stop(grace)
+	n.finishDeletion(ctx, p.namespace, p.name, p.uid)
 	n.forget(p.uid)
+}
+
+// finishDeletion removes a pod whose processes are gone, as the kubelet
+// ends a graceful deletion. The UID precondition spares a new pod of the
+// same name.
+func (n *Node) finishDeletion(ctx context.Context, namespace, name string, uid types.UID) {
+	zero := int64(0)
+	err := n.cfg.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		n.cfg.Log.Warn("deleting pod", "pod", namespace+"/"+name, "err", err)
+	}
 }
 
 // forget drops a pod that is gone from the API, stopping what still runs.
@@ -466,17 +563,8 @@ func (n *Node) forget(uid types.UID) {
 	p := n.pods[uid]
 	delete(n.pods, uid)
 	n.mu.Unlock()
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	p.stopping = true
-	containers := p.containers
-	p.mu.Unlock()
-	for _, c := range containers {
-		if inst := c.current(); inst != nil {
-			inst.stop(time.Second)
-		}
+	if p != nil {
+		p.stop(time.Second)
 	}
 }
 

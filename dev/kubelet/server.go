@@ -71,6 +71,8 @@ func (n *Node) serveRemoteCommand(attach bool) http.HandlerFunc {
 			return
 		}
 		idle, creation, protocols := n.cfg.StreamIdleTimeout, n.cfg.StreamCreationTimeout, remotecommandconsts.SupportedStreamingProtocols
+		w, r, cancel := watchClient(w, r)
+		defer cancel()
 		if attach {
 			remotecommandserver.ServeAttach(w, r, attacher{c}, p.name, p.uid, c.spec.Name, opts, idle, creation, protocols)
 			return
@@ -81,7 +83,7 @@ func (n *Node) serveRemoteCommand(attach bool) http.HandlerFunc {
 
 func (n *Node) servePortForward(w http.ResponseWriter, r *http.Request) {
 	p := n.lookup(r.PathValue("ns"), r.PathValue("pod"))
-	if p == nil {
+	if p == nil || (r.PathValue("uid") != "" && types.UID(r.PathValue("uid")) != p.uid) {
 		http.Error(w, fmt.Sprintf("pod %s/%s not found", r.PathValue("ns"), r.PathValue("pod")), http.StatusNotFound)
 		return
 	}
@@ -106,18 +108,31 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ types.UID, _ 
 	}
 	proc := exec.CommandContext(ctx, cmd[0], cmd[1:]...)
 	proc.Env, proc.Dir = e.p.env(e.c.spec.Env), e.p.workDir(e.c.spec.WorkingDir)
+	proc.SysProcAttr = sysProcAttr()
 	// The client going away kills everything the command started.
 	proc.Cancel = func() error { return syscall.Kill(-proc.Process.Pid, syscall.SIGKILL) }
 	proc.WaitDelay = 2 * time.Second
+	// The pod's end ends the session, as a container's cgroup would.
+	started := func() error {
+		if err := e.p.addExec(proc.Process.Pid); err != nil {
+			_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
+			_ = proc.Wait()
+			return err
+		}
+		return nil
+	}
 	var err error
 	if tty {
-		err = runOnTerminal(proc, in, out, resize)
+		err = runOnTerminal(proc, in, out, resize, started)
 	} else {
-		err = runPiped(proc, in, out, errw)
+		err = runPiped(proc, in, out, errw, started)
+	}
+	if proc.Process != nil {
+		e.p.removeExec(proc.Process.Pid)
 	}
 	ps := proc.ProcessState
-	if ps == nil {
-		return err // it never started
+	if ps == nil || errors.Is(err, errTerminating) {
+		return err // it never started, or not for long
 	}
 	if ps.Success() {
 		// Even if a child it left behind held the output past WaitDelay.
@@ -128,8 +143,8 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ types.UID, _ 
 
 // runPiped runs proc with its own pipes: the end of the client's input
 // closes the command's stdin, so `cat` ends.
-func runPiped(proc *exec.Cmd, in io.Reader, out, errw io.Writer) error {
-	proc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+func runPiped(proc *exec.Cmd, in io.Reader, out, errw io.Writer, started func() error) error {
+	proc.SysProcAttr.Setpgid = true
 	if out != nil {
 		proc.Stdout = out
 	}
@@ -146,16 +161,25 @@ func runPiped(proc *exec.Cmd, in io.Reader, out, errw io.Writer) error {
 			stdin.Close()
 		}()
 	}
-	return proc.Run()
+	if err := proc.Start(); err != nil {
+		return err
+	}
+	if err := started(); err != nil {
+		return err
+	}
+	return proc.Wait()
 }
 
 // runOnTerminal runs proc on a new pseudo-terminal sized by the client.
-func runOnTerminal(proc *exec.Cmd, in io.Reader, out io.Writer, resize <-chan remotecommand.TerminalSize) error {
+func runOnTerminal(proc *exec.Cmd, in io.Reader, out io.Writer, resize <-chan remotecommand.TerminalSize, started func() error) error {
 	term, err := pty.Start(proc)
 	if err != nil {
 		return fmt.Errorf("starting %q on a terminal: %w", proc.Path, err)
 	}
 	defer term.Close()
+	if err := started(); err != nil {
+		return err
+	}
 	go applyResizes(term, resize)
 	if in != nil {
 		go func() {
@@ -181,6 +205,51 @@ func runOnTerminal(proc *exec.Cmd, in io.Reader, out io.Writer, resize <-chan re
 	case <-time.After(2 * time.Second):
 	}
 	return err
+}
+
+// watchClient returns w and r such that r's context also ends when the
+// client's connection does. Once a connection is upgraded net/http stops
+// watching it, and the streaming library does not tell an executor that
+// its client left: without this, an interrupted `kubectl exec -- sleep 1h`
+// would leave sleep running for the hour.
+func watchClient(w http.ResponseWriter, r *http.Request) (http.ResponseWriter, *http.Request, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	return &hijackWatcher{ResponseWriter: w, gone: cancel}, r.WithContext(ctx), cancel
+}
+
+type hijackWatcher struct {
+	http.ResponseWriter
+	gone context.CancelFunc
+}
+
+func (h *hijackWatcher) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+func (h *hijackWatcher) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &watchedConn{Conn: conn, gone: h.gone}, brw, nil
+}
+
+// watchedConn calls gone when reading fails or the connection is closed:
+// either way the client is no longer there.
+type watchedConn struct {
+	net.Conn
+	gone context.CancelFunc
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.gone()
+	}
+	return n, err
+}
+
+func (c *watchedConn) Close() error {
+	c.gone()
+	return c.Conn.Close()
 }
 
 type attacher struct{ c *container }
@@ -262,14 +331,15 @@ func (n *Node) serveLogs(w http.ResponseWriter, r *http.Request) {
 	var path string
 	var inst *instance
 	if q.Get("previous") == "true" {
-		prev, ok := c.previousLog()
-		if !ok {
+		cur := c.current()
+		prev := c.lastTerminated(cur != nil && !cur.running() && p.willRestart(cur))
+		if prev == nil || prev.unrunnable {
 			http.Error(w, fmt.Sprintf("previous terminated container %q in pod %q not found", c.spec.Name, p.name), http.StatusBadRequest)
 			return
 		}
-		path, follow = prev, false
+		path, follow = prev.logPath, false
 	} else {
-		if inst = c.current(); inst == nil {
+		if inst = c.current(); inst == nil || inst.unrunnable {
 			http.Error(w, fmt.Sprintf("container %q in pod %q is waiting to start", c.spec.Name, p.name), http.StatusBadRequest)
 			return
 		}

@@ -27,7 +27,7 @@ import (
 func main() {
 	var (
 		kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR string
-		idle                                                             time.Duration
+		idle, creation                                                   time.Duration
 	)
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of a user that may manage nodes, leases and pods")
 	flag.StringVar(&name, "name", "tether-dev-node", "name of the Node")
@@ -38,15 +38,16 @@ func main() {
 	flag.StringVar(&stateDir, "state-dir", "", "folder for pod working folders and container logs")
 	flag.StringVar(&podCIDR, "pod-cidr", "127.0.100.0/24", "loopback range pod addresses come from")
 	flag.DurationVar(&idle, "stream-idle-timeout", 4*time.Hour, "close exec, attach and port-forward sessions idle this long")
+	flag.DurationVar(&creation, "stream-creation-timeout", 30*time.Second, "fail an exec, attach or port-forward whose client has not opened its streams within this")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("service", "devnode")
-	if err := run(log, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, idle); err != nil {
+	if err := run(log, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, idle, creation); err != nil {
 		log.Error("exiting on error", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR string, idle time.Duration) error {
+func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR string, idle, creation time.Duration) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
@@ -81,7 +82,7 @@ func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateD
 	}
 	node, err := kubelet.New(kubelet.Config{
 		Client: client, Name: name, Listener: ln, TLS: tlsConfig, StateDir: stateDir, PodCIDR: prefix,
-		StreamIdleTimeout: idle, Log: log,
+		StreamIdleTimeout: idle, StreamCreationTimeout: creation, Log: log,
 	})
 	if err != nil {
 		return err
