@@ -212,19 +212,13 @@ func (s *Stack) startNode(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	started := time.Now()
 	p, err := s.start(ctx, "devnode", "--kubeconfig", s.Kube.AdminKubeconfig, "--name", NodeName, "--listen", addr(ports[0]),
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"))
 	if err != nil {
 		return err
 	}
-	caPEM, err := os.ReadFile(s.Kube.CAFile)
-	if err != nil {
-		return fmt.Errorf("stack: %w", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	if err := poll(ctx, p, time.Minute, func() bool { return nodeReady(ctx, client, s.Kube.URL, s.Kube.AdminToken) }); err != nil {
+	if err := s.waitNode(ctx, p, started); err != nil {
 		return err
 	}
 	s.NodeName = NodeName
@@ -232,7 +226,23 @@ func (s *Stack) startNode(ctx context.Context) error {
 	return nil
 }
 
-func nodeReady(ctx context.Context, client *http.Client, base, token string) bool {
+// waitNode waits until the Node is Ready by a heartbeat of p, which
+// started at started: a Node left Ready by a node that was stopped a
+// moment ago says nothing about p.
+func (s *Stack) waitNode(ctx context.Context, p *proc.Process, started time.Time) error {
+	caPEM, err := os.ReadFile(s.Kube.CAFile)
+	if err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	// Heartbeats are kept to the second.
+	since := started.Truncate(time.Second)
+	return poll(ctx, p, time.Minute, func() bool { return nodeReady(ctx, client, s.Kube.URL, s.Kube.AdminToken, since) })
+}
+
+func nodeReady(ctx context.Context, client *http.Client, base, token string, since time.Time) bool {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/nodes/"+NodeName, nil)
 	if err != nil {
 		return false
@@ -245,7 +255,10 @@ func nodeReady(ctx context.Context, client *http.Client, base, token string) boo
 	defer resp.Body.Close()
 	var node struct {
 		Status struct {
-			Conditions []struct{ Type, Status string }
+			Conditions []struct {
+				Type, Status      string
+				LastHeartbeatTime time.Time
+			}
 		}
 	}
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&node) != nil {
@@ -253,7 +266,7 @@ func nodeReady(ctx context.Context, client *http.Client, base, token string) boo
 	}
 	for _, c := range node.Status.Conditions {
 		if c.Type == "Ready" {
-			return c.Status == "True"
+			return c.Status == "True" && !c.LastHeartbeatTime.Before(since)
 		}
 	}
 	return false
@@ -297,9 +310,13 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 	if err := old.Stop(30 * time.Second); err != nil {
 		return err
 	}
+	started := time.Now()
 	p, err := s.start(ctx, name, s.args[name]...)
 	if err != nil {
 		return err
+	}
+	if name == "devnode" { // no admin address: its Node tells
+		return s.waitNode(ctx, p, started)
 	}
 	return waitReady(ctx, s.Admin[name], p)
 }
