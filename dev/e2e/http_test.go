@@ -67,6 +67,14 @@ func TestRefusalsAreKubernetesStatus(t *testing.T) {
 		{"wildcard in cluster id", "/clusters/%2A/api", token("admin"), 404, "NotFound", ""},
 		{"dot segment", "/clusters/dev/api/../../clusters/other/api", token("admin"), 400, "BadRequest", ""},
 		{"not under /clusters", "/api/v1/namespaces", token("admin"), 404, "NotFound", ""},
+		// Another tenant's user, trying every way around the id.
+		{"other tenant, encoded slashes", "/clusters/dev%2F..%2Fdev/api", token("mallory"), 404, "NotFound", ""},
+		{"other tenant, climbing", "/clusters/globex/../dev/api", token("mallory"), 400, "BadRequest", ""},
+		{"other tenant, second /clusters/", "/clusters/globex/clusters/dev/api", token("mallory"), 404, "NotFound", `cluster "globex" not found`},
+		{"other tenant, NATS wildcard", "/clusters/%3E/api", token("mallory"), 404, "NotFound", ""},
+		{"other tenant, NATS separator", "/clusters/dev.x/api", token("mallory"), 404, "NotFound", ""},
+		{"other tenant, space", "/clusters/dev%20/api", token("mallory"), 404, "NotFound", ""},
+		{"other tenant, 300 characters", "/clusters/" + strings.Repeat("d", 300) + "/api", token("mallory"), 404, "NotFound", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,6 +17,8 @@ func FuzzDecode(f *testing.F) {
 		{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "gone"}}},
 		{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{ClusterId: "c"}}},
 		{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: 7}}},
+		{StreamId: 3, Kind: &tetherv1.Frame_Open{Open: &tetherv1.Open{RequestId: "r", ClusterId: "c", Method: "POST", Path: "/api/v1/namespaces/d/pods/p/exec", Query: "command=sh&stdin=true", Upgrade: "SPDY/3.1"}}},
+		{StreamId: 3, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 101, Upgrade: "websocket", Headers: []*tetherv1.Header{{Name: "Sec-Websocket-Protocol", Values: []string{"v5.channel.k8s.io"}}}}}},
 	}
 	for _, s := range seeds {
 		b, err := Encode(s)
