@@ -10,6 +10,7 @@ package kubelet
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -67,6 +68,15 @@ type Node struct {
 	mu     sync.Mutex
 	pods   map[types.UID]*pod
 	nextIP netip.Addr
+}
+
+// RandomPodCIDR picks a /24 in 127.100.0.0–127.199.255.255 for a node's
+// pods, so nodes of separate stacks on one machine (a test run next to
+// make run, two test packages at once) never give two pods one address.
+func RandomPodCIDR() netip.Prefix {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 100 + b[0]%100, b[1], 0}), 24)
 }
 
 // New validates cfg.

@@ -117,7 +117,7 @@ func run(m *testing.M) int {
 		}
 		node, err := kubelet.New(kubelet.Config{
 			Client: env.client, Name: nodeName, Listener: ln, TLS: tlsConfig,
-			StateDir: filepath.Join(dir, "node"), PodCIDR: netip.MustParsePrefix("127.0.100.0/24"),
+			StateDir: filepath.Join(dir, "node"), PodCIDR: podCIDR,
 			Log: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 		})
 		if err != nil {
@@ -300,11 +300,15 @@ func execIn(ctx context.Context, ex executor, pod string, stdin io.Reader, stdou
 	return e.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: stdin, Stdout: stdout, Stderr: stderr})
 }
 
+// podCIDR is this test binary's: another node on the machine (the e2e
+// stack's, run at the same time) has its own.
+var podCIDR = kubelet.RandomPodCIDR()
+
 func TestPodRuns(t *testing.T) {
 	t.Parallel()
 	p := sleeper(t, "runs")
 	ip, err := netip.ParseAddr(p.Status.PodIP)
-	if err != nil || !netip.MustParsePrefix("127.0.100.0/24").Contains(ip) {
+	if err != nil || !podCIDR.Contains(ip) {
 		t.Errorf("pod IP %q is not from the pod CIDR", p.Status.PodIP)
 	}
 	cs := p.Status.ContainerStatuses

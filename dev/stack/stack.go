@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tether-dev/tether/dev/kube"
+	"github.com/tether-dev/tether/dev/kubelet"
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/proc"
 )
@@ -214,7 +215,8 @@ func (s *Stack) startNode(ctx context.Context) error {
 	}
 	started := time.Now()
 	p, err := s.start(ctx, "devnode", "--kubeconfig", s.Kube.AdminKubeconfig, "--name", NodeName, "--listen", addr(ports[0]),
-		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"))
+		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"),
+		"--pod-cidr", kubelet.RandomPodCIDR().String())
 	if err != nil {
 		return err
 	}
