@@ -3,10 +3,15 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -101,4 +106,123 @@ func TestLimitsAreStatus(t *testing.T) {
 		})
 	})
 
+}
+
+// One user sending 10,000 requests, far more at once than its limit, gets
+// 429s with Retry-After for the excess and nothing else goes wrong; another
+// user's requests meanwhile go through. (The e2e gateway admits 100
+// requests in progress per user.)
+func TestFloodingUserDoesNotStopAnother(t *testing.T) {
+	client, err := env.stack.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(user string) (int, error) {
+		req, err := http.NewRequest("GET", env.stack.GatewayURL+"/clusters/dev/api/v1/namespaces/default/configmaps?limit=1", nil)
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Authorization", "Bearer "+token(user))
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
+			return 0, fmt.Errorf("429 without Retry-After")
+		}
+		return resp.StatusCode, nil
+	}
+
+	const total, workers = 10000, 200
+	jobs := make(chan struct{}, total)
+	for range total {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var errs []error
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				code, err := get("admin")
+				mu.Lock()
+				codes[code]++
+				if err != nil {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	// Meanwhile, another user: alice's own RBAC answers (403 here), never
+	// the gateway's limit.
+	other := map[int]int{}
+	flooding := make(chan struct{})
+	go func() { wg.Wait(); close(flooding) }()
+	for done := false; !done; {
+		select {
+		case <-flooding:
+			done = true
+		default:
+			code, err := get("alice")
+			if err != nil {
+				t.Fatal(err)
+			}
+			other[code]++
+		}
+	}
+	t.Logf("flooding user: %v; other user meanwhile: %v", codes, other)
+	if len(errs) > 0 {
+		t.Fatalf("%d requests failed outright, first: %v", len(errs), errs[0])
+	}
+	if codes[http.StatusTooManyRequests] == 0 {
+		t.Error("200 at once never met the per-user limit of 100")
+	}
+	if codes[http.StatusOK]+codes[http.StatusTooManyRequests] != total {
+		t.Errorf("answers other than 200 and 429: %v", codes)
+	}
+	if other[http.StatusTooManyRequests] > 0 || len(other) == 0 {
+		t.Errorf("the other user was refused or never answered: %v", other)
+	}
+}
+
+// A client that sends its request head slowly is cut off after the
+// gateway's read-header timeout (2 s in the e2e stack), and a hundred of
+// them stop nobody else.
+func TestSlowHeadIsCutOff(t *testing.T) {
+	conns := make([]*tls.Conn, 100)
+	for i := range conns {
+		c, err := tls.Dial("tcp", strings.TrimPrefix(env.stack.GatewayURL, "https://"), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET /clusters/dev/api HTTP/1.1\r\nHost: x\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	if resp := call(t, "GET", "/clusters/dev/api/v1/namespaces/default/configmaps?limit=1", token("admin"), nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a normal request while 100 heads trickle in: %s", resp.Status)
+	}
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		// More head, too late; the server has given up on this one.
+		time.Sleep(10 * time.Millisecond)
+		_, _ = io.WriteString(c, "X-Slow: 1\r\n")
+	}
+	for i, c := range conns {
+		b := make([]byte, 512)
+		n, err := c.Read(b)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection %d still open 15 s after its head began (read %q)", i, b[:n])
+		}
+	}
 }

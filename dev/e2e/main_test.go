@@ -79,7 +79,7 @@ func run(m *testing.M) int {
 		Args: map[string][]string{
 			// Keepalives of 1 s, so an idle port-forward outlasts several.
 			"agent":   {"--shutdown-timeout=3m", "--otlp-endpoint", env.collector.endpoint(), "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
-			"gateway": {"--otlp-endpoint", env.collector.endpoint(), "--pprof", "--max-header-bytes=65536", "--max-long-running-per-user=16"},
+			"gateway": {"--otlp-endpoint", env.collector.endpoint(), "--pprof", "--max-header-bytes=65536", "--max-long-running-per-user=16", "--max-inflight-per-user=100", "--read-header-timeout=2s"},
 			// Short idle probes so the tests of dead peers finish quickly.
 			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--pprof"},
 			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
