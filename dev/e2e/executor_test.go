@@ -192,6 +192,44 @@ func TestStalledExecBlocksNoOne(t *testing.T) {
 // services are the processes of the request path.
 var services = []string{"gateway", "router", "subscriber", "agent"}
 
+// footprint is each request-path service's goroutines and live heap.
+type footprint struct{ goroutines, heap map[string]float64 }
+
+func measure(t *testing.T) footprint {
+	t.Helper()
+	f := footprint{goroutines: map[string]float64{}, heap: map[string]float64{}}
+	for _, s := range services {
+		f.heap[s] = liveHeap(t, s)
+		f.goroutines[s] = gauge(t, s, "go_goroutines")
+	}
+	return f
+}
+
+// expectBack waits up to 20 s for every service to return to within 5
+// goroutines and 8 MiB of live heap of f, and fails the test for each that
+// does not.
+func (f footprint) expectBack(t *testing.T, after string) {
+	t.Helper()
+	for _, s := range services {
+		var g, h float64
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			g, h = gauge(t, s, "go_goroutines"), liveHeap(t, s)
+			if (g <= f.goroutines[s]+5 && h <= f.heap[s]+8<<20) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		t.Logf("%s: goroutines %v → %v, live heap %.1f → %.1f MiB", s, f.goroutines[s], g, f.heap[s]/(1<<20), h/(1<<20))
+		if g > f.goroutines[s]+5 {
+			t.Errorf("%s kept %v goroutines more than before %s", s, g-f.goroutines[s], after)
+		}
+		if h > f.heap[s]+8<<20 {
+			t.Errorf("%s kept %.1f MiB more heap than before %s", s, (h-f.heap[s])/(1<<20), after)
+		}
+	}
+}
+
 // liveHeap collects garbage in a service, then reads its heap in use.
 func liveHeap(t *testing.T, service string) float64 {
 	t.Helper()
@@ -228,11 +266,7 @@ func TestExecSessionsLeaveNothingBehind(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	baseG, baseH := map[string]float64{}, map[string]float64{}
-	for _, s := range services {
-		baseH[s] = liveHeap(t, s)
-		baseG[s] = gauge(t, s, "go_goroutines")
-	}
+	base := measure(t)
 
 	sessions := make(chan int)
 	errs := make(chan error, 200)
@@ -258,22 +292,5 @@ func TestExecSessionsLeaveNothingBehind(t *testing.T) {
 		}
 	}
 
-	for _, s := range services {
-		var g, h float64
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			g, h = gauge(t, s, "go_goroutines"), liveHeap(t, s)
-			if (g <= baseG[s]+5 && h <= baseH[s]+8<<20) || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-		t.Logf("%s: goroutines %v → %v, live heap %.1f → %.1f MiB", s, baseG[s], g, baseH[s]/(1<<20), h/(1<<20))
-		if g > baseG[s]+5 {
-			t.Errorf("%s kept %v goroutines more than before 200 sessions", s, g-baseG[s])
-		}
-		if h > baseH[s]+8<<20 {
-			t.Errorf("%s kept %.1f MiB more heap than before 200 sessions", s, (h-baseH[s])/(1<<20))
-		}
-	}
+	base.expectBack(t, "200 sessions")
 }
