@@ -173,8 +173,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authenticated = true
+	upgrade := tunnel.Upgrade(r.Header)
 	admit, kind := g.short, "inflight"
-	if longRunning(r, rest) {
+	if longRunning(r.URL.Query(), rest, upgrade != "") {
 		admit, kind = g.long, "long_running"
 	}
 	release, refusal := admit.admit(user.Name, cluster)
@@ -183,7 +184,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	if max := g.cfg.Limits.MaxBodyBytes; max > 0 && tunnel.Upgrade(r.Header) == "" && r.Body != nil && r.Body != http.NoBody {
+	if max := g.cfg.Limits.MaxBodyBytes; max > 0 && upgrade == "" && r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength > max {
 			refuse(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body of %d bytes exceeds %d", r.ContentLength, max))
 			return
@@ -209,7 +210,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Method:    r.Method,
 		Path:      rest,
 		Query:     r.URL.RawQuery,
-		Headers:   tunnel.FromHTTP(r.Header, tunnel.Credential),
+		Headers:   tunnel.FromHTTP(r.Header, nil), // scrubbed above
 		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups},
 		Tenants:   user.Tenants,
 		Trace:     map[string]string{},
@@ -218,27 +219,24 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > 0 {
 		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
 	}
-	if up := tunnel.Upgrade(r.Header); up != "" {
+	if upgrade != "" {
 		// exec, attach and port-forward: HTTP/1.1 upgrades to SPDY or
 		// WebSocket, whose bytes follow the 101 on the same connection.
 		if r.ProtoMajor != 1 || !noBody {
-			code = http.StatusBadRequest
-			kstatus.Error(w, code, "an upgrade request must be HTTP/1.1 and carry no body")
+			refuse(http.StatusBadRequest, "bad_upgrade", "an upgrade request must be HTTP/1.1 and carry no body")
 			return
 		}
-		open.Upgrade, open.End = up, false
+		open.Upgrade, open.End = upgrade, false
 	}
 	g.cfg.Propagator.Inject(ctx, propagation.MapCarrier(open.Trace))
 	// What the router would refuse is refused here, with the reason.
 	frame := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}
 	if err := tunnel.Validate(frame); err != nil {
-		code = http.StatusBadRequest
-		kstatus.Error(w, code, "the request cannot be carried: "+err.Error())
+		refuse(http.StatusBadRequest, "uncarriable", "the request cannot be carried: "+err.Error())
 		return
 	}
 	if _, err := tunnel.Encode(frame); err != nil {
-		code = http.StatusRequestHeaderFieldsTooLarge
-		kstatus.Error(w, code, "the request head is too large or not valid UTF-8: "+err.Error())
+		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", "the request head is too large or not valid UTF-8: "+err.Error())
 		return
 	}
 
@@ -254,7 +252,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		defer call.end()
 	}
-	receive, upgrade := call.receive, call.upgrade
+	receive := call.receive
 	if err != nil {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
@@ -291,16 +289,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code = int(resp.Status)
-	if upgrade != nil {
+	if call.upgrade != nil {
 		if code == http.StatusSwitchingProtocols {
 			g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())
 			span.SetAttributes(attribute.Int("http.response.status_code", code))
-			g.switchProtocols(ctx, cancel, log, w, resp, upgrade, receive, call.end)
+			g.switchProtocols(ctx, cancel, log, w, resp, call)
 			return
 		}
 		// Refused (a Status from the cluster or from Tether): no bytes follow.
-		_ = upgrade.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
-		_ = upgrade.CloseRequest()
+		_ = call.upgrade.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+		_ = call.upgrade.CloseRequest()
 	} else if code == http.StatusSwitchingProtocols {
 		code = http.StatusBadGateway
 		kstatus.Error(w, code, "the cluster switched protocols on a request that asked for no upgrade")

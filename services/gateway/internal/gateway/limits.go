@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 )
@@ -25,14 +26,13 @@ type Limits struct {
 }
 
 // longRunning reports whether a request stays open for as long as its
-// client wants: a watch, a followed log, or an upgrade.
-func longRunning(r *http.Request, path string) bool {
-	if r.Header.Get("Upgrade") != "" {
+// client wants: an upgrade, a watch, or a followed log.
+func longRunning(query url.Values, path string, upgrade bool) bool {
+	if upgrade {
 		return true
 	}
-	q := r.URL.Query()
 	for _, name := range []string{"watch", "follow"} {
-		if v := strings.ToLower(q.Get(name)); v == "true" || v == "1" {
+		if v := strings.ToLower(query.Get(name)); v == "true" || v == "1" {
 			return true
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/tether-dev/tether/lib/tunnel"
 )
 
 func TestLongRunning(t *testing.T) {
@@ -24,13 +26,13 @@ func TestLongRunning(t *testing.T) {
 		t.Run(tt.target, func(t *testing.T) {
 			r := httptest.NewRequest("GET", tt.target, nil)
 			if tt.upgrade != "" {
-				r.Header.Set("Upgrade", tt.upgrade)
+				tunnel.SetUpgrade(r.Header, tt.upgrade)
 			}
 			_, rest, err := ParsePath(r.URL.EscapedPath())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := longRunning(r, rest); got != tt.want {
+			if got := longRunning(r.URL.Query(), rest, tunnel.Upgrade(r.Header) != ""); got != tt.want {
 				t.Errorf("longRunning = %v, want %v", got, tt.want)
 			}
 		})

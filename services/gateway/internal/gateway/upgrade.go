@@ -22,7 +22,8 @@ import (
 // both ways over the router's stream until both directions have ended or
 // either breaks. A clean end of one direction is passed on as a half-close.
 // Nothing here knows SPDY or WebSocket.
-func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc, log *slog.Logger, w http.ResponseWriter, resp *tetherv1.Response, up proxyStream, receive func() (*tetherv1.Frame, error), end func()) {
+func (g *Gateway) switchProtocols(ctx context.Context, cancel context.CancelFunc, log *slog.Logger, w http.ResponseWriter, resp *tetherv1.Response, call routerCall) {
+	up, receive, end := call.upgrade, call.receive, call.end
 	// Counted before the hijack, while the server still tracks the
 	// connection, so a shutdown that has returned has seen it.
 	if !g.beginHijack() {
