@@ -36,6 +36,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./lib/tunnel -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzParsePath -fuzztime $(FUZZTIME)
+	$(GO) test ./services/gateway/internal/identity -run '^$$' -fuzz FuzzClaimsMap -fuzztime $(FUZZTIME)
 
 ## proto: regenerate lib/gen from proto/ with pinned local plugins
 proto:

@@ -1,7 +1,8 @@
 // Command gateway is Tether's HTTPS edge: kubectl and the console talk to
 // https://HOST/clusters/{id}/ exactly as to a kube-apiserver.
 //
-//	gateway --listen :443 --tls-cert tls.crt --tls-key tls.key --tokens tokens.csv --router-url http://router:8082
+//	gateway --listen :443 --tls-cert tls.crt --tls-key tls.key --router-url http://router:8082 \
+//	  --oidc-issuer-url https://login.example.com --oidc-client-id tether [--tokens tokens.csv]
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
 	"github.com/tether-dev/tether/services/gateway/internal/gateway"
+	"github.com/tether-dev/tether/services/gateway/internal/identity"
 )
 
 func main() {
@@ -29,6 +31,8 @@ func main() {
 		certFile, keyFile string
 		tokensFile        string
 		routerURL         string
+		oidcCfg           identity.OIDCConfig
+		oidcAlgs          string
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
 	)
@@ -38,6 +42,15 @@ func main() {
 	fs.StringVar(&certFile, "tls-cert", "", "serving certificate (PEM)")
 	fs.StringVar(&keyFile, "tls-key", "", "serving key (PEM)")
 	fs.StringVar(&tokensFile, "tokens", os.Getenv("TETHER_TOKENS_FILE"), `static tokens, CSV: token,user,uid,"groups","tenants"`)
+	fs.StringVar(&oidcCfg.IssuerURL, "oidc-issuer-url", "", "OpenID Connect issuer whose ID tokens are accepted (https); empty: static tokens only")
+	fs.StringVar(&oidcCfg.ClientID, "oidc-client-id", "", "audience ID tokens must be issued for")
+	fs.StringVar(&oidcCfg.CAFile, "oidc-ca-file", "", "CA trusted for the issuer, in addition to the system roots")
+	fs.StringVar(&oidcAlgs, "oidc-signing-algs", "RS256,ES256", "signature algorithms accepted, comma-separated (asymmetric only)")
+	fs.StringVar(&oidcCfg.Claims.User, "oidc-username-claim", "sub", "claim naming the user")
+	fs.StringVar(&oidcCfg.Claims.UserPrefix, "oidc-username-prefix", "", `prefix put before user names, e.g. "oidc:"`)
+	fs.StringVar(&oidcCfg.Claims.Groups, "oidc-groups-claim", "groups", "claim listing the user's groups; empty: none")
+	fs.StringVar(&oidcCfg.Claims.GroupsPrefix, "oidc-groups-prefix", "", "prefix put before group names")
+	fs.StringVar(&oidcCfg.Claims.Tenants, "oidc-tenants-claim", "tenants", "claim listing the tenants whose clusters the user may reach")
 	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
 	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted (431 beyond)")
@@ -56,13 +69,32 @@ func main() {
 		if err != nil {
 			return fmt.Errorf("loading the serving certificate: %w", err)
 		}
-		tokens, err := gateway.LoadTokens(tokensFile)
-		if err != nil {
-			return err
+		var auth identity.Chain
+		if tokensFile != "" {
+			tokens, err := identity.LoadTokens(tokensFile)
+			if err != nil {
+				return err
+			}
+			auth = append(auth, tokens)
+		}
+		if oidcCfg.IssuerURL != "" {
+			oidcCfg.SigningAlgs = strings.Split(oidcAlgs, ",")
+			oidcCfg.Logger = env.Telemetry.Logger
+			o, err := identity.NewOIDC(oidcCfg)
+			if err != nil {
+				return err
+			}
+			// Ready once the issuer was discovered; the gateway keeps
+			// serving static tokens meanwhile.
+			env.Admin.AddCheck("oidc", o.Ready)
+			auth = append(auth, o)
+		}
+		if len(auth) == 0 {
+			return errors.New("no way to authenticate: give --tokens, --oidc-issuer-url, or both")
 		}
 		routerURL = strings.TrimSuffix(routerURL, "/")
 		gw, err := gateway.New(gateway.Config{
-			Auth:        tokens,
+			Auth:        auth,
 			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
 			Limits:      limits,
 			Instruments: env.Telemetry.Instruments(),

@@ -29,11 +29,13 @@ import (
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
+	"github.com/tether-dev/tether/services/gateway/internal/identity"
 )
 
-// Authenticator maps a bearer token to a user.
+// Authenticator maps a bearer token to a user (identity.Chain, or one
+// kind of token).
 type Authenticator interface {
-	Authenticate(token string) (User, bool)
+	Authenticate(ctx context.Context, token string) (identity.User, error)
 }
 
 // Config configures a Gateway.
@@ -166,8 +168,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusNotFound, "no_cluster_path", "the server could not find the requested resource: paths are /clusters/{id}/...")
 		return
 	}
-	user, ok := g.authenticate(r)
-	if !ok {
+	user, err := g.authenticate(r)
+	switch {
+	case errors.Is(err, identity.ErrUnavailable):
+		g.cfg.Logger.Warn("cannot authenticate", "err", err)
+		refuse(http.StatusServiceUnavailable, "identity_unavailable", "the identity provider cannot be reached; retry")
+		return
+	case err != nil:
+		// Why a token failed is for the operator; the client learns only
+		// that it did, as from a kube-apiserver.
+		g.cfg.Logger.Debug("authentication failed", "err", err)
 		w.Header().Set("Www-Authenticate", `Bearer realm="tether"`)
 		refuse(http.StatusUnauthorized, "unauthenticated", "Unauthorized")
 		return
@@ -211,7 +221,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:      rest,
 		Query:     r.URL.RawQuery,
 		Headers:   tunnel.FromHTTP(r.Header, nil), // scrubbed above
-		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups},
+		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
 		Tenants:   user.Tenants,
 		Trace:     map[string]string{},
 		End:       noBody,
@@ -454,13 +464,24 @@ func verb(method string) string {
 	return "other"
 }
 
-func (g *Gateway) authenticate(r *http.Request) (User, bool) {
+func (g *Gateway) authenticate(r *http.Request) (identity.User, error) {
 	h := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return User{}, false
+		return identity.User{}, identity.ErrUnknown
 	}
-	return g.cfg.Auth.Authenticate(strings.TrimSpace(token))
+	return g.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(token))
+}
+
+func extra(m map[string][]string) map[string]*tetherv1.Values {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]*tetherv1.Values, len(m))
+	for k, v := range m {
+		out[k] = &tetherv1.Values{Values: v}
+	}
+	return out
 }
 
 func newRequestID() string {

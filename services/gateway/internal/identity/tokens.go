@@ -1,6 +1,7 @@
-package gateway
+package identity
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/csv"
 	"errors"
@@ -9,14 +10,6 @@ import (
 	"os"
 	"strings"
 )
-
-// User is an authenticated caller.
-type User struct {
-	Name    string
-	UID     string
-	Groups  []string
-	Tenants []string
-}
 
 // Tokens authenticates static bearer tokens. The file is CSV, one user a
 // line, like the kube-apiserver's token file with tenants added:
@@ -61,15 +54,18 @@ func LoadTokens(path string) (*Tokens, error) {
 }
 
 // Authenticate returns the user a bearer token belongs to.
-func (t *Tokens) Authenticate(token string) (User, bool) {
+func (t *Tokens) Authenticate(_ context.Context, token string) (User, error) {
 	if token == "" {
-		return User{}, false
+		return User{}, ErrUnknown
 	}
 	// Looking up by hash keeps the comparison's timing independent of how
 	// much of a guessed token matches.
 	key := sha256.Sum256([]byte(token))
 	u, ok := t.users[key]
-	return u, ok
+	if !ok {
+		return User{}, ErrUnknown
+	}
+	return u, nil
 }
 
 func split(s string) []string {

@@ -1,6 +1,8 @@
-package gateway
+package identity
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -31,16 +33,17 @@ func TestLoadTokens(t *testing.T) {
 			if err != nil {
 				return
 			}
-			u, ok := tok.Authenticate("tok1")
+			ctx := context.Background()
+			u, err := tok.Authenticate(ctx, "tok1")
 			want := User{Name: "alice", UID: "u1", Groups: []string{"g1", "g2"}, Tenants: []string{"acme"}}
-			if !ok || !reflect.DeepEqual(u, want) {
-				t.Fatalf("Authenticate(tok1) = %+v, %v", u, ok)
+			if err != nil || !reflect.DeepEqual(u, want) {
+				t.Fatalf("Authenticate(tok1) = %+v, %v", u, err)
 			}
-			if _, ok := tok.Authenticate("tok"); ok {
-				t.Fatal("a prefix of a token authenticated")
+			if _, err := tok.Authenticate(ctx, "tok"); !errors.Is(err, ErrUnknown) {
+				t.Fatalf("a prefix of a token: %v", err)
 			}
-			if _, ok := tok.Authenticate(""); ok {
-				t.Fatal("the empty token authenticated")
+			if _, err := tok.Authenticate(ctx, ""); !errors.Is(err, ErrUnknown) {
+				t.Fatalf("the empty token: %v", err)
 			}
 		})
 	}
