@@ -1,16 +1,107 @@
-// Command agent-registry will project agent connect, disconnect and heartbeat events from
-// JetStream into which cluster is connected where, and its health.
+// Command agent-registry keeps the record of clusters: it writes their
+// lifecycle events (created, deleted, bootstrap token issued, agent
+// enrolled) to the JetStream stream CLUSTERS, and gives agents their
+// credentials in exchange for a one-time bootstrap token. Gateways call its
+// ClusterService for tetherctl; subscribers relay its EnrollmentService to
+// agents.
 //
-// Until its issue lands it is a placeholder: it connects to NATS, serves
-// /healthz, /readyz and /metrics, and drains on SIGTERM.
+//	agent-registry --listen 127.0.0.1:8083 --nats-url nats://127.0.0.1:4222 \
+//	  --signing-key agent-signing.key --agent-endpoint https://agents.example.com
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
+	"net/http"
 	"os"
+	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/clusters"
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/svc"
+	"github.com/tether-dev/tether/services/agent-registry/internal/registry"
 )
 
 func main() {
-	os.Exit(svc.RunPlaceholder("agent-registry", "projecting agent events"))
+	var (
+		common        svc.Common
+		listen        string
+		natsFlags     svc.NATS
+		signingKey    string
+		previousKeys  string
+		agentEndpoint string
+		replicas      int
+		cfg           registry.Config
+	)
+	fs := flag.NewFlagSet("agent-registry", flag.ExitOnError)
+	common.Register(fs)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8083", "address gateways and subscribers call")
+	natsFlags.Register(fs)
+	fs.StringVar(&signingKey, "signing-key", os.Getenv("TETHER_AGENT_SIGNING_KEY"), "Ed25519 private key (PKCS#8 PEM) that signs agent credentials")
+	fs.StringVar(&previousKeys, "previous-public-keys", "", "public keys (PEM) of earlier signing keys whose credentials may still be renewed, comma-separated; for key rotation")
+	fs.StringVar(&agentEndpoint, "agent-endpoint", os.Getenv("TETHER_AGENT_ENDPOINT"), "URL agents connect to (the subscribers' public address), written into install manifests")
+	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
+	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
+	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of the CLUSTERS stream (3 on a NATS cluster)")
+	_ = fs.Parse(os.Args[1:])
+
+	os.Exit(svc.Run("agent-registry", common, func(ctx context.Context, env *svc.Env) error {
+		if signingKey == "" {
+			return errors.New("--signing-key is required")
+		}
+		signer, err := agentcred.LoadSigner(signingKey)
+		if err != nil {
+			return err
+		}
+		var extra []string
+		if previousKeys != "" {
+			extra = strings.Split(previousKeys, ",")
+		}
+		prev, err := agentcred.ReadPublicKeys(extra...)
+		if err != nil {
+			return err
+		}
+		if cfg.Verifier, err = agentcred.NewVerifier(append(prev, signer.Public())...); err != nil {
+			return err
+		}
+		nc, err := env.ConnectNATS(ctx, natsFlags, "agent-registry")
+		if err != nil {
+			return err
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		if err := registry.EnsureStream(ctx, js, replicas); err != nil {
+			return err
+		}
+		proj := clusters.NewProjection()
+		follower, err := clusters.NewFollower(js, proj, env.Log)
+		if err != nil {
+			return err
+		}
+		go follower.Run(ctx)
+		env.Admin.AddCheck("clusters", follower.Ready)
+
+		cfg.JS, cfg.Clusters, cfg.Sync, cfg.Signer, cfg.AgentEndpoint = js, proj, follower.Sync, signer, agentEndpoint
+		cfg.Instruments = env.Telemetry.Instruments()
+		reg, err := registry.New(cfg)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle(tetherv1connect.NewClusterServiceHandler(reg))
+		mux.Handle(tetherv1connect.NewEnrollmentServiceHandler(reg))
+		if err := env.Serve(ctx, svc.Listener{What: "gateways and subscribers", Addr: listen, Server: svc.H2CServer(mux)}); err != nil {
+			return err
+		}
+		return natsconn.Drain(nc, 5*time.Second)
+	}))
 }
+

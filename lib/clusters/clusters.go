@@ -1,0 +1,280 @@
+// Package clusters is the set of clusters as the services see it: a
+// projection of the cluster events on the JetStream stream CLUSTERS
+// (created, deleted, bootstrap token issued, agent enrolled). agent-registry
+// writes the events; it, the routers and the subscribers each rebuild the
+// projection from the stream at start and follow it.
+package clusters
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/subject"
+)
+
+// Stream holds every cluster event; subject tether.clusters.<id> holds one
+// cluster's, so writers can check they saw the latest before adding one.
+const (
+	Stream  = "CLUSTERS"
+	subjectPrefix = "tether.clusters."
+	// Subjects is the stream's filter, for permissions and consumers.
+	Subjects = subjectPrefix + ">"
+)
+
+// Subject is where cluster id's events go.
+func Subject(id string) (string, error) {
+	if !subject.ValidClusterID(id) {
+		return "", fmt.Errorf("invalid cluster id %q", id)
+	}
+	return subjectPrefix + id, nil
+}
+
+// StreamConfig is the stream agent-registry creates. Events are kept for
+// ever: they are the only record of which clusters exist.
+func StreamConfig(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        Stream,
+		Description: "Tether cluster lifecycle events",
+		Subjects:    []string{Subjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// A bound no real catalog reaches, so a runaway writer cannot fill
+		// the disk.
+		MaxMsgsPerSubject: 100_000,
+		MaxMsgSize:        64 << 10,
+		Discard:           jetstream.DiscardNew,
+		DenyDelete:        true,
+		DenyPurge:         true,
+	}
+}
+
+// Cluster is one existing cluster.
+type Cluster struct {
+	ID, Tenant, UID string
+	Created         time.Time
+	CreatedBy       string
+	Enrollments     uint32
+	LastEnrolled    time.Time
+	// Bootstrap is the current one-time token, if any is unused.
+	Bootstrap *Bootstrap
+	// Seq is the stream sequence of the cluster's latest event: a writer
+	// expects it, so two writers cannot both act on the same state.
+	Seq uint64
+}
+
+// Bootstrap is a one-time enrollment token, known by its hash.
+type Bootstrap struct {
+	SHA256  [32]byte
+	Expires time.Time
+}
+
+// Matches reports whether token is this bootstrap token and still valid.
+func (b *Bootstrap) Matches(token string, now time.Time) bool {
+	if b == nil || !now.Before(b.Expires) {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(sum[:], b.SHA256[:]) == 1
+}
+
+// Change is what an applied event did, for followers that act on it (a
+// subscriber closes the streams of a deleted cluster).
+type Change struct {
+	Cluster Cluster
+	Deleted bool
+}
+
+// Projection is the current state of every cluster. It is safe for
+// concurrent use.
+type Projection struct {
+	mu       sync.RWMutex
+	clusters map[string]*Cluster
+	// lastSeq of every cluster id ever seen, deleted ones included: the
+	// sequence a writer expects when it creates the id again.
+	lastSeq map[string]uint64
+	applied uint64
+	// advanced is closed and replaced whenever applied grows.
+	advanced chan struct{}
+	watch    []func(Change)
+}
+
+// NewProjection returns an empty projection.
+func NewProjection() *Projection {
+	return &Projection{clusters: map[string]*Cluster{}, lastSeq: map[string]uint64{}, advanced: make(chan struct{})}
+}
+
+// OnChange registers f to be called after each applied event that changed
+// a cluster, in order, outside the projection's lock. Register before
+// following.
+func (p *Projection) OnChange(f func(Change)) {
+	p.mu.Lock()
+	p.watch = append(p.watch, f)
+	p.mu.Unlock()
+}
+
+// ErrOutOfOrder: an event at or below the last applied sequence.
+var ErrOutOfOrder = errors.New("clusters: event out of order")
+
+// Apply applies the event stored at stream sequence seq. An event that does
+// not fit the cluster's state (enrolling a cluster that does not exist) is
+// skipped: writers check before writing, so it can only come from a writer
+// that lost a race it should have lost, and the projection stays as if it
+// was never written.
+func (p *Projection) Apply(seq uint64, ev *tetherv1.ClusterEvent) (skipped error) {
+	p.mu.Lock()
+	if seq <= p.applied {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %d after %d", ErrOutOfOrder, seq, p.applied)
+	}
+	p.applied = seq
+	id := ev.GetClusterId()
+	at := time.Unix(0, ev.GetTimeUnixNano())
+	cl := p.clusters[id]
+	var change *Change
+	switch k := ev.GetKind().(type) {
+	case *tetherv1.ClusterEvent_Created:
+		switch {
+		case cl != nil:
+			skipped = fmt.Errorf("cluster %q created twice", id)
+		case !subject.ValidClusterID(id) || k.Created.GetTenant() == "" || k.Created.GetUid() == "":
+			skipped = fmt.Errorf("cluster %q created without a valid id, tenant and uid", id)
+		default:
+			cl = &Cluster{ID: id, Tenant: k.Created.GetTenant(), UID: k.Created.GetUid(), Created: at, CreatedBy: ev.GetActor()}
+			p.clusters[id] = cl
+			change = &Change{}
+		}
+	case *tetherv1.ClusterEvent_Deleted:
+		if cl == nil {
+			skipped = fmt.Errorf("deleting cluster %q that does not exist", id)
+			break
+		}
+		delete(p.clusters, id)
+		change = &Change{Deleted: true}
+	case *tetherv1.ClusterEvent_BootstrapTokenIssued:
+		var sum [32]byte
+		if cl == nil || copy(sum[:], k.BootstrapTokenIssued.GetTokenSha256()) != len(sum) {
+			skipped = fmt.Errorf("bootstrap token for cluster %q: no such cluster or a bad hash", id)
+			break
+		}
+		cl.Bootstrap = &Bootstrap{SHA256: sum, Expires: time.Unix(k.BootstrapTokenIssued.GetExpiresUnix(), 0)}
+		change = &Change{}
+	case *tetherv1.ClusterEvent_AgentEnrolled:
+		if cl == nil || cl.Bootstrap == nil || subtle.ConstantTimeCompare(cl.Bootstrap.SHA256[:], k.AgentEnrolled.GetTokenSha256()) != 1 {
+			skipped = fmt.Errorf("enrollment of cluster %q with a token that is not its current one", id)
+			break
+		}
+		cl.Bootstrap = nil // used up
+		cl.Enrollments++
+		cl.LastEnrolled = at
+		change = &Change{}
+	default:
+		skipped = fmt.Errorf("unknown event for cluster %q", id)
+	}
+	if change != nil {
+		p.lastSeq[id] = seq
+		cl.Seq = seq
+		change.Cluster = *cl
+	}
+	watch := p.watch
+	close(p.advanced)
+	p.advanced = make(chan struct{})
+	p.mu.Unlock()
+	if change != nil {
+		for _, f := range watch {
+			f(*change)
+		}
+	}
+	return skipped
+}
+
+// Applied is the stream sequence of the last event applied.
+func (p *Projection) Applied() uint64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.applied
+}
+
+// WaitApplied waits until the event at seq, and all before it, are applied.
+func (p *Projection) WaitApplied(ctx context.Context, seq uint64) error {
+	for {
+		p.mu.RLock()
+		applied, advanced := p.applied, p.advanced
+		p.mu.RUnlock()
+		if applied >= seq {
+			return nil
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("clusters: waiting for event %d (applied %d): %w", seq, applied, ctx.Err())
+		}
+	}
+}
+
+// Get returns a cluster that exists.
+func (p *Projection) Get(id string) (Cluster, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	cl, ok := p.clusters[id]
+	if !ok {
+		return Cluster{}, false
+	}
+	return *cl, true
+}
+
+// LastSeq is the sequence of the latest event of id, even if id was
+// deleted since; 0 if id never existed.
+func (p *Projection) LastSeq(id string) uint64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.lastSeq[id]
+}
+
+// Authorize returns the cluster if it exists and belongs to one of tenants.
+// A cluster of another tenant is reported exactly like one that does not
+// exist, so ids cannot be probed.
+func (p *Projection) Authorize(id string, tenants []string) (Cluster, bool) {
+	cl, ok := p.Get(id)
+	if !ok {
+		return Cluster{}, false
+	}
+	for _, t := range tenants {
+		if t == cl.Tenant {
+			return cl, true
+		}
+	}
+	return Cluster{}, false
+}
+
+// List returns the clusters of tenants (all with none given), by id.
+func (p *Projection) List(tenants []string) []Cluster {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make([]Cluster, 0, len(p.clusters))
+	for _, cl := range p.clusters {
+		if len(tenants) == 0 || contains(tenants, cl.Tenant) {
+			out = append(out, *cl)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
