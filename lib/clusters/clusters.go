@@ -24,7 +24,7 @@ import (
 // Stream holds every cluster event; subject tether.clusters.<id> holds one
 // cluster's, so writers can check they saw the latest before adding one.
 const (
-	Stream  = "CLUSTERS"
+	Stream        = "CLUSTERS"
 	subjectPrefix = "tether.clusters."
 	// Subjects is the stream's filter, for permissions and consumers.
 	Subjects = subjectPrefix + ">"

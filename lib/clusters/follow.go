@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
-	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/backoff"
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
 // Follower keeps a projection up to date with the stream.

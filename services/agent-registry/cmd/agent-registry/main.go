@@ -104,4 +104,3 @@ func main() {
 		return natsconn.Drain(nc, 5*time.Second)
 	}))
 }
-
