@@ -83,6 +83,8 @@ func run(m *testing.M) int {
 			// Short idle probes so the tests of dead peers finish quickly.
 			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--pprof"},
 			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
+			// Short lifetimes, so expiry and renewal happen during the run.
+			"agent-registry": {"--otlp-endpoint", env.collector.endpoint(), "--bootstrap-ttl=" + e2eBootstrapTTL.String(), "--credential-ttl=" + e2eCredentialTTL.String()},
 		},
 	})
 	if err != nil {

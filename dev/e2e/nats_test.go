@@ -29,6 +29,16 @@ func TestNATSUsersStayInTheirLanes(t *testing.T) {
 		{user: "subscriber", publish: "tether.req.dev"},
 		{user: "subscriber", publish: "tether.sess.s.1"},
 		{user: "subscriber", subscribe: "tether.rtr.>"},
+		// Only agent-registry writes cluster events or manages their
+		// stream: nobody else can forge a cluster, or erase them all.
+		{user: "router", publish: "tether.clusters.forged"},
+		{user: "subscriber", publish: "tether.clusters.dev"},
+		{user: "router", publish: "$JS.API.STREAM.DELETE.CLUSTERS"},
+		{user: "subscriber", publish: "$JS.API.STREAM.PURGE.CLUSTERS"},
+		{user: "subscriber", publish: "$JS.API.STREAM.UPDATE.CLUSTERS"},
+		{user: "agent-registry", publish: "$JS.API.STREAM.DELETE.CLUSTERS"},
+		{user: "agent-registry", publish: "tether.req.dev"},
+		{user: "agent-registry", subscribe: "tether.req.>"},
 		{user: "audit", publish: "tether.req.dev"},
 		{user: "audit", subscribe: "tether.>"},
 	}

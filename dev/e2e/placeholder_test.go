@@ -16,7 +16,7 @@ import (
 // The services whose issues are still to come start, become ready on NATS,
 // serve their admin endpoints and exit cleanly on SIGTERM.
 func TestPlaceholderServices(t *testing.T) {
-	for _, name := range []string{"agent-registry", "audit", "autoscaler"} {
+	for _, name := range []string{"audit", "autoscaler"} {
 		t.Run(name, func(t *testing.T) {
 			ports, err := proc.FreePorts(1)
 			if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/tether-dev/tether/dev/kubelet"
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/proc"
+	"github.com/tether-dev/tether/lib/agentcred"
 )
 
 // ClusterID is the id of the cluster the stack's agent serves.
@@ -73,7 +74,12 @@ type Stack struct {
 	GatewayURL string // https://127.0.0.1:PORT
 	CAFile     string // CA of the gateway's serving certificate
 	NATSURL    string
-	Kube       *kube.ControlPlane // nil with AgentKubeconfig
+	// RegistryURL is agent-registry's ClusterService, for tests that create
+	// and delete clusters as an operator.
+	RegistryURL string
+	// SubscriberURL is where agents connect and enroll.
+	SubscriberURL string
+	Kube          *kube.ControlPlane // nil with AgentKubeconfig
 	// NodeName is the development node running pods as host processes;
 	// empty with AgentKubeconfig.
 	NodeName string
@@ -137,30 +143,29 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
-	ports, err := proc.FreePorts(9)
+	ports, err := proc.FreePorts(11)
 	if err != nil {
 		return nil, err
 	}
-	natsPort, subPort, routerPort, gwPort := ports[0], ports[1], ports[2], ports[3]
-	admin := map[string]int{"subscriber": ports[4], "router": ports[5], "gateway": ports[6], "agent": ports[7]}
+	natsPort, subPort, routerPort, gwPort, regPort := ports[0], ports[1], ports[2], ports[3], ports[9]
+	admin := map[string]int{"subscriber": ports[4], "router": ports[5], "gateway": ports[6], "agent": ports[7], "agent-registry": ports[10]}
 	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	s.GatewayURL = fmt.Sprintf("https://127.0.0.1:%d", gwPort)
+	s.RegistryURL = "http://" + addr(regPort)
+	s.SubscriberURL = "http://" + addr(subPort)
 
 	tokens, err := s.writeTokens()
 	if err != nil {
 		return nil, err
 	}
-	clusters := filepath.Join(o.StateDir, "clusters.json")
-	catalog := []map[string]string{{"id": ClusterID, "tenant": "acme"}}
-	for _, id := range o.NoAgentClusters {
-		catalog = append(catalog, map[string]string{"id": id, "tenant": "acme"})
-	}
-	cb, err := json.Marshal(map[string]any{"clusters": catalog})
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(clusters, cb, 0o644); err != nil {
-		return nil, fmt.Errorf("stack: %w", err)
+	// The key agent-registry signs agent credentials with, and its public
+	// half the subscribers check them with. Kept across restarts, so the
+	// agent's stored credential stays good.
+	signingKey, publicKey := filepath.Join(o.StateDir, "pki", "agent-signing.key"), filepath.Join(o.StateDir, "pki", "agent-signing.pub")
+	if _, err := os.Stat(publicKey); err != nil {
+		if err := agentcred.WriteKeyPair(signingKey, publicKey); err != nil {
+			return nil, err
+		}
 	}
 
 	auth, err := s.writeNATSUsers()
@@ -177,24 +182,54 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		name string
 		args []string
 	}{
-		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0"}, s.NATSArgs("subscriber")...)},
-		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0", "--clusters", clusters}, s.NATSArgs("router")...)},
+		{"agent-registry", append([]string{"--listen", addr(regPort), "--signing-key", signingKey, "--agent-endpoint", "http://" + addr(subPort)}, s.NATSArgs("agent-registry")...)},
+		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.NATSArgs("subscriber")...)},
+		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.NATSArgs("router")...)},
 		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--tokens", tokens, "--tls-cert", cert, "--tls-key", key}},
-		{"agent", []string{"--cluster-id", ClusterID, "--subscriber-url", "http://" + addr(subPort), "--kubeconfig", s.AgentKubeconfig}},
 	}
 	for _, svc := range services {
-		a := addr(admin[svc.name])
-		s.Admin[svc.name] = a
-		p, err := s.start(ctx, svc.name, append(append([]string{"--admin-addr", a}, svc.args...), o.Args[svc.name]...)...)
+		if err := s.startService(ctx, svc.name, admin[svc.name], svc.args...); err != nil {
+			return nil, err
+		}
+	}
+
+	// The clusters, created as an operator would with tetherctl; the dev
+	// cluster's bootstrap token goes to its agent.
+	var bootstrap string
+	for i, id := range append([]string{ClusterID}, o.NoAgentClusters...) {
+		bt, err := s.EnsureCluster(ctx, id, "acme")
 		if err != nil {
 			return nil, err
 		}
-		if err := waitReady(ctx, a, p); err != nil {
-			return nil, err
+		if i == 0 {
+			bootstrap = bt
 		}
-		fmt.Fprintf(o.Log, "stack: %s ready (admin http://%s)\n", svc.name, a)
+	}
+	btFile := filepath.Join(o.StateDir, "agent-bootstrap-token")
+	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	if err := s.startService(ctx, "agent", admin["agent"], "--cluster-id", ClusterID, "--subscriber-url", "http://"+addr(subPort),
+		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(o.StateDir, "agent-credential")); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// startService starts a Tether service with its admin address and waits
+// until it is ready.
+func (s *Stack) startService(ctx context.Context, name string, adminPort int, args ...string) error {
+	a := addr(adminPort)
+	s.Admin[name] = a
+	p, err := s.start(ctx, name, append(append([]string{"--admin-addr", a}, args...), s.opts.Args[name]...)...)
+	if err != nil {
+		return err
+	}
+	if err := waitReady(ctx, a, p); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.opts.Log, "stack: %s ready (admin http://%s)\n", name, a)
+	return nil
 }
 
 // NodeName is the development node's name: pods that set it as their
@@ -341,14 +376,26 @@ func (s *Stack) Down() error {
 
 // natsUsers are what each service may do on NATS: a router sends requests
 // and their frames and listens on its own inbox; a subscriber takes
-// requests and session frames and answers routers; the services of issues
-// 5 and 6 may do nothing yet. Both answer pings (requests to _INBOX).
+// requests and session frames and answers routers; agent-registry alone
+// writes cluster events and manages their stream; routers and subscribers
+// may only read that stream. audit and autoscaler may do nothing yet. All
+// answer pings and get JetStream replies on _INBOX.
 var natsUsers = map[string]struct{ publish, subscribe []string }{
-	"router":         {publish: []string{"tether.req.*", "tether.sess.*.*"}, subscribe: []string{"tether.rtr.*.*", "_INBOX.>"}},
-	"subscriber":     {publish: []string{"tether.rtr.*.*"}, subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
-	"agent-registry": {},
+	"router":         {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...), subscribe: []string{"tether.rtr.*.*", "_INBOX.>"}},
+	"subscriber":     {publish: append([]string{"tether.rtr.*.*"}, followClusters...), subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
+	"agent-registry": {publish: append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), subscribe: []string{"_INBOX.>"}},
 	"audit":          {},
 	"autoscaler":     {},
+}
+
+// followClusters is the JetStream API a service needs to read the CLUSTERS
+// stream with an ordered consumer, and nothing that changes the stream.
+var followClusters = []string{
+	"$JS.API.STREAM.INFO.CLUSTERS",
+	"$JS.API.CONSUMER.CREATE.CLUSTERS.>",
+	"$JS.API.CONSUMER.DELETE.CLUSTERS.>",
+	"$JS.API.CONSUMER.INFO.CLUSTERS.>",
+	"$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>",
 }
 
 // writeNATSUsers writes natsd's --auth file, with a new password for each

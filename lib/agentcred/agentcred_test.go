@@ -106,3 +106,29 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkVerify(b *testing.B) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	s, _ := NewSigner(key)
+	v, _ := NewVerifier(s.Public())
+	now := time.Now()
+	tok, _ := s.Sign(Claims{ClusterID: "prod-eu-1", ClusterUID: "u", ID: NewID(), IssuedAt: now, Expires: now.Add(time.Hour)})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(tok, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSign(b *testing.B) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	s, _ := NewSigner(key)
+	now := time.Now()
+	c := Claims{ClusterID: "prod-eu-1", ClusterUID: "u", ID: NewID(), IssuedAt: now, Expires: now.Add(time.Hour)}
+	for b.Loop() {
+		if _, err := s.Sign(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -134,3 +134,18 @@ func (f *Follower) Sync(ctx context.Context) error {
 	}
 	return f.p.WaitApplied(ctx, info.State.LastSeq)
 }
+
+// Start follows the stream into a new projection until ctx ends; onChange
+// funcs see every change from the first event on.
+func Start(ctx context.Context, js jetstream.JetStream, log *slog.Logger, onChange ...func(Change)) (*Projection, *Follower, error) {
+	p := NewProjection()
+	for _, f := range onChange {
+		p.OnChange(f)
+	}
+	f, err := NewFollower(js, p, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	go f.Run(ctx)
+	return p, f, nil
+}

@@ -74,6 +74,11 @@ func Validate(f *tetherv1.Frame) error {
 		}
 	case *tetherv1.Frame_Welcome, *tetherv1.Frame_Ping, *tetherv1.Frame_Pong:
 		connLevel = true
+	case *tetherv1.Frame_Credential:
+		connLevel = true
+		if len(k.Credential.Token) > 1024 {
+			return fmt.Errorf("credential of %d bytes exceeds 1024", len(k.Credential.Token))
+		}
 	case *tetherv1.Frame_Open:
 		if err := validateOpen(k.Open); err != nil {
 			return err

@@ -112,6 +112,7 @@ type Frame struct {
 	//	*Frame_Ping
 	//	*Frame_Pong
 	//	*Frame_Welcome
+	//	*Frame_Credential
 	Kind          isFrame_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -242,6 +243,15 @@ func (x *Frame) GetWelcome() *Welcome {
 	return nil
 }
 
+func (x *Frame) GetCredential() *Credential {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Credential); ok {
+			return x.Credential
+		}
+	}
+	return nil
+}
+
 type isFrame_Kind interface {
 	isFrame_Kind()
 }
@@ -282,6 +292,10 @@ type Frame_Welcome struct {
 	Welcome *Welcome `protobuf:"bytes,10,opt,name=welcome,proto3,oneof"`
 }
 
+type Frame_Credential struct {
+	Credential *Credential `protobuf:"bytes,11,opt,name=credential,proto3,oneof"`
+}
+
 func (*Frame_Open) isFrame_Kind() {}
 
 func (*Frame_Response) isFrame_Kind() {}
@@ -299,6 +313,8 @@ func (*Frame_Ping) isFrame_Kind() {}
 func (*Frame_Pong) isFrame_Kind() {}
 
 func (*Frame_Welcome) isFrame_Kind() {}
+
+func (*Frame_Credential) isFrame_Kind() {}
 
 // Open starts a request: the HTTP request head and who is asking.
 type Open struct {
@@ -915,6 +931,54 @@ func (x *Hello) GetKubernetesVersion() string {
 	return ""
 }
 
+// Credential is an agent's renewed credential, sent on stream zero before
+// the one its stream was opened with expires, so the stream outlives it.
+// It must name the same cluster; the subscriber closes the stream when the
+// latest credential it was given expires.
+type Credential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Credential) Reset() {
+	*x = Credential{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Credential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Credential) ProtoMessage() {}
+
+func (x *Credential) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Credential.ProtoReflect.Descriptor instead.
+func (*Credential) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Credential) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 // Welcome is the subscriber's answer to Hello.
 type Welcome struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -928,7 +992,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1004,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1017,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{10}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -986,7 +1050,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1062,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1075,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -1030,7 +1094,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1106,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1119,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1069,7 +1133,7 @@ var File_tether_v1_tunnel_proto protoreflect.FileDescriptor
 
 const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
-	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\xac\x03\n" +
+	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\xe5\x03\n" +
 	"\x05Frame\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12%\n" +
 	"\x04open\x18\x02 \x01(\v2\x0f.tether.v1.OpenH\x00R\x04open\x121\n" +
@@ -1081,7 +1145,10 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x04ping\x18\b \x01(\v2\x0f.tether.v1.PingH\x00R\x04ping\x12%\n" +
 	"\x04pong\x18\t \x01(\v2\x0f.tether.v1.PongH\x00R\x04pong\x12.\n" +
 	"\awelcome\x18\n" +
-	" \x01(\v2\x12.tether.v1.WelcomeH\x00R\awelcomeB\x06\n" +
+	" \x01(\v2\x12.tether.v1.WelcomeH\x00R\awelcome\x127\n" +
+	"\n" +
+	"credential\x18\v \x01(\v2\x15.tether.v1.CredentialH\x00R\n" +
+	"credentialB\x06\n" +
 	"\x04kind\"\xae\x03\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
@@ -1135,7 +1202,10 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12-\n" +
-	"\x12kubernetes_version\x18\x03 \x01(\tR\x11kubernetesVersion\"w\n" +
+	"\x12kubernetes_version\x18\x03 \x01(\tR\x11kubernetesVersion\"\"\n" +
+	"\n" +
+	"Credential\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"w\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
@@ -1166,24 +1236,25 @@ func file_tether_v1_tunnel_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tether_v1_tunnel_proto_goTypes = []any{
-	(ResetCode)(0),   // 0: tether.v1.ResetCode
-	(*Frame)(nil),    // 1: tether.v1.Frame
-	(*Open)(nil),     // 2: tether.v1.Open
-	(*Identity)(nil), // 3: tether.v1.Identity
-	(*Values)(nil),   // 4: tether.v1.Values
-	(*Header)(nil),   // 5: tether.v1.Header
-	(*Response)(nil), // 6: tether.v1.Response
-	(*Data)(nil),     // 7: tether.v1.Data
-	(*Window)(nil),   // 8: tether.v1.Window
-	(*Reset)(nil),    // 9: tether.v1.Reset
-	(*Hello)(nil),    // 10: tether.v1.Hello
-	(*Welcome)(nil),  // 11: tether.v1.Welcome
-	(*Ping)(nil),     // 12: tether.v1.Ping
-	(*Pong)(nil),     // 13: tether.v1.Pong
-	nil,              // 14: tether.v1.Open.TraceEntry
-	nil,              // 15: tether.v1.Identity.ExtraEntry
+	(ResetCode)(0),     // 0: tether.v1.ResetCode
+	(*Frame)(nil),      // 1: tether.v1.Frame
+	(*Open)(nil),       // 2: tether.v1.Open
+	(*Identity)(nil),   // 3: tether.v1.Identity
+	(*Values)(nil),     // 4: tether.v1.Values
+	(*Header)(nil),     // 5: tether.v1.Header
+	(*Response)(nil),   // 6: tether.v1.Response
+	(*Data)(nil),       // 7: tether.v1.Data
+	(*Window)(nil),     // 8: tether.v1.Window
+	(*Reset)(nil),      // 9: tether.v1.Reset
+	(*Hello)(nil),      // 10: tether.v1.Hello
+	(*Credential)(nil), // 11: tether.v1.Credential
+	(*Welcome)(nil),    // 12: tether.v1.Welcome
+	(*Ping)(nil),       // 13: tether.v1.Ping
+	(*Pong)(nil),       // 14: tether.v1.Pong
+	nil,                // 15: tether.v1.Open.TraceEntry
+	nil,                // 16: tether.v1.Identity.ExtraEntry
 }
 var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	2,  // 0: tether.v1.Frame.open:type_name -> tether.v1.Open
@@ -1192,21 +1263,22 @@ var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	8,  // 3: tether.v1.Frame.window:type_name -> tether.v1.Window
 	9,  // 4: tether.v1.Frame.reset:type_name -> tether.v1.Reset
 	10, // 5: tether.v1.Frame.hello:type_name -> tether.v1.Hello
-	12, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
-	13, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
-	11, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
-	5,  // 9: tether.v1.Open.headers:type_name -> tether.v1.Header
-	3,  // 10: tether.v1.Open.identity:type_name -> tether.v1.Identity
-	14, // 11: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
-	15, // 12: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
-	5,  // 13: tether.v1.Response.headers:type_name -> tether.v1.Header
-	0,  // 14: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
-	4,  // 15: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	13, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
+	14, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
+	12, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
+	11, // 9: tether.v1.Frame.credential:type_name -> tether.v1.Credential
+	5,  // 10: tether.v1.Open.headers:type_name -> tether.v1.Header
+	3,  // 11: tether.v1.Open.identity:type_name -> tether.v1.Identity
+	15, // 12: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
+	16, // 13: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
+	5,  // 14: tether.v1.Response.headers:type_name -> tether.v1.Header
+	0,  // 15: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
+	4,  // 16: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_tunnel_proto_init() }
@@ -1224,6 +1296,7 @@ func file_tether_v1_tunnel_proto_init() {
 		(*Frame_Ping)(nil),
 		(*Frame_Pong)(nil),
 		(*Frame_Welcome)(nil),
+		(*Frame_Credential)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1231,7 +1304,7 @@ func file_tether_v1_tunnel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_tunnel_proto_rawDesc), len(file_tether_v1_tunnel_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -81,12 +81,10 @@ func main() {
 		if err := registry.EnsureStream(ctx, js, replicas); err != nil {
 			return err
 		}
-		proj := clusters.NewProjection()
-		follower, err := clusters.NewFollower(js, proj, env.Log)
+		proj, follower, err := clusters.Start(ctx, js, env.Log)
 		if err != nil {
 			return err
 		}
-		go follower.Run(ctx)
 		env.Admin.AddCheck("clusters", follower.Ready)
 
 		cfg.JS, cfg.Clusters, cfg.Sync, cfg.Signer, cfg.AgentEndpoint = js, proj, follower.Sync, signer, agentEndpoint

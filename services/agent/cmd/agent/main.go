@@ -2,10 +2,13 @@
 // subscriber and serves the requests that arrive on that stream by calling
 // the local kube-apiserver as the end user.
 //
-//	agent --cluster-id prod-eu-1 --subscriber-url https://tether.example:8443 [--kubeconfig FILE]
+//	agent --cluster-id prod-eu-1 --subscriber-url https://tether.example:8443 \
+//	  --bootstrap-token-file /etc/tether/bootstrap-token [--kubeconfig FILE] [--credential-file FILE]
 //
 // Without --kubeconfig it uses the pod's in-cluster service account, which
-// needs RBAC to impersonate users and groups.
+// needs RBAC to impersonate users and groups. On first start it exchanges
+// the one-time bootstrap token for a credential bound to its cluster, keeps
+// it in a Secret (in a cluster) or a file, and renews it before expiry.
 package main
 
 import (
@@ -16,11 +19,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
 	"github.com/tether-dev/tether/services/agent/internal/agent"
@@ -34,6 +40,9 @@ func main() {
 		kubeconfig string
 		window     int
 		ka         tunnel.Keepalive
+		bootstrap  string
+		credFile   string
+		credSecret string
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -43,6 +52,9 @@ func main() {
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "receive window per request, in bytes")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping the subscriber after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "declare the subscriber dead after this long without traffic")
+	fs.StringVar(&bootstrap, "bootstrap-token-file", os.Getenv("TETHER_BOOTSTRAP_TOKEN_FILE"), "file holding the one-time bootstrap token from `tetherctl cluster create`")
+	fs.StringVar(&credFile, "credential-file", os.Getenv("TETHER_CREDENTIAL_FILE"), "file keeping the agent's credential (outside a cluster)")
+	fs.StringVar(&credSecret, "credential-secret", os.Getenv("TETHER_CREDENTIAL_SECRET"), "NAMESPACE/NAME of the Secret keeping the credential; default in a cluster: the agent's namespace/tether-agent-credential")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("agent", common, func(ctx context.Context, env *svc.Env) error {
@@ -61,10 +73,20 @@ func main() {
 		if err != nil {
 			return err
 		}
+		subscriber := &http.Client{Transport: svc.H2CTransport()}
+		store, err := credentialStore(cfg, kubeconfig, credFile, credSecret)
+		if err != nil {
+			return err
+		}
+		creds := &agent.Credentials{
+			ClusterID: clusterID, Bootstrap: agent.BootstrapFile(bootstrap), Store: store, Log: env.Log,
+			Enrollment: tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, subURL),
+		}
 		a, err := agent.New(agent.Config{
 			ClusterID:        clusterID,
 			SubscriberURL:    subURL,
-			Subscriber:       &http.Client{Transport: svc.H2CTransport()},
+			Subscriber:       subscriber,
+			Credentials:      creds,
 			APIServer:        cfg.Host,
 			APITransport:     rt,
 			UpgradeTransport: upgrades,
@@ -84,6 +106,34 @@ func main() {
 		})
 		return a.Run(ctx, env.ShutdownTimeout)
 	}))
+}
+
+// credentialStore picks where the credential lives: a file if given, else
+// a Secret (named, or the default one in the agent's namespace in a
+// cluster).
+func credentialStore(cfg *rest.Config, kubeconfig, file, secret string) (agent.CredentialStore, error) {
+	if file != "" {
+		return agent.FileStore{Path: file}, nil
+	}
+	if secret == "" {
+		if kubeconfig != "" {
+			return nil, errors.New("outside a cluster, --credential-file or --credential-secret is required")
+		}
+		ns, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+		if err != nil {
+			return nil, fmt.Errorf("finding the agent's namespace: %w", err)
+		}
+		secret = strings.TrimSpace(string(ns)) + "/tether-agent-credential"
+	}
+	ns, name, ok := strings.Cut(secret, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("--credential-secret %q: want NAMESPACE/NAME", secret)
+	}
+	client, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("building the Secrets client: %w", err)
+	}
+	return agent.SecretStore{Secrets: client, Namespace: ns, Name: name}, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-dev/tether/lib/backoff"
@@ -42,9 +43,11 @@ type Config struct {
 	// (exec, attach, port-forward): see UpgradeTransport. Without it the
 	// agent answers upgrades with 501.
 	UpgradeTransport http.RoundTripper
-	Window           int
-	Keepalive        tunnel.Keepalive
-	Version          string
+	// Credentials proves to subscribers which cluster this agent serves.
+	Credentials *Credentials
+	Window      int
+	Keepalive   tunnel.Keepalive
+	Version     string
 
 	telemetry.Instruments
 }
@@ -57,7 +60,9 @@ type Agent struct {
 	log       *slog.Logger
 	connected atomic.Bool
 	draining  atomic.Bool
-	metrics   *metrics
+	// conn is the open stream, for renewed credentials.
+	conn    atomic.Pointer[tunnel.Conn]
+	metrics *metrics
 }
 
 type metrics struct {
@@ -67,6 +72,7 @@ type metrics struct {
 	connects  prometheus.Counter
 	duration  *prometheus.HistogramVec
 	upgraded  prometheus.Gauge
+	renewals  prometheus.Counter
 }
 
 // New validates cfg and returns an Agent.
@@ -74,8 +80,8 @@ func New(cfg Config) (*Agent, error) {
 	if !subject.ValidClusterID(cfg.ClusterID) {
 		return nil, fmt.Errorf("agent: invalid cluster id %q", cfg.ClusterID)
 	}
-	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil {
-		return nil, errors.New("agent: subscriber URL and client and API transport are required")
+	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil || cfg.Credentials == nil {
+		return nil, errors.New("agent: subscriber URL and client, API transport and credentials are required")
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -95,12 +101,13 @@ func New(cfg Config) (*Agent, error) {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "1 while the agent holds a stream to a subscriber."}),
 		connects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
 		upgraded:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
+		renewals:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open stream)."}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded} {
+	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}
@@ -121,6 +128,16 @@ func (a *Agent) Connected() bool { return a.connected.Load() }
 // until ctx ends. Then it refuses new requests, lets those in flight finish
 // for up to drain, and closes the stream.
 func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
+	go a.cfg.Credentials.Renew(ctx, func(token string) {
+		a.metrics.renewals.Inc()
+		if c := a.conn.Load(); c != nil {
+			// A stream that misses it is closed at the old expiry and the
+			// next one connects with the new credential.
+			if err := c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Credential{Credential: &tetherv1.Credential{Token: token}}}); err != nil {
+				a.log.Warn("sending the renewed credential", "err", err)
+			}
+		}
+	})
 	b := backoff.Default()
 	for {
 		// The session outlives ctx by the drain period.
@@ -156,7 +173,12 @@ func (a *Agent) session(sctx, life context.Context) error {
 	// opened with the context that cancel ends.
 	sctx, cancel := context.WithCancel(sctx)
 	defer cancel()
+	token, err := a.cfg.Credentials.Token(sctx)
+	if err != nil {
+		return err
+	}
 	stream := a.client.Connect(sctx)
+	stream.RequestHeader().Set("Authorization", "Bearer "+token)
 	conn, err := tunnel.NewConn(stream, a.cfg.Keepalive, cancel)
 	if err != nil {
 		return err
@@ -171,6 +193,10 @@ func (a *Agent) session(sctx, life context.Context) error {
 	f, err := conn.Receive()
 	hs.Stop()
 	if err != nil {
+		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+			// Revoked or expired: enroll again rather than insist.
+			a.cfg.Credentials.Refused()
+		}
 		return fmt.Errorf("waiting for welcome: %w", err)
 	}
 	w := f.GetWelcome()
@@ -182,7 +208,8 @@ func (a *Agent) session(sctx, life context.Context) error {
 	a.metrics.connects.Inc()
 	a.metrics.connected.Set(1)
 	a.connected.Store(true)
-	defer func() { a.connected.Store(false); a.metrics.connected.Set(0) }()
+	a.conn.Store(conn)
+	defer func() { a.conn.Store(nil); a.connected.Store(false); a.metrics.connected.Set(0) }()
 
 	mux := tunnel.NewMux(conn, a.cfg.Window, func(ctx context.Context, s *tunnel.Stream) {
 		a.serve(ctx, log, s)

@@ -1,7 +1,9 @@
 // Command router takes client requests from gateways (ProxyService) and
-// sends each over NATS to the subscriber holding the cluster's agent.
+// sends each over NATS to the subscriber holding the cluster's agent. Which
+// clusters exist, and whose they are, it reads from the cluster events on
+// JetStream (agent-registry writes them).
 //
-//	router --listen 127.0.0.1:8082 --nats-url nats://127.0.0.1:4222 --clusters clusters.json
+//	router --listen 127.0.0.1:8082 --nats-url nats://127.0.0.1:4222
 package main
 
 import (
@@ -11,6 +13,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tether-dev/tether/lib/clusters"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/svc"
@@ -24,7 +29,6 @@ func main() {
 		listen      string
 		natsFlags   svc.NATS
 		id          string
-		clusters    string
 		window      int
 		noAgentWait time.Duration
 		idleProbe   time.Duration
@@ -34,7 +38,6 @@ func main() {
 	fs.StringVar(&listen, "listen", "127.0.0.1:8082", "address gateways connect to")
 	natsFlags.Register(fs)
 	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
-	fs.StringVar(&clusters, "clusters", os.Getenv("TETHER_CLUSTERS_FILE"), `JSON file of clusters: {"clusters":[{"id":"dev","tenant":"acme"}]}`)
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
 	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
@@ -42,14 +45,21 @@ func main() {
 	id = svc.InstanceID(id)
 
 	os.Exit(svc.Run("router", common, func(ctx context.Context, env *svc.Env) error {
-		cat, err := router.LoadCatalog(clusters)
-		if err != nil {
-			return err
-		}
 		nc, err := env.ConnectNATS(ctx, natsFlags, "router-"+id)
 		if err != nil {
 			return err
 		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		cat, follower, err := clusters.Start(ctx, js, env.Log)
+		if err != nil {
+			return err
+		}
+		// Not ready before the catalog is read: a cluster not read yet
+		// would get 404s.
+		env.Admin.AddCheck("clusters", follower.Ready)
 		srv, err := router.New(router.Config{
 			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, IdleProbe: idleProbe,
 			Instruments: env.Telemetry.Instruments(),

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tether-dev/tether/lib/clusters"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/kstatus"
@@ -33,12 +34,20 @@ import (
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
+// Catalog authorizes a cluster for a user's tenants. A cluster of another
+// tenant must look exactly like one that does not exist.
+type Catalog interface {
+	Authorize(id string, tenants []string) (clusters.Cluster, bool)
+}
+
 // Config configures a Server.
 type Config struct {
 	// ID names this router; its inbox subjects carry it.
-	ID      string
-	NATS    *nats.Conn
-	Catalog *Catalog
+	ID   string
+	NATS *nats.Conn
+	// Catalog says which clusters exist and whose they are: the projection
+	// of the cluster events (clusters.Projection).
+	Catalog Catalog
 	// Window is the credit each call grants for response bytes.
 	Window int
 	// NoAgentWait is how long a request waits for an agent that is not

@@ -1,16 +1,28 @@
 // Command subscriber holds agents' streams and relays the requests that
-// routers publish on NATS for those agents' clusters.
+// routers publish on NATS for those agents' clusters. An agent connects
+// only with a credential agent-registry signed for its cluster, serves only
+// that cluster, and is cut off when the cluster is deleted; agents enroll
+// and renew through the subscriber, which passes those calls on to the
+// registry.
 //
-//	subscriber --listen :8443 --nats-url nats://127.0.0.1:4222
+//	subscriber --listen :8443 --nats-url nats://127.0.0.1:4222 \
+//	  --credential-keys agent-signing.pub --registry-url http://agent-registry:8083
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/clusters"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/svc"
@@ -26,6 +38,8 @@ func main() {
 		id        string
 		ka        tunnel.Keepalive
 		idleProbe time.Duration
+		keys      string
+		registry  string
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -35,24 +49,56 @@ func main() {
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping an agent after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "drop an agent after this long without traffic")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "ask a router whether it still wants a request after this long without traffic from it")
+	fs.StringVar(&keys, "credential-keys", os.Getenv("TETHER_CREDENTIAL_KEYS"), "public keys (PEM) that agent credentials may be signed with, comma-separated (two during a key rotation)")
+	fs.StringVar(&registry, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for agents' enrollment")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
 
 	os.Exit(svc.Run("subscriber", common, func(ctx context.Context, env *svc.Env) error {
+		if keys == "" {
+			return errors.New("--credential-keys is required")
+		}
+		verifier, err := agentcred.LoadVerifier(strings.Split(keys, ",")...)
+		if err != nil {
+			return err
+		}
 		nc, err := env.ConnectNATS(ctx, natsFlags, "subscriber-"+id)
 		if err != nil {
 			return err
 		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		cat := clusters.NewProjection()
 		srv, err := subscriber.New(subscriber.Config{
-			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe,
+			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, Clusters: cat,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err
 		}
+		cat.OnChange(func(c clusters.Change) {
+			if c.Deleted {
+				srv.Revoke(c.Cluster.ID, c.Cluster.UID)
+			}
+		})
+		follower, err := clusters.NewFollower(js, cat, env.Log)
+		if err != nil {
+			return err
+		}
+		go follower.Run(ctx)
+		// Not ready before the catalog is read: every agent would be
+		// refused as revoked.
+		env.Admin.AddCheck("clusters", follower.Ready)
 		path, h := tetherv1connect.NewTunnelServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
+		relay := subscriber.EnrollmentRelay{Registry: tetherv1connect.NewEnrollmentServiceClient(
+			&http.Client{Transport: svc.H2CTransport(), Timeout: 30 * time.Second}, strings.TrimSuffix(registry, "/"))}
+		// Enrollment messages are a token or two: anything bigger is refused
+		// unread.
+		mux.Handle(tetherv1connect.NewEnrollmentServiceHandler(relay, connect.WithReadMaxBytes(16<<10)))
 		// On SIGTERM: stop taking requests, let those in flight finish, then
 		// close the agents' streams so they reconnect to another subscriber.
 		if err := env.Serve(ctx, svc.Listener{What: "agents", Addr: listen, Server: svc.H2CServer(mux), Drain: srv.Drain}); err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/clusters"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/subject"
@@ -35,8 +38,18 @@ type Config struct {
 	// IdleProbe is how long a request may be quiet before the subscriber
 	// asks its router whether it still wants it.
 	IdleProbe time.Duration
+	// Credentials checks the credential an agent presents; Clusters says
+	// whether its cluster still exists as the same cluster (same uid).
+	Credentials *agentcred.Verifier
+	Clusters    Clusters
+	Now         func() time.Time
 
 	telemetry.Instruments
+}
+
+// Clusters is what the subscriber needs of the cluster projection.
+type Clusters interface {
+	Get(id string) (clusters.Cluster, bool)
 }
 
 // Server serves TunnelService.
@@ -55,6 +68,7 @@ type Server struct {
 
 type metrics struct {
 	streams  prometheus.Gauge
+	refused  *prometheus.CounterVec
 	requests *prometheus.CounterVec
 	inflight prometheus.Gauge
 	frames   *prometheus.CounterVec
@@ -65,8 +79,11 @@ func New(cfg Config) (*Server, error) {
 	if !subject.ValidToken(cfg.ID) {
 		return nil, fmt.Errorf("subscriber: id %q must match [A-Za-z0-9_-]{1,64}", cfg.ID)
 	}
-	if cfg.NATS == nil {
-		return nil, errors.New("subscriber: NATS is required")
+	if cfg.NATS == nil || cfg.Credentials == nil || cfg.Clusters == nil {
+		return nil, errors.New("subscriber: NATS, a credential verifier and the clusters are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
@@ -79,11 +96,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	m := &metrics{
 		streams:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_streams", Help: "Agent streams open on this subscriber."}),
+		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_agents_refused_total", Help: "Agent streams refused or closed for their credential, by reason."}, []string{"reason"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_requests_total", Help: "Requests relayed to agents, by cluster and outcome."}, []string{"cluster", "outcome"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_subscriber_requests_in_flight", Help: "Requests being relayed."}),
 		frames:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_frames_total", Help: "Frames relayed, by direction."}, []string{"direction"}),
 	}
-	for _, c := range []prometheus.Collector{m.streams, m.requests, m.inflight, m.frames} {
+	for _, c := range []prometheus.Collector{m.streams, m.refused, m.requests, m.inflight, m.frames} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("subscriber: registering metrics: %w", err)
 		}
@@ -93,6 +111,11 @@ func New(cfg Config) (*Server, error) {
 
 // Connect serves one agent's stream for as long as it lasts.
 func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv1.Frame, tetherv1.Frame]) error {
+	// Nothing is read from an agent that has not shown a credential.
+	claims, err := s.authenticate(stream.RequestHeader().Get("Authorization"))
+	if err != nil {
+		return err
+	}
 	// A blocked Receive on a server stream ends only when the handler
 	// returns, so the keepalive's abort makes this handler return.
 	aborted := make(chan struct{})
@@ -103,7 +126,7 @@ func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv
 		return connect.NewError(connect.CodeInternal, err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.serve(ctx, conn) }()
+	go func() { done <- s.serve(ctx, conn, claims) }()
 	select {
 	case err = <-done:
 	case <-aborted:
@@ -120,7 +143,49 @@ func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv
 	return err
 }
 
-func (s *Server) serve(ctx context.Context, conn *tunnel.Conn) error {
+// authenticate checks an agent's bearer credential: signed by
+// agent-registry, unexpired, and for a cluster that still exists as the one
+// it was issued for.
+func (s *Server) authenticate(header string) (agentcred.Claims, error) {
+	token, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok {
+		s.metrics.refused.WithLabelValues("no_credential").Inc()
+		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("a credential is required: enroll with a bootstrap token"))
+	}
+	c, err := s.cfg.Credentials.Verify(token, s.cfg.Now())
+	if err != nil {
+		s.metrics.refused.WithLabelValues("invalid_credential").Inc()
+		s.log.Warn("agent credential refused", "err", err)
+		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("credential refused"))
+	}
+	if cl, ok := s.cfg.Clusters.Get(c.ClusterID); !ok || cl.UID != c.ClusterUID {
+		s.metrics.refused.WithLabelValues("revoked").Inc()
+		s.log.Warn("credential of a deleted cluster", "cluster_id", c.ClusterID, "credential_id", c.ID)
+		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("credential revoked"))
+	}
+	return c, nil
+}
+
+// Revoke closes the streams of a cluster that was deleted: a subscriber
+// follows the cluster events and calls it for each deletion.
+func (s *Server) Revoke(clusterID, uid string) {
+	s.mu.Lock()
+	var gone []*session
+	for _, sess := range s.sessions {
+		if sess.cluster == clusterID && sess.uid() == uid {
+			gone = append(gone, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range gone {
+		s.metrics.refused.WithLabelValues("revoked").Inc()
+		sess.log.Warn("cluster deleted: closing its agent's stream")
+		sess.close("cluster deleted")
+		sess.conn.Abort()
+	}
+}
+
+func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.Claims) error {
 	// The agent must say who it is promptly.
 	hs := time.AfterFunc(s.cfg.Keepalive.Timeout, conn.Abort)
 	f, err := conn.Receive()
@@ -132,15 +197,19 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn) error {
 	if hello == nil {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("first frame is %T, not Hello", f.Kind))
 	}
-	if !subject.ValidClusterID(hello.ClusterId) {
-		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid cluster id %q", hello.ClusterId))
+	if hello.ClusterId != claims.ClusterID {
+		// The one thing an agent must never do: serve a cluster that is
+		// not its own.
+		s.metrics.refused.WithLabelValues("wrong_cluster").Inc()
+		s.log.Warn("agent claimed another cluster", "credential_cluster_id", claims.ClusterID, "hello_cluster_id", hello.ClusterId, "credential_id", claims.ID)
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("the credential is for cluster %q, not %q", claims.ClusterID, hello.ClusterId))
 	}
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
 		return connect.NewError(connect.CodeUnavailable, errors.New("subscriber is draining"))
 	}
-	sess := newSession(s, conn, hello)
+	sess := newSession(s, conn, hello, claims)
 	s.sessions[sess.id] = sess
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -150,6 +219,12 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn) error {
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
+	// A deletion between the credential check and here found no session
+	// to close; look again now that Revoke would find this one.
+	if cl, ok := s.cfg.Clusters.Get(claims.ClusterID); !ok || cl.UID != claims.ClusterUID {
+		sess.close("cluster deleted")
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("credential revoked"))
+	}
 
 	log := sess.log
 	if err := sess.listen(); err != nil {
@@ -169,7 +244,7 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn) error {
 
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	go sess.probeIdle(probeCtx)
-	err = conn.Run(ctx, sess.fromAgent)
+	err = conn.Run(ctx, sess.handle)
 	stopProbe()
 	sess.close(fmt.Sprintf("agent of cluster %q disconnected", sess.cluster))
 	log.Info("agent disconnected", "err", err)

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tether-dev/tether/lib/agentcred"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/natslink"
 	"github.com/tether-dev/tether/lib/subject"
@@ -28,7 +29,11 @@ type session struct {
 	conn    *tunnel.Conn
 	log     *slog.Logger
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// claims are of the latest credential the agent presented; expiry
+	// closes the stream when it passes without a renewal.
+	claims  agentcred.Claims
+	expiry  *time.Timer
 	relays  map[uint64]*relay
 	nextID  uint64
 	subs    []*nats.Subscription
@@ -47,13 +52,62 @@ type relay struct {
 	start     time.Time
 }
 
-func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello) *session {
+func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims agentcred.Claims) *session {
 	id := newID()
-	return &session{
-		srv: srv, id: id, cluster: hello.ClusterId, conn: conn,
+	s := &session{
+		srv: srv, id: id, cluster: hello.ClusterId, conn: conn, claims: claims,
 		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
 		relays: map[uint64]*relay{}, nextID: 1,
 	}
+	s.expiry = time.AfterFunc(claims.Expires.Sub(srv.cfg.Now()), s.expired)
+	return s
+}
+
+func (s *session) uid() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.claims.ClusterUID
+}
+
+// expired closes a stream whose credential ran out without a renewal.
+func (s *session) expired() {
+	s.srv.metrics.refused.WithLabelValues("expired").Inc()
+	s.log.Warn("agent credential expired without renewal: closing the stream")
+	s.close("agent credential expired")
+	s.conn.Abort()
+}
+
+// handle takes every frame from the agent: its renewed credentials, and
+// the frames of requests.
+func (s *session) handle(f *tetherv1.Frame) error {
+	if c := f.GetCredential(); c != nil {
+		return s.renew(c.GetToken())
+	}
+	return s.fromAgent(f)
+}
+
+// renew takes a fresh credential on the open stream. One that does not
+// check out, or names another cluster, ends the stream: the agent is
+// either broken or not who it said.
+func (s *session) renew(token string) error {
+	c, err := s.srv.cfg.Credentials.Verify(token, s.srv.cfg.Now())
+	if err != nil {
+		s.srv.metrics.refused.WithLabelValues("invalid_credential").Inc()
+		return fmt.Errorf("renewed credential refused: %w", err)
+	}
+	s.mu.Lock()
+	same := c.ClusterID == s.claims.ClusterID && c.ClusterUID == s.claims.ClusterUID
+	if same {
+		s.claims = c
+		s.expiry.Reset(c.Expires.Sub(s.srv.cfg.Now()))
+	}
+	s.mu.Unlock()
+	if !same {
+		s.srv.metrics.refused.WithLabelValues("wrong_cluster").Inc()
+		return fmt.Errorf("renewed credential is for cluster %q, not %q", c.ClusterID, s.cluster)
+	}
+	s.log.Info("agent credential renewed", "credential_id", c.ID, "expires", c.Expires)
+	return nil
 }
 
 // listen subscribes for this session's frames, then for new requests to its
@@ -109,6 +163,7 @@ func (s *session) close(why string) {
 		return
 	}
 	s.closing = true
+	s.expiry.Stop()
 	for _, sub := range s.subs {
 		_ = sub.Unsubscribe()
 	}
