@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/.bin
-MODULES := lib dev services/gateway services/router services/subscriber services/agent \
+MODULES := lib dev cmd/tetherctl services/gateway services/router services/subscriber services/agent \
 	services/agent-registry services/audit services/autoscaler
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 

@@ -181,4 +181,10 @@ func TestDeployManifestsApply(t *testing.T) {
 		must(t, env.direct, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+ns+"\n", "apply", "-f", "-")
 		must(t, env.direct, "", "apply", "--dry-run=server", "-f", path)
 	}
+	// The Secrets tether.yaml mounts, as its header says to make them.
+	secrets, err := exec.Command(env.stack.Bin("tether-dev"), "secrets", "--namespace", "tether").Output()
+	if err != nil {
+		t.Fatalf("tether-dev secrets: %v", err)
+	}
+	must(t, env.direct, string(secrets), "apply", "--dry-run=server", "-f", "-")
 }

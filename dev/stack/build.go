@@ -23,6 +23,9 @@ var Binaries = map[string]string{
 	"natsd":          "./dev/cmd/natsd",
 	"devnode":        "./dev/cmd/devnode",
 	"podtool":        "./dev/cmd/podtool",
+	"devidp":         "./dev/cmd/devidp",
+	"tetherctl":      "./cmd/tetherctl",
+	"tether-dev":     "./dev/cmd/tether-dev",
 }
 
 // Build compiles every binary into dir with one go build, so packages

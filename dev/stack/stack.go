@@ -15,10 +15,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tether-dev/tether/dev/idp"
 	"github.com/tether-dev/tether/dev/kube"
 	"github.com/tether-dev/tether/dev/kubelet"
 	"github.com/tether-dev/tether/dev/pki"
@@ -37,16 +39,34 @@ type User struct {
 	Tenants []string
 }
 
-// DefaultUsers: admin has full rights in the cluster; alice is a tenant
-// user whose rights the cluster's RBAC decides; mallory belongs to another
-// tenant and must see nothing of this cluster.
+// DefaultUsers: admin has full rights in the cluster and administers
+// Tether's clusters; alice is a tenant user whose rights the cluster's RBAC
+// decides; mallory belongs to another tenant and must see nothing of this
+// cluster.
 func DefaultUsers() []User {
 	return []User{
-		{Name: "admin", Groups: []string{"system:masters"}, Tenants: []string{"acme"}},
+		{Name: "admin", Groups: []string{"system:masters", AdminGroup}, Tenants: []string{"acme"}},
 		{Name: "alice", Groups: []string{"acme:developers"}, Tenants: []string{"acme"}},
 		{Name: "mallory", Groups: []string{"globex:developers"}, Tenants: []string{"globex"}},
 	}
 }
+
+// AdminGroup is the group whose members may create and delete clusters.
+const AdminGroup = "tether:admins"
+
+// OIDCUsers log in through the development identity provider (dev/idp)
+// with `tetherctl login`: ada of tenant acme, grace of tenant globex, and
+// ops, a platform administrator.
+func OIDCUsers() []idp.User {
+	return []idp.User{
+		{Name: "ada", Email: "ada@acme.example", Groups: []string{"acme:developers"}, Tenants: []string{"acme"}},
+		{Name: "grace", Email: "grace@globex.example", Groups: []string{"globex:developers"}, Tenants: []string{"globex"}},
+		{Name: "ops", Email: "ops@tether.example", Groups: []string{AdminGroup}, Tenants: []string{"acme", "globex"}},
+	}
+}
+
+// OIDCClientID is the client id tetherctl logs in with.
+const OIDCClientID = "tether"
 
 // Options configure Up.
 type Options struct {
@@ -74,6 +94,10 @@ type Stack struct {
 	GatewayURL string // https://127.0.0.1:PORT
 	CAFile     string // CA of the gateway's serving certificate
 	NATSURL    string
+	// IssuerURL is the development identity provider (dev/idp); IdPKeyDir
+	// holds its signing keys, for tests that forge tokens with them.
+	IssuerURL string
+	IdPKeyDir string
 	// RegistryURL is agent-registry's ClusterService, for tests that create
 	// and delete clusters as an operator.
 	RegistryURL string
@@ -143,7 +167,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
-	ports, err := proc.FreePorts(11)
+	ports, err := proc.FreePorts(12)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +176,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	s.GatewayURL = fmt.Sprintf("https://127.0.0.1:%d", gwPort)
 	s.RegistryURL = "http://" + addr(regPort)
+	s.IssuerURL = "https://" + addr(ports[11])
 	s.SubscriberURL = "http://" + addr(subPort)
 
 	tokens, err := s.writeTokens()
@@ -178,6 +203,9 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", natsPort), s.byName["natsd"]); err != nil {
 		return nil, err
 	}
+	if err := s.startIdP(ctx); err != nil {
+		return nil, err
+	}
 	services := []struct {
 		name string
 		args []string
@@ -185,7 +213,9 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		{"agent-registry", append([]string{"--listen", addr(regPort), "--signing-key", signingKey, "--agent-endpoint", "http://" + addr(subPort)}, s.NATSArgs("agent-registry")...)},
 		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.NATSArgs("subscriber")...)},
 		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.NATSArgs("router")...)},
-		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--tokens", tokens, "--tls-cert", cert, "--tls-key", key}},
+		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--registry-url", s.RegistryURL,
+			"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
+			"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"}},
 	}
 	for _, svc := range services {
 		if err := s.startService(ctx, svc.name, admin[svc.name], svc.args...); err != nil {
@@ -405,6 +435,35 @@ func (s *Stack) writeNATSUsers() (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("stack: %w", err)
 	}
+	passwords := NewNATSPasswords()
+	for name, pw := range passwords {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(pw), 0o600); err != nil {
+			return "", fmt.Errorf("stack: %w", err)
+		}
+	}
+	b, err := NATSAuth(passwords)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "auth.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	return path, nil
+}
+
+// NewNATSPasswords gives every service's NATS user a new random password.
+func NewNATSPasswords() map[string]string {
+	out := make(map[string]string, len(natsUsers))
+	for name := range natsUsers {
+		out[name] = randomHex(16)
+	}
+	return out
+}
+
+// NATSAuth is natsd's --auth file: each service's user with its password
+// and its subject permissions.
+func NATSAuth(passwords map[string]string) ([]byte, error) {
 	type user struct {
 		User      string   `json:"user"`
 		Password  string   `json:"password"`
@@ -414,21 +473,14 @@ func (s *Stack) writeNATSUsers() (string, error) {
 	}
 	var users []user
 	for name, perm := range natsUsers {
-		pw := randomHex(16)
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(pw), 0o600); err != nil {
-			return "", fmt.Errorf("stack: %w", err)
+		pw := passwords[name]
+		if pw == "" {
+			return nil, fmt.Errorf("stack: no NATS password for %s", name)
 		}
 		users = append(users, user{User: name, Password: pw, Publish: perm.publish, Subscribe: perm.subscribe, Responses: len(perm.subscribe) > 0})
 	}
-	b, err := json.Marshal(map[string]any{"users": users})
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "auth.json")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return "", fmt.Errorf("stack: %w", err)
-	}
-	return path, nil
+	sort.Slice(users, func(i, j int) bool { return users[i].User < users[j].User })
+	return json.MarshalIndent(map[string]any{"users": users}, "", "  ")
 }
 
 // NATSArgs are the flags that connect service to the stack's NATS as its
@@ -467,6 +519,12 @@ func (s *Stack) Kubeconfig(user string) (string, error) {
 // KubeconfigFor writes a kubeconfig for any token and cluster id, for tests
 // that probe what the gateway refuses.
 func (s *Stack) KubeconfigFor(name, token, cluster string) (string, error) {
+	return s.writeKubeconfig(name, cluster, map[string]any{"token": token})
+}
+
+// writeKubeconfig writes kubeconfig-<name> for cluster with the given user
+// entry.
+func (s *Stack) writeKubeconfig(name, cluster string, user map[string]any) (string, error) {
 	cfg := map[string]any{
 		"apiVersion":      "v1",
 		"kind":            "Config",
@@ -474,7 +532,7 @@ func (s *Stack) KubeconfigFor(name, token, cluster string) (string, error) {
 		"clusters": []any{map[string]any{"name": "tether", "cluster": map[string]any{
 			"server": s.GatewayURL + "/clusters/" + cluster, "certificate-authority": s.CAFile,
 		}}},
-		"users":    []any{map[string]any{"name": name, "user": map[string]any{"token": token}}},
+		"users":    []any{map[string]any{"name": name, "user": user}},
 		"contexts": []any{map[string]any{"name": "tether", "context": map[string]any{"cluster": "tether", "user": name}}},
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")

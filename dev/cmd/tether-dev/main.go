@@ -1,7 +1,11 @@
 // Command tether-dev is `make run`: it builds Tether, starts a real
 // kube-apiserver (unless --agent-kubeconfig names a cluster of yours),
-// NATS with JetStream, and every service as its own process, then prints
-// how to point kubectl at it. Ctrl-C stops everything.
+// NATS with JetStream, the development identity provider and every service
+// as its own process, then prints how to point kubectl at it. Ctrl-C stops
+// everything.
+//
+// `tether-dev secrets --namespace tether` prints the Secrets deploy/tether.yaml
+// needs (NATS users, the agent-credential signing key).
 package main
 
 import (
@@ -19,6 +23,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "secrets" {
+		if err := secrets(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "tether-dev secrets: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var state, agentKubeconfig string
 	flag.StringVar(&state, "state", ".state", "folder for certificates, logs, NATS data and kubeconfigs")
 	flag.StringVar(&agentKubeconfig, "agent-kubeconfig", os.Getenv("AGENT_KUBECONFIG"), "kubeconfig of a cluster for the agent; empty starts a local kube-apiserver")
@@ -73,6 +84,14 @@ func run(state, agentKubeconfig string) error {
 	if err != nil {
 		return err
 	}
+	ada, err := s.OIDCKubeconfig("ada", "")
+	if err != nil {
+		return err
+	}
+	grace, err := s.OIDCKubeconfig("grace", "")
+	if err != nil {
+		return err
+	}
 	node := ""
 	if s.NodeName != "" {
 		node = fmt.Sprintf(`
@@ -88,13 +107,21 @@ Tether is up: gateway %s, cluster %q behind an agent that dialed out.
   export KUBECONFIG=%s
   kubectl get ns
 `+node+`
-Other users: alice (tenant acme; the cluster's RBAC decides, nothing granted yet)
-               KUBECONFIG=%s
-             mallory (tenant globex: cannot see cluster %q)
-               KUBECONFIG=%s
+Other users (static tokens):
+  alice (tenant acme; the cluster's RBAC decides, nothing granted yet)   KUBECONFIG=%s
+  mallory (tenant globex: cannot see cluster %q)                        KUBECONFIG=%s
+Single sign-on through the development identity provider %s
+(kubectl runs "tetherctl login", which the provider approves by login hint):
+  ada (ada@acme.example, tenant acme)                                   KUBECONFIG=%s
+  grace (grace@globex.example, tenant globex)                           KUBECONFIG=%s
+
+Clusters (admin may create and delete; everyone lists their tenants'):
+  %s cluster list --kubeconfig %s
+  %s cluster create prod-1 --tenant acme --kubeconfig %s > agent.yaml
 Logs: %s    Metrics: http://%s/metrics (gateway)
 Ctrl-C stops everything.
-`, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, filepath.Join(state, "logs"), s.Admin["gateway"])
+`, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, s.IssuerURL, ada, grace,
+		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, filepath.Join(state, "logs"), s.Admin["gateway"])
 
 	// Report a service that dies instead of leaving a half stack up.
 	for {
@@ -103,7 +130,7 @@ Ctrl-C stops everything.
 			return nil
 		case <-time.After(time.Second):
 		}
-		for _, name := range []string{"natsd", "subscriber", "router", "gateway", "agent", "devnode"} {
+		for _, name := range []string{"natsd", "devidp", "agent-registry", "subscriber", "router", "gateway", "agent", "devnode"} {
 			if p := s.Process(name); p != nil && p.Exited() {
 				return fmt.Errorf("%s exited: %v", name, p.ExitError())
 			}

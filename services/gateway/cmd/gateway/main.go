@@ -33,6 +33,8 @@ func main() {
 		routerURL         string
 		oidcCfg           identity.OIDCConfig
 		oidcAlgs          string
+		registryURL       string
+		adminGroup        string
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
 	)
@@ -51,6 +53,8 @@ func main() {
 	fs.StringVar(&oidcCfg.Claims.Groups, "oidc-groups-claim", "groups", "claim listing the user's groups; empty: none")
 	fs.StringVar(&oidcCfg.Claims.GroupsPrefix, "oidc-groups-prefix", "", "prefix put before group names")
 	fs.StringVar(&oidcCfg.Claims.Tenants, "oidc-tenants-claim", "tenants", "claim listing the tenants whose clusters the user may reach")
+	fs.StringVar(&registryURL, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for tetherctl's cluster commands")
+	fs.StringVar(&adminGroup, "admin-group", "tether:admins", "group whose members may create and delete clusters")
 	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
 	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted (431 beyond)")
@@ -103,8 +107,23 @@ func main() {
 			return err
 		}
 		env.Admin.AddCheck("router", routerReachable(routerURL))
+		clusterAPI, err := gateway.NewClusterAPI(auth, tetherv1connect.NewClusterServiceClient(
+			&http.Client{Transport: svc.H2CTransport(), Timeout: 30 * time.Second}, strings.TrimSuffix(registryURL, "/")), adminGroup, env.Telemetry.Logger)
+		if err != nil {
+			return err
+		}
+		// Not an http.ServeMux: it would redirect paths with dot segments
+		// and double slashes, which the gateway refuses with a Status.
+		apiPath, api := clusterAPI.Handler()
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, apiPath) {
+				api.ServeHTTP(w, r)
+				return
+			}
+			gw.ServeHTTP(w, r)
+		})
 		hs := &http.Server{
-			Handler:           gw,
+			Handler:           handler,
 			ReadHeaderTimeout: readHeaderTimeout,
 			// The gateway answers a head over the limit with a Status; far
 			// beyond it the server cuts the client off without reading on.

@@ -1,0 +1,123 @@
+// Package clusters is `tetherctl cluster`: creating, listing and deleting
+// clusters through a gateway's ClusterService, and the install manifest of
+// a cluster's agent.
+package clusters
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"text/template"
+	"time"
+
+	"connectrpc.com/connect"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+)
+
+//go:embed agent.yaml.tmpl
+var manifestText string
+
+var manifest = template.Must(template.New("agent").Parse(manifestText))
+
+// ManifestValues fill the agent's install manifest.
+type ManifestValues struct {
+	ClusterID, AgentEndpoint, BootstrapToken, Image string
+	Expires                                         string
+}
+
+// Manifest renders the agent's install manifest.
+func Manifest(v ManifestValues) ([]byte, error) {
+	var b bytes.Buffer
+	if err := manifest.Execute(&b, v); err != nil {
+		return nil, fmt.Errorf("rendering the agent manifest: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// Client calls ClusterService at a gateway with the caller's bearer token.
+type Client struct {
+	svc tetherv1connect.ClusterServiceClient
+}
+
+// NewClient validates its arguments. token is called before each call, so
+// an exec plugin's token is fresh.
+func NewClient(server string, httpClient *http.Client, token func(context.Context) (string, error)) (*Client, error) {
+	if !strings.HasPrefix(server, "https://") {
+		return nil, fmt.Errorf("the gateway URL must be https, got %q", server)
+	}
+	auth := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			t, err := token(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("getting a token: %w", err)
+			}
+			req.Header().Set("Authorization", "Bearer "+t)
+			return next(ctx, req)
+		}
+	})
+	return &Client{svc: tetherv1connect.NewClusterServiceClient(httpClient, strings.TrimSuffix(server, "/"), connect.WithInterceptors(auth))}, nil
+}
+
+// Create creates a cluster and writes its agent's install manifest to w.
+func (c *Client) Create(ctx context.Context, w io.Writer, id, tenant, image string) error {
+	resp, err := c.svc.CreateCluster(ctx, connect.NewRequest(&tetherv1.CreateClusterRequest{Id: id, Tenant: tenant}))
+	if err != nil {
+		return fmt.Errorf("creating cluster %s: %w", id, err)
+	}
+	return writeManifest(w, id, resp.Msg.GetBootstrap(), image)
+}
+
+// Token gives an existing cluster a new bootstrap token and writes the
+// manifest with it.
+func (c *Client) Token(ctx context.Context, w io.Writer, id, image string) error {
+	resp, err := c.svc.IssueBootstrapToken(ctx, connect.NewRequest(&tetherv1.IssueBootstrapTokenRequest{Id: id}))
+	if err != nil {
+		return fmt.Errorf("new bootstrap token for %s: %w", id, err)
+	}
+	return writeManifest(w, id, resp.Msg.GetBootstrap(), image)
+}
+
+func writeManifest(w io.Writer, id string, bt *tetherv1.BootstrapToken, image string) error {
+	m, err := Manifest(ManifestValues{
+		ClusterID: id, AgentEndpoint: bt.GetAgentEndpoint(), BootstrapToken: bt.GetToken(), Image: image,
+		Expires: time.Unix(bt.GetExpiresUnix(), 0).UTC().Format(time.RFC3339),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(m)
+	return err
+}
+
+// Delete deletes a cluster: its agent's credential is revoked at once.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	if _, err := c.svc.DeleteCluster(ctx, connect.NewRequest(&tetherv1.DeleteClusterRequest{Id: id})); err != nil {
+		return fmt.Errorf("deleting cluster %s: %w", id, err)
+	}
+	return nil
+}
+
+// List writes the clusters the caller may see as a table.
+func (c *Client) List(ctx context.Context, w io.Writer) error {
+	resp, err := c.svc.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{}))
+	if err != nil {
+		return fmt.Errorf("listing clusters: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTENANT\tCREATED\tCREATED BY\tENROLLMENTS\tLAST ENROLLED")
+	for _, cl := range resp.Msg.GetClusters() {
+		last := "-"
+		if cl.GetLastEnrolledUnix() != 0 {
+			last = time.Unix(cl.GetLastEnrolledUnix(), 0).UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", cl.GetId(), cl.GetTenant(), time.Unix(cl.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), cl.GetCreatedBy(), cl.GetEnrollments(), last)
+	}
+	return tw.Flush()
+}

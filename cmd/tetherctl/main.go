@@ -1,0 +1,255 @@
+// Command tetherctl is Tether's command line:
+//
+//	tetherctl login --issuer URL --client-id ID [--login-hint USER]   # kubectl exec credential plugin
+//	tetherctl cluster create NAME --tenant T                          # prints the agent's install manifest
+//	tetherctl cluster token NAME                                      # the manifest again, with a new bootstrap token
+//	tetherctl cluster list
+//	tetherctl cluster delete NAME
+//
+// The cluster commands talk to a gateway as the current kubeconfig's user
+// (or --server, --token, --ca-file): creating and deleting take a platform
+// administrator; listing shows the clusters of the caller's tenants.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tether-dev/tether/cmd/tetherctl/internal/clusters"
+	"github.com/tether-dev/tether/cmd/tetherctl/internal/login"
+)
+
+const usage = `usage:
+  tetherctl login --issuer URL --client-id ID [--login-hint USER] [flags]
+  tetherctl cluster create NAME --tenant TENANT [flags]
+  tetherctl cluster token NAME [flags]
+  tetherctl cluster list [flags]
+  tetherctl cluster delete NAME [flags]
+Run a command with -h for its flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "login":
+		err = runLogin(ctx, os.Args[2:])
+	case "cluster":
+		err = runCluster(ctx, os.Args[2:])
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tetherctl %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func runLogin(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("login", flag.ContinueOnError)
+	var o login.Options
+	var scopes, browser string
+	fs.StringVar(&o.Issuer, "issuer", "", "OpenID Connect issuer URL")
+	fs.StringVar(&o.ClientID, "client-id", "", "client id registered with the issuer")
+	fs.StringVar(&o.LoginHint, "login-hint", "", "user to log in as, passed to the issuer")
+	fs.StringVar(&o.CAFile, "ca-file", "", "CA trusted for the issuer besides the system roots")
+	fs.StringVar(&scopes, "scopes", "openid,email,profile,groups,offline_access", "scopes to ask for, comma-separated")
+	fs.StringVar(&o.CacheDir, "cache-dir", defaultCacheDir(), "where tokens are cached")
+	fs.StringVar(&browser, "browser", defaultBrowser(), "command that opens the login URL (the URL is its last argument); empty: print the URL only")
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:0", "loopback address for the issuer's redirect")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "how long to wait for the login")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.Scopes = strings.Split(scopes, ",")
+	o.Log = os.Stderr
+	if browser != "" {
+		cmdline := strings.Fields(browser)
+		o.Browser = func(ctx context.Context, url string) error {
+			cmd := exec.CommandContext(ctx, cmdline[0], append(cmdline[1:], url)...)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr // stdout is for the credential alone
+			return cmd.Run()
+		}
+	}
+	cred, err := login.Token(ctx, o)
+	if err != nil {
+		return err
+	}
+	out, err := login.ExecCredential(execAPIVersion(), cred)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Printf("%s\n", out)
+	return err
+}
+
+// execAPIVersion answers in the version client-go asked for.
+func execAPIVersion() string {
+	var info struct {
+		APIVersion string `json:"apiVersion"`
+	}
+	if s := os.Getenv("KUBERNETES_EXEC_INFO"); s != "" && json.Unmarshal([]byte(s), &info) == nil {
+		return info.APIVersion
+	}
+	return ""
+}
+
+func defaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "tether", "tokens")
+}
+
+func defaultBrowser() string {
+	for _, b := range []string{"xdg-open", "open"} {
+		if _, err := exec.LookPath(b); err == nil {
+			return b
+		}
+	}
+	return ""
+}
+
+func runCluster(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("create, token, list or delete?")
+	}
+	verb, args := args[0], args[1:]
+	fs := flag.NewFlagSet("cluster "+verb, flag.ContinueOnError)
+	var conn connection
+	conn.register(fs)
+	tenant := fs.String("tenant", "", "tenant that owns the cluster (create)")
+	image := fs.String("agent-image", "tether/agent:dev", "agent image in the install manifest")
+	// NAME may come before the flags, as with kubectl.
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if name == "" && fs.NArg() > 0 {
+		name = fs.Arg(0)
+	}
+	c, err := conn.client()
+	if err != nil {
+		return err
+	}
+	needName := func() error {
+		if name == "" {
+			return fmt.Errorf("cluster %s needs a NAME", verb)
+		}
+		return nil
+	}
+	switch verb {
+	case "create":
+		if err := needName(); err != nil {
+			return err
+		}
+		if *tenant == "" {
+			return errors.New("--tenant is required")
+		}
+		return c.Create(ctx, os.Stdout, name, *tenant, *image)
+	case "token":
+		if err := needName(); err != nil {
+			return err
+		}
+		return c.Token(ctx, os.Stdout, name, *image)
+	case "delete":
+		if err := needName(); err != nil {
+			return err
+		}
+		if err := c.Delete(ctx, name); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "cluster %s deleted; its agent's credential is revoked\n", name)
+		return nil
+	case "list":
+		return c.List(ctx, os.Stdout)
+	}
+	return fmt.Errorf("unknown verb %q: create, token, list or delete", verb)
+}
+
+// connection is how to reach the gateway: flags, or the kubeconfig's
+// current context.
+type connection struct {
+	server, token, caFile, kubeconfig string
+}
+
+func (c *connection) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.server, "server", "", "gateway URL (https://HOST); default: from the kubeconfig")
+	fs.StringVar(&c.token, "token", "", "bearer token; default: from the kubeconfig (token or exec plugin)")
+	fs.StringVar(&c.caFile, "ca-file", "", "CA of the gateway; default: from the kubeconfig")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig whose current context points at a Tether gateway")
+}
+
+func (c *connection) client() (*clusters.Client, error) {
+	var kc kubeUser
+	if c.server == "" || c.token == "" {
+		path := c.kubeconfig
+		if path == "" {
+			home, _ := os.UserHomeDir()
+			path = filepath.Join(home, ".kube", "config")
+		}
+		var err error
+		if kc, err = readKubeconfig(path); err != nil {
+			return nil, err
+		}
+	}
+	server := c.server
+	if server == "" {
+		server = gatewayBase(kc.server)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	ca := kc.caPEM
+	if c.caFile != "" {
+		if ca, err = os.ReadFile(c.caFile); err != nil {
+			return nil, err
+		}
+	}
+	if len(ca) > 0 && !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("no certificate in the gateway CA")
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true,
+	}}
+	token := func(ctx context.Context) (string, error) {
+		if c.token != "" {
+			return c.token, nil
+		}
+		return kc.bearer(ctx)
+	}
+	return clusters.NewClient(server, hc, token)
+}
+
+// gatewayBase turns a kubeconfig server (https://gw/clusters/dev) into the
+// gateway's base URL.
+func gatewayBase(server string) string {
+	if i := strings.Index(server, "/clusters/"); i >= 0 {
+		return server[:i]
+	}
+	return strings.TrimSuffix(server, "/")
+}
