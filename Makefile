@@ -56,11 +56,11 @@ clean:
 	rm -rf .state .bin
 
 ## images: FROM-scratch images of every binary (tether/<name>:dev), for docker compose and deploy/
-IMAGES := gateway router subscriber agent agent-registry audit autoscaler natsd
+IMAGES := gateway router subscriber agent agent-registry audit autoscaler natsd tetherctl
 images:
 	@mkdir -p .state/images
 	@for n in $(IMAGES); do \
-	  pkg=./services/$$n/cmd/$$n; [ $$n = natsd ] && pkg=./dev/cmd/natsd; \
+	  pkg=./services/$$n/cmd/$$n; [ $$n = natsd ] && pkg=./dev/cmd/natsd; [ $$n = tetherctl ] && pkg=./cmd/tetherctl; \
 	  mkdir -p .state/images/$$n && CGO_ENABLED=0 $(GO) build -trimpath -o .state/images/$$n/$$n $$pkg || exit 1; \
 	  printf 'FROM scratch\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
 	  docker build -q -t tether/$$n:dev .state/images/$$n || exit 1; \
@@ -70,10 +70,14 @@ images:
 compose-config:
 	@test -f .state/tokens.csv || { echo "run 'make run' once first"; exit 1; }
 	@mkdir -p .state/compose
-	cp .state/tokens.csv .state/clusters.json .state/pki/gateway.crt .state/pki/gateway.key .state/compose/
+	cp .state/tokens.csv .state/pki/gateway.crt .state/pki/gateway.key .state/pki/agent-signing.key .state/pki/agent-signing.pub .state/compose/
+	cp .state/pki/tether-dev-ca.crt .state/compose/ca.crt
+	cp -r .state/nats-users .state/compose/
+	@# The admin's static token, for the one-shot service that creates cluster dev.
+	awk -F, '$$2 == "admin" { printf "%s", $$1 }' .state/tokens.csv > .state/compose/admin-token
 	@# Flattened: the container sees none of the files a kubeconfig may name.
 	kubectl config view --flatten --minify --kubeconfig $${AGENT_KUBECONFIG:-.state/kube/kubeconfig-admin} > .state/compose/agent-kubeconfig
 	@# The images run as an unprivileged user.
-	chmod 0644 .state/compose/*
+	chmod -R a+rX .state/compose
 	sed 's#"server": "https://127.0.0.1:[0-9]*/#"server": "https://127.0.0.1:18443/#' .state/kubeconfig-admin > .state/compose/kubeconfig-admin
 	@echo "KUBECONFIG=.state/compose/kubeconfig-admin kubectl get ns   (after docker compose up)"

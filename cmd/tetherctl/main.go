@@ -3,6 +3,7 @@
 //	tetherctl login --issuer URL --client-id ID [--login-hint USER]   # kubectl exec credential plugin
 //	tetherctl cluster create NAME --tenant T                          # prints the agent's install manifest
 //	tetherctl cluster token NAME                                      # the manifest again, with a new bootstrap token
+//	tetherctl cluster ensure NAME --tenant T --bootstrap-token-file F  # for automation: create, or a new token
 //	tetherctl cluster list
 //	tetherctl cluster delete NAME
 //
@@ -36,6 +37,7 @@ const usage = `usage:
   tetherctl login --issuer URL --client-id ID [--login-hint USER] [flags]
   tetherctl cluster create NAME --tenant TENANT [flags]
   tetherctl cluster token NAME [flags]
+  tetherctl cluster ensure NAME --tenant TENANT --bootstrap-token-file FILE [flags]
   tetherctl cluster list [flags]
   tetherctl cluster delete NAME [flags]
 Run a command with -h for its flags.
@@ -132,7 +134,7 @@ func defaultBrowser() string {
 
 func runCluster(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("create, token, list or delete?")
+		return errors.New("create, token, ensure, list or delete?")
 	}
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("cluster "+verb, flag.ContinueOnError)
@@ -140,6 +142,7 @@ func runCluster(ctx context.Context, args []string) error {
 	conn.register(fs)
 	tenant := fs.String("tenant", "", "tenant that owns the cluster (create)")
 	image := fs.String("agent-image", "tether/agent:dev", "agent image in the install manifest")
+	tokenFile := fs.String("bootstrap-token-file", "", "where ensure writes the bootstrap token (0600)")
 	// NAME may come before the flags, as with kubectl.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -175,6 +178,14 @@ func runCluster(ctx context.Context, args []string) error {
 			return err
 		}
 		return c.Token(ctx, os.Stdout, name, *image)
+	case "ensure":
+		if err := needName(); err != nil {
+			return err
+		}
+		if *tenant == "" || *tokenFile == "" {
+			return errors.New("--tenant and --bootstrap-token-file are required")
+		}
+		return c.Ensure(ctx, name, *tenant, *tokenFile)
 	case "delete":
 		if err := needName(); err != nil {
 			return err
@@ -187,23 +198,31 @@ func runCluster(ctx context.Context, args []string) error {
 	case "list":
 		return c.List(ctx, os.Stdout)
 	}
-	return fmt.Errorf("unknown verb %q: create, token, list or delete", verb)
+	return fmt.Errorf("unknown verb %q: create, token, ensure, list or delete", verb)
 }
 
 // connection is how to reach the gateway: flags, or the kubeconfig's
 // current context.
 type connection struct {
-	server, token, caFile, kubeconfig string
+	server, token, tokenFile, caFile, kubeconfig string
 }
 
 func (c *connection) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", "", "gateway URL (https://HOST); default: from the kubeconfig")
 	fs.StringVar(&c.token, "token", "", "bearer token; default: from the kubeconfig (token or exec plugin)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token")
 	fs.StringVar(&c.caFile, "ca-file", "", "CA of the gateway; default: from the kubeconfig")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig whose current context points at a Tether gateway")
 }
 
 func (c *connection) client() (*clusters.Client, error) {
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		c.token = strings.TrimSpace(string(b))
+	}
 	var kc kubeUser
 	if c.server == "" || c.token == "" {
 		path := c.kubeconfig

@@ -23,7 +23,9 @@ func (s *Stack) Clusters() tetherv1connect.ClusterServiceClient {
 // bootstrap token.
 func (s *Stack) EnsureCluster(ctx context.Context, id, tenant string) (string, error) {
 	c := s.Clusters()
-	created, err := c.CreateCluster(ctx, connect.NewRequest(&tetherv1.CreateClusterRequest{Id: id, Tenant: tenant}))
+	req := connect.NewRequest(&tetherv1.CreateClusterRequest{Id: id, Tenant: tenant})
+	req.Header().Set("Tether-Actor", "tether-dev") // who the events record
+	created, err := c.CreateCluster(ctx, req)
 	if err == nil {
 		return created.Msg.GetBootstrap().GetToken(), nil
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"text/template"
@@ -94,6 +95,30 @@ func writeManifest(w io.Writer, id string, bt *tetherv1.BootstrapToken, image st
 	}
 	_, err = w.Write(m)
 	return err
+}
+
+// Ensure creates the cluster, or gives it a new bootstrap token if it
+// exists, and writes the token to path (0600): for automation that
+// installs an agent, such as the docker compose stack.
+func (c *Client) Ensure(ctx context.Context, id, tenant, path string) error {
+	var bt *tetherv1.BootstrapToken
+	resp, err := c.svc.CreateCluster(ctx, connect.NewRequest(&tetherv1.CreateClusterRequest{Id: id, Tenant: tenant}))
+	switch {
+	case err == nil:
+		bt = resp.Msg.GetBootstrap()
+	case connect.CodeOf(err) == connect.CodeAlreadyExists:
+		again, err := c.svc.IssueBootstrapToken(ctx, connect.NewRequest(&tetherv1.IssueBootstrapTokenRequest{Id: id}))
+		if err != nil {
+			return fmt.Errorf("new bootstrap token for %s: %w", id, err)
+		}
+		bt = again.Msg.GetBootstrap()
+	default:
+		return fmt.Errorf("creating cluster %s: %w", id, err)
+	}
+	if err := os.WriteFile(path, []byte(bt.GetToken()), 0o600); err != nil {
+		return fmt.Errorf("writing the bootstrap token: %w", err)
+	}
+	return nil
 }
 
 // Delete deletes a cluster: its agent's credential is revoked at once.
