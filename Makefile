@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test ./lib/tunnel -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzParsePath -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/identity -run '^$$' -fuzz FuzzClaimsMap -fuzztime $(FUZZTIME)
+	$(GO) test ./lib/agentcred -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
 
 ## proto: regenerate lib/gen from proto/ with pinned local plugins
 proto:
@@ -72,6 +73,7 @@ compose-config:
 	@mkdir -p .state/compose
 	cp .state/tokens.csv .state/pki/gateway.crt .state/pki/gateway.key .state/pki/agent-signing.key .state/pki/agent-signing.pub .state/compose/
 	cp .state/pki/tether-dev-ca.crt .state/compose/ca.crt
+	for n in natsd agent-registry subscriber router gateway; do cp .state/pki/$$n.crt .state/pki/$$n.key .state/compose/ || exit 1; done
 	cp -r .state/nats-users .state/compose/
 	@# The admin's static token, for the one-shot service that creates cluster dev.
 	awk -F, '$$2 == "admin" { printf "%s", $$1 }' .state/tokens.csv > .state/compose/admin-token

@@ -49,7 +49,7 @@ func TestNATSUsersStayInTheirLanes(t *testing.T) {
 				t.Fatal(err)
 			}
 			violations := make(chan error, 4)
-			nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo(tt.user, string(pw)),
+			nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo(tt.user, string(pw)), nats.RootCAs(env.stack.CAFile),
 				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 			if err != nil {
 				t.Fatal(err)
@@ -86,7 +86,7 @@ func TestNATSUsersStayInTheirLanes(t *testing.T) {
 		t.Errorf("natsd logged %d refusals naming %s, want %d: the check after the tests cannot tell them apart", n, intruder, len(tests))
 	}
 	// Without a user, nothing at all.
-	if nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.MaxReconnects(0)); err == nil {
+	if nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.MaxReconnects(0), nats.RootCAs(env.stack.CAFile)); err == nil {
 		nc.Close()
 		t.Fatal("NATS accepted a client without credentials")
 	}

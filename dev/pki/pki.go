@@ -168,6 +168,23 @@ func (ca *CA) IssueServer(dir, name string, hosts []string) (certPath, keyPath s
 	return ca.issue(dir, name, tmpl)
 }
 
+// IssueService writes dir/<name>.crt and dir/<name>.key: the certificate a
+// Tether service uses on internal hops, both to serve and to call (mTLS).
+// Its CommonName is the service name, which peers authorize; hosts are
+// where it is reached.
+func (ca *CA) IssueService(dir, name string, hosts []string) (certPath, keyPath string, err error) {
+	tmpl := template(name, []string{org})
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	for _, h := range append([]string{name}, hosts...) {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return ca.issue(dir, name, tmpl)
+}
+
 // IssueClient writes dir/<name>.crt and dir/<name>.key: a client certificate
 // with CommonName cn and Organization orgs, which Kubernetes reads as the
 // user name and groups.

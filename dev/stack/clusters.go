@@ -9,14 +9,24 @@ import (
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
-	"github.com/tether-dev/tether/lib/svc"
 )
 
-// Clusters is agent-registry's ClusterService, called directly as the
-// platform operator would through the gateway.
+// Clusters is agent-registry's ClusterService, called directly (with the
+// operator's certificate) as the platform operator would through the
+// gateway.
 func (s *Stack) Clusters() tetherv1connect.ClusterServiceClient {
-	return tetherv1connect.NewClusterServiceClient(&http.Client{Transport: svc.H2CTransport()}, s.RegistryURL)
+	t, err := s.InternalTransport()
+	if err != nil {
+		// The certificate was issued at Up; only a deleted state folder
+		// gets here, and every call then fails with this error.
+		t = failingTransport{err}
+	}
+	return tetherv1connect.NewClusterServiceClient(&http.Client{Transport: t}, s.RegistryURL)
 }
+
+type failingTransport struct{ err error }
+
+func (f failingTransport) RoundTrip(*http.Request) (*http.Response, error) { return nil, f.err }
 
 // EnsureCluster creates cluster id for tenant, or, if it exists from an
 // earlier run of the stack, gives it a new bootstrap token; it returns the

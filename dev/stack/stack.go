@@ -26,6 +26,7 @@ import (
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/svc"
 )
 
 // ClusterID is the id of the cluster the stack's agent serves.
@@ -175,7 +176,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	admin := map[string]int{"subscriber": ports[4], "router": ports[5], "gateway": ports[6], "agent": ports[7], "agent-registry": ports[10]}
 	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	s.GatewayURL = fmt.Sprintf("https://127.0.0.1:%d", gwPort)
-	s.RegistryURL = "http://" + addr(regPort)
+	s.RegistryURL = "https://" + addr(regPort)
 	s.IssuerURL = "https://" + addr(ports[11])
 	s.SubscriberURL = "http://" + addr(subPort)
 
@@ -197,7 +198,15 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats"), "--auth", auth); err != nil {
+	// Every internal hop as in production: each service has a
+	// certificate of the stack's CA, NATS speaks TLS.
+	for _, name := range []string{"natsd", "agent-registry", "subscriber", "router", "gateway", operator} {
+		if _, _, err := s.ca.IssueService(s.pkiDir(), name, []string{"127.0.0.1", "localhost"}); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats"), "--auth", auth,
+		"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd")); err != nil {
 		return nil, err
 	}
 	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", natsPort), s.byName["natsd"]); err != nil {
@@ -210,12 +219,14 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		name string
 		args []string
 	}{
-		{"agent-registry", append([]string{"--listen", addr(regPort), "--signing-key", signingKey, "--agent-endpoint", "http://" + addr(subPort)}, s.NATSArgs("agent-registry")...)},
-		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.NATSArgs("subscriber")...)},
-		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.NATSArgs("router")...)},
-		{"gateway", []string{"--listen", addr(gwPort), "--router-url", "http://" + addr(routerPort), "--registry-url", s.RegistryURL,
+		{"agent-registry", append([]string{"--listen", addr(regPort), "--signing-key", signingKey, "--agent-endpoint", s.SubscriberURL,
+			"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)},
+		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)},
+		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.internalArgs("router")...)},
+		{"gateway", append([]string{"--listen", addr(gwPort), "--router-url", "https://" + addr(routerPort), "--registry-url", s.RegistryURL,
 			"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
-			"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"}},
+			"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"},
+			s.internalArgs("gateway")...)},
 	}
 	for _, svc := range services {
 		if err := s.startService(ctx, svc.name, admin[svc.name], svc.args...); err != nil {
@@ -364,6 +375,9 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	return p, nil
 }
 
+// Args are the flags a service was started with.
+func (s *Stack) Args(name string) []string { return s.args[name] }
+
 // Process returns the running process of a service, to signal or restart.
 func (s *Stack) Process(name string) *proc.Process { return s.byName[name] }
 
@@ -484,9 +498,36 @@ func NATSAuth(passwords map[string]string) ([]byte, error) {
 }
 
 // NATSArgs are the flags that connect service to the stack's NATS as its
-// own user.
+// own user, over TLS.
 func (s *Stack) NATSArgs(service string) []string {
-	return []string{"--nats-url", s.NATSURL, "--nats-user", service, "--nats-password-file", filepath.Join(s.opts.StateDir, "nats-users", service)}
+	return []string{"--nats-url", s.NATSURL, "--nats-user", service, "--nats-password-file", filepath.Join(s.opts.StateDir, "nats-users", service),
+		"--nats-ca-file", s.CAFile}
+}
+
+// operator is the certificate name of the stack itself, and of tests, when
+// they call agent-registry as the platform operator would through a
+// gateway.
+const operator = "tether-dev"
+
+func (s *Stack) pkiDir() string              { return filepath.Join(s.opts.StateDir, "pki") }
+func (s *Stack) certFile(name string) string { return filepath.Join(s.pkiDir(), name+".crt") }
+func (s *Stack) keyFile(name string) string  { return filepath.Join(s.pkiDir(), name+".key") }
+
+// internalArgs are a service's flags for internal hops: its certificate
+// for mTLS, and NATS (but the gateway does not use NATS).
+func (s *Stack) internalArgs(service string) []string {
+	args := []string{"--mtls-cert", s.certFile(service), "--mtls-key", s.keyFile(service), "--mtls-ca", s.CAFile}
+	if service != "gateway" {
+		args = append(args, s.NATSArgs(service)...)
+	}
+	return args
+}
+
+// InternalTransport calls Tether's internal endpoints as the stack's
+// operator (a certificate agent-registry accepts).
+func (s *Stack) InternalTransport() (http.RoundTripper, error) {
+	m := svc.MTLS{CertFile: s.certFile(operator), KeyFile: s.keyFile(operator), CAFile: s.CAFile}
+	return m.Transport()
 }
 
 func (s *Stack) writeTokens() (string, error) {

@@ -95,6 +95,8 @@ type NATS struct {
 	URL          string
 	User         string
 	PasswordFile string
+	// CAFile, if set, makes the connection TLS, trusting this CA.
+	CAFile string
 }
 
 // Register adds --nats-url, --nats-user and --nats-password-file to fs.
@@ -102,6 +104,7 @@ func (n *NATS) Register(fs *flag.FlagSet) {
 	fs.StringVar(&n.URL, "nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
 	fs.StringVar(&n.User, "nats-user", os.Getenv("TETHER_NATS_USER"), "NATS user (its permissions say what this service may publish and subscribe to); empty: none")
 	fs.StringVar(&n.PasswordFile, "nats-password-file", os.Getenv("TETHER_NATS_PASSWORD_FILE"), "file holding the NATS user's password, so it shows in no process list")
+	fs.StringVar(&n.CAFile, "nats-ca-file", os.Getenv("TETHER_NATS_CA_FILE"), "CA of the NATS servers' certificates: connect with TLS (required where NATS is on another machine)")
 }
 
 // ConnectNATS connects as name and makes /readyz depend on the connection.
@@ -113,6 +116,10 @@ func (env *Env) ConnectNATS(ctx context.Context, n NATS, name string) (*nats.Con
 			return nil, fmt.Errorf("reading the NATS password: %w", err)
 		}
 		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))))
+	}
+	if n.CAFile != "" {
+		// The password crosses the network only inside TLS.
+		extra = append(extra, nats.RootCAs(n.CAFile))
 	}
 	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: n.URL, Name: name, Logger: env.Log, Registerer: env.Telemetry.Registry, Extra: extra})
 	if err != nil {

@@ -1,7 +1,7 @@
 // Command natsd runs an embedded NATS server with JetStream, as its own
 // process, for the development stack and tests: no Docker, no download.
 //
-//	natsd --port 4222 --store-dir .state/nats [--auth users.json]
+//	natsd --port 4222 --store-dir .state/nats [--auth users.json] [--tls-cert F --tls-key F]
 //
 // With --auth, every client must log in as one of the users in the file,
 // each allowed to publish and subscribe only to its subjects:
@@ -32,12 +32,16 @@ func main() {
 		storeDir string
 		js       bool
 		authFile string
+		tlsCert  string
+		tlsKey   string
 	)
 	flag.StringVar(&host, "host", "127.0.0.1", "address to listen on")
 	flag.IntVar(&port, "port", 4222, "client port")
 	flag.StringVar(&storeDir, "store-dir", "", "JetStream storage folder (required with --jetstream)")
 	flag.BoolVar(&js, "jetstream", true, "enable JetStream")
 	flag.StringVar(&authFile, "auth", "", "users and their subject permissions (JSON); empty: no authentication")
+	flag.StringVar(&tlsCert, "tls-cert", "", "serving certificate (PEM): clients must use TLS")
+	flag.StringVar(&tlsKey, "tls-key", "", "serving key (PEM)")
 	flag.Parse()
 
 	opts := &server.Options{
@@ -56,6 +60,14 @@ func main() {
 			os.Exit(1)
 		}
 		opts.Users = users
+	}
+	if tlsCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: tlsCert, KeyFile: tlsKey})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "natsd: %v\n", err)
+			os.Exit(1)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSTimeout = tc, true, 5
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -7,13 +7,15 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/stack"
 	"github.com/tether-dev/tether/lib/agentcred"
 )
 
 // secrets prints, as a Kubernetes List, the Secrets deploy/tether.yaml
-// mounts: the NATS users with new passwords, and a new key pair for agent
-// credentials.
+// mounts: the NATS users with new passwords, a new key pair for agent
+// credentials, and an internal CA with a certificate for each service
+// (mTLS between services, TLS for NATS).
 //
 //	go run ./dev/cmd/tether-dev secrets --namespace tether | kubectl apply -f -
 func secrets(args []string) error {
@@ -48,6 +50,10 @@ func secrets(args []string) error {
 	if err != nil {
 		return err
 	}
+	internal, err := internalTLS(dir, *ns)
+	if err != nil {
+		return err
+	}
 	secret := func(name string, data map[string]string) map[string]any {
 		return map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
 			"metadata": map[string]any{"name": name, "namespace": *ns}, "stringData": data}
@@ -55,6 +61,7 @@ func secrets(args []string) error {
 	list := map[string]any{"apiVersion": "v1", "kind": "List", "items": []any{
 		secret("tether-nats-auth", natsData),
 		secret("tether-agent-signing", map[string]string{"signing.key": string(privPEM), "signing.pub": string(pubPEM)}),
+		secret("tether-internal-tls", internal),
 	}}
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
@@ -62,4 +69,35 @@ func secrets(args []string) error {
 	}
 	_, err = fmt.Printf("%s\n", b)
 	return err
+}
+
+// internalTLS makes an internal CA and a certificate for each service,
+// named as deploy/tether.yaml's Services are, and returns them as Secret
+// data: ca.crt, <service>.crt, <service>.key.
+func internalTLS(dir, ns string) (map[string]string, error) {
+	ca, err := pki.NewCA(filepath.Join(dir, "ca"), "tether-internal-ca")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	b, err := os.ReadFile(ca.CertPath)
+	if err != nil {
+		return nil, err
+	}
+	out["ca.crt"] = string(b)
+	for _, name := range []string{"nats", "agent-registry", "subscriber", "router", "gateway"} {
+		hosts := []string{name + "." + ns, name + "." + ns + ".svc", name + "." + ns + ".svc.cluster.local"}
+		certPath, keyPath, err := ca.IssueService(dir, name, hosts)
+		if err != nil {
+			return nil, err
+		}
+		for suffix, path := range map[string]string{".crt": certPath, ".key": keyPath} {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil, err
+			}
+			out[name+suffix] = string(b)
+		}
+	}
+	return out, nil
 }

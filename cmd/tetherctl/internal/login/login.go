@@ -248,14 +248,16 @@ func interactive(ctx context.Context, conf *oauth2.Config, o Options, nonce stri
 		default:
 			res.code = q.Get("code")
 		}
+		// The outcome first, then the page: a browser command that exits
+		// on the page must not decide the outcome instead.
+		select {
+		case got <- res:
+		default:
+		}
 		if res.err != nil {
 			http.Error(w, res.err.Error(), http.StatusBadRequest)
 		} else {
 			_, _ = io.WriteString(w, "You are logged in to Tether. Return to your terminal.\n")
-		}
-		select {
-		case got <- res:
-		default:
 		}
 	})}
 	go func() { _ = srv.Serve(ln) }()

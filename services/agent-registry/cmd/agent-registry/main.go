@@ -38,6 +38,9 @@ func main() {
 		agentEndpoint string
 		replicas      int
 		cfg           registry.Config
+		mtls          svc.MTLS
+		clusterCalls  string
+		enrollCalls   string
 	)
 	fs := flag.NewFlagSet("agent-registry", flag.ExitOnError)
 	common.Register(fs)
@@ -49,6 +52,9 @@ func main() {
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of the CLUSTERS stream (3 on a NATS cluster)")
+	mtls.Register(fs, "")
+	fs.StringVar(&clusterCalls, "cluster-callers", "gateway", "with mTLS: services (certificate names) that may create, list and delete clusters, comma-separated")
+	fs.StringVar(&enrollCalls, "enrollment-callers", "subscriber", "with mTLS: services that may enroll and renew agents, comma-separated")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("agent-registry", common, func(ctx context.Context, env *svc.Env) error {
@@ -93,10 +99,22 @@ func main() {
 		if err != nil {
 			return err
 		}
+		// Each API to its own callers: a subscriber, which faces the
+		// internet, can enroll agents but never touch the clusters.
+		clusterCallers, enrollCallers := strings.Split(clusterCalls, ","), strings.Split(enrollCalls, ",")
+		mtls.Allow = append(append([]string{}, clusterCallers...), enrollCallers...)
 		mux := http.NewServeMux()
-		mux.Handle(tetherv1connect.NewClusterServiceHandler(reg))
-		mux.Handle(tetherv1connect.NewEnrollmentServiceHandler(reg))
-		if err := env.Serve(ctx, svc.Listener{What: "gateways and subscribers", Addr: listen, Server: svc.H2CServer(mux)}); err != nil {
+		path, h := tetherv1connect.NewClusterServiceHandler(reg)
+		mux.Handle(path, mtls.Only(h, clusterCallers...))
+		path, h = tetherv1connect.NewEnrollmentServiceHandler(reg)
+		mux.Handle(path, mtls.Only(h, enrollCallers...))
+		// Its callers are trusted with clusters and credentials: with mTLS,
+		// only gateways and subscribers, by their certificates.
+		server, tlsOn, err := mtls.Server(mux)
+		if err != nil {
+			return err
+		}
+		if err := env.Serve(ctx, svc.Listener{What: "gateways and subscribers", Addr: listen, Server: server, TLS: tlsOn}); err != nil {
 			return err
 		}
 		return natsconn.Drain(nc, 5*time.Second)

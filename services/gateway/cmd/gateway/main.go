@@ -35,6 +35,7 @@ func main() {
 		oidcAlgs          string
 		registryURL       string
 		adminGroup        string
+		mtls              svc.MTLS
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
 	)
@@ -63,6 +64,7 @@ func main() {
 	fs.IntVar(&limits.InflightPerCluster, "max-inflight-per-cluster", 2000, "requests to one cluster in progress, all users together (429 beyond); 0: no limit")
 	fs.IntVar(&limits.LongPerUser, "max-long-running-per-user", 200, "watches, logs -f, exec, attach and port-forward one user may hold open (429 beyond); 0: no limit")
 	fs.IntVar(&limits.LongPerCluster, "max-long-running-per-cluster", 2000, "the same for one cluster, all users together; 0: no limit")
+	mtls.Register(fs, "")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("gateway", common, func(ctx context.Context, env *svc.Env) error {
@@ -97,9 +99,15 @@ func main() {
 			return errors.New("no way to authenticate: give --tokens, --oidc-issuer-url, or both")
 		}
 		routerURL = strings.TrimSuffix(routerURL, "/")
+		// Calls to the router and the registry carry this gateway's
+		// certificate (mTLS) when it has one.
+		internal, err := mtls.Transport()
+		if err != nil {
+			return err
+		}
 		gw, err := gateway.New(gateway.Config{
 			Auth:        auth,
-			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: svc.H2CTransport()}, routerURL, tunnel.ClientOptions()),
+			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, routerURL, tunnel.ClientOptions()),
 			Limits:      limits,
 			Instruments: env.Telemetry.Instruments(),
 		})
@@ -108,7 +116,7 @@ func main() {
 		}
 		env.Admin.AddCheck("router", routerReachable(routerURL))
 		clusterAPI, err := gateway.NewClusterAPI(auth, tetherv1connect.NewClusterServiceClient(
-			&http.Client{Transport: svc.H2CTransport(), Timeout: 30 * time.Second}, strings.TrimSuffix(registryURL, "/")), adminGroup, env.Telemetry.Logger)
+			&http.Client{Transport: internal, Timeout: 30 * time.Second}, strings.TrimSuffix(registryURL, "/")), adminGroup, env.Telemetry.Logger)
 		if err != nil {
 			return err
 		}

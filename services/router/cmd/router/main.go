@@ -32,6 +32,7 @@ func main() {
 		window      int
 		noAgentWait time.Duration
 		idleProbe   time.Duration
+		mtls        svc.MTLS
 	)
 	fs := flag.NewFlagSet("router", flag.ExitOnError)
 	common.Register(fs)
@@ -41,6 +42,7 @@ func main() {
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
 	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
+	mtls.Register(fs, "gateway")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
 
@@ -71,7 +73,12 @@ func main() {
 		path, h := tetherv1connect.NewProxyServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
-		if err := env.Serve(ctx, svc.Listener{What: "gateways", Addr: listen, Server: svc.H2CServer(mux)}); err != nil {
+		// Only gateways, by their certificates, when mTLS is configured.
+		server, tlsOn, err := mtls.Server(mux)
+		if err != nil {
+			return err
+		}
+		if err := env.Serve(ctx, svc.Listener{What: "gateways", Addr: listen, Server: server, TLS: tlsOn}); err != nil {
 			return err
 		}
 		return natsconn.Drain(nc, 5*time.Second)

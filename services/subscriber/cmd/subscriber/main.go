@@ -40,6 +40,7 @@ func main() {
 		idleProbe time.Duration
 		keys      string
 		registry  string
+		mtls      svc.MTLS
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -51,6 +52,7 @@ func main() {
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "ask a router whether it still wants a request after this long without traffic from it")
 	fs.StringVar(&keys, "credential-keys", os.Getenv("TETHER_CREDENTIAL_KEYS"), "public keys (PEM) that agent credentials may be signed with, comma-separated (two during a key rotation)")
 	fs.StringVar(&registry, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for agents' enrollment")
+	mtls.Register(fs, "")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
 
@@ -94,8 +96,15 @@ func main() {
 		path, h := tetherv1connect.NewTunnelServiceHandler(srv, tunnel.HandlerOptions())
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
+		// The agents' endpoint is public (agents prove themselves with
+		// credentials); calls to the registry carry this subscriber's
+		// certificate when it has one.
+		internal, err := mtls.Transport()
+		if err != nil {
+			return err
+		}
 		relay := subscriber.EnrollmentRelay{Registry: tetherv1connect.NewEnrollmentServiceClient(
-			&http.Client{Transport: svc.H2CTransport(), Timeout: 30 * time.Second}, strings.TrimSuffix(registry, "/"))}
+			&http.Client{Transport: internal, Timeout: 30 * time.Second}, strings.TrimSuffix(registry, "/"))}
 		// Enrollment messages are a token or two: anything bigger is refused
 		// unread.
 		mux.Handle(tetherv1connect.NewEnrollmentServiceHandler(relay, connect.WithReadMaxBytes(16<<10)))
