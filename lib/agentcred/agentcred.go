@@ -172,6 +172,13 @@ var ErrInvalid = errors.New("agentcred: invalid credential")
 
 // Verify checks token's signature and validity at now.
 func (v *Verifier) Verify(token string, now time.Time) (Claims, error) {
+	return v.VerifyExpiredWithin(token, now, 0)
+}
+
+// VerifyExpiredWithin is Verify, also accepting a credential that expired
+// less than grace ago: for renewal only, so an agent whose cluster was
+// offline for a while gets a new credential without a new bootstrap token.
+func (v *Verifier) VerifyExpiredWithin(token string, now time.Time, grace time.Duration) (Claims, error) {
 	if len(token) > MaxLen || !strings.HasPrefix(token, prefix) {
 		return Claims{}, fmt.Errorf("%w: not a credential", ErrInvalid)
 	}
@@ -198,7 +205,7 @@ func (v *Verifier) Verify(token string, now time.Time) (Claims, error) {
 	switch {
 	case c.ClusterID == "" || c.ClusterUID == "" || c.ID == "":
 		return Claims{}, fmt.Errorf("%w: incomplete claims", ErrInvalid)
-	case !now.Before(c.Expires):
+	case !now.Before(c.Expires.Add(grace)):
 		return Claims{}, fmt.Errorf("%w: expired at %s", ErrInvalid, c.Expires.Format(time.RFC3339))
 	case c.IssuedAt.After(now.Add(v.skew)):
 		return Claims{}, fmt.Errorf("%w: issued in the future", ErrInvalid)

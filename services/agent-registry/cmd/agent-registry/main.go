@@ -51,6 +51,7 @@ func main() {
 	fs.StringVar(&agentEndpoint, "agent-endpoint", os.Getenv("TETHER_AGENT_ENDPOINT"), "URL agents connect to (the subscribers' public address), written into install manifests")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
+	fs.DurationVar(&cfg.RenewGrace, "renew-grace", 7*24*time.Hour, "how long after expiry an agent may still renew its credential (its cluster was offline); 0: never")
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of the CLUSTERS stream (3 on a NATS cluster)")
 	mtls.Register(fs, "")
 	fs.StringVar(&clusterCalls, "cluster-callers", "gateway", "with mTLS: services (certificate names) that may create, list and delete clusters, comma-separated")

@@ -38,8 +38,10 @@ type Config struct {
 	Verifier *agentcred.Verifier
 	// BootstrapTTL is how long a bootstrap token may wait for its agent;
 	// CredentialTTL how long a credential lives (agents renew at two
-	// thirds of it).
-	BootstrapTTL, CredentialTTL time.Duration
+	// thirds of it); RenewGrace how long after expiry a credential may
+	// still be renewed (an agent whose cluster was offline), though never
+	// used to connect.
+	BootstrapTTL, CredentialTTL, RenewGrace time.Duration
 	// AgentEndpoint is where agents connect, written into their manifests.
 	AgentEndpoint string
 	Now           func() time.Time
@@ -292,7 +294,7 @@ func (r *Registry) sign(cl clusters.Cluster, id string) (*tetherv1.AgentCredenti
 
 func (r *Registry) Renew(ctx context.Context, req *connect.Request[tetherv1.RenewRequest]) (*connect.Response[tetherv1.RenewResponse], error) {
 	resp, err := func() (*connect.Response[tetherv1.RenewResponse], error) {
-		claims, err := r.cfg.Verifier.Verify(req.Msg.GetCredential(), r.cfg.Now())
+		claims, err := r.cfg.Verifier.VerifyExpiredWithin(req.Msg.GetCredential(), r.cfg.Now(), r.cfg.RenewGrace)
 		if err != nil {
 			return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("credential refused"))
 		}

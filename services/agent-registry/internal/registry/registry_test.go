@@ -65,7 +65,7 @@ func (f fixture) newRegistry(t *testing.T, ctx context.Context) (*Registry, *clu
 	ver, _ := agentcred.NewVerifier(f.signer.Public())
 	r, err := New(Config{
 		JS: f.js, Clusters: proj, Sync: fol.Sync, Signer: f.signer, Verifier: ver,
-		BootstrapTTL: 10 * time.Minute, CredentialTTL: time.Hour, AgentEndpoint: "https://agents.example",
+		BootstrapTTL: 10 * time.Minute, CredentialTTL: time.Hour, RenewGrace: 24 * time.Hour, AgentEndpoint: "https://agents.example",
 		Now:         func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return *f.now },
 		Instruments: telemetry.Instruments{Logger: log, Registerer: prometheus.NewRegistry(), Tracer: noop.NewTracerProvider().Tracer("t"), Propagator: propagation.TraceContext{}},
 	})
@@ -154,6 +154,22 @@ func TestClusterLifecycle(t *testing.T) {
 	if err != nil || renewed.GetToken() == cred.GetToken() {
 		t.Fatalf("renew: %v", err)
 	}
+	// A cluster offline for a while: its agent's expired credential still
+	// renews within the grace, never after.
+	advance := func(d time.Duration) {
+		f.mu.Lock()
+		*f.now = f.now.Add(d)
+		f.mu.Unlock()
+	}
+	advance(3 * time.Hour)
+	if renewed, err = renew(renewed.GetToken()); err != nil {
+		t.Fatalf("renewing a credential expired 2 h ago: %v", err)
+	}
+	advance(26 * time.Hour)
+	if _, err := renew(renewed.GetToken()); code(err) != connect.CodeUnauthenticated {
+		t.Fatalf("renewing a credential expired 25 h ago: %v", err)
+	}
+	advance(-29 * time.Hour)
 
 	// An expired bootstrap token.
 	y, err := create("y", "globex")

@@ -99,6 +99,25 @@ func (c *Credentials) Token(ctx context.Context) (string, error) {
 		c.cur = stored
 		return stored.Token, nil
 	}
+	// Expired while the cluster was cut off: the registry renews it for a
+	// while after expiry, which spares the operator a new bootstrap token.
+	for _, old := range []Credential{c.cur, stored} {
+		if old.Token == "" || old.Token == c.refused {
+			continue
+		}
+		resp, err := c.Enrollment.Renew(ctx, connect.NewRequest(&tetherv1.RenewRequest{Credential: old.Token}))
+		if err != nil {
+			c.Log.Warn("renewing an expired credential", "err", err)
+			continue
+		}
+		cred := fromProto(resp.Msg.GetCredential(), c.now())
+		if err := c.Store.Save(ctx, cred); err != nil {
+			c.Log.Error("storing the renewed credential", "err", err)
+		}
+		c.Log.Info("expired credential renewed", "expires", cred.Expires)
+		c.cur = cred
+		return cred.Token, nil
+	}
 	bt, err := c.Bootstrap()
 	if err != nil {
 		return "", fmt.Errorf("no usable credential, and no bootstrap token: %w", err)
@@ -131,7 +150,7 @@ func (c *Credentials) Renew(ctx context.Context, renewed func(token string)) {
 		c.mu.Lock()
 		cur := c.cur
 		c.mu.Unlock()
-		wait := time.Minute // nothing yet: look again soon
+		wait := time.Second // nothing yet: look again soon
 		if cur.Token != "" {
 			wait = cur.renewAt().Sub(c.now())
 		}

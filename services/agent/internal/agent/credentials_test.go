@@ -76,6 +76,17 @@ func TestCredentialsEnrollOnceAndReuse(t *testing.T) {
 	if tok, err := again.Token(ctx); err != nil || tok != "enrolled-1" || f.enrolls != 1 {
 		t.Fatalf("after restart: %q, %v, %d enrollments", tok, err, f.enrolls)
 	}
+	// Expired while the cluster was offline: renewed, not re-enrolled.
+	stale := Credential{Token: "enrolled-1", Obtained: time.Now().Add(-3 * time.Hour), Expires: time.Now().Add(-2 * time.Hour)}
+	if err := store.Save(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	offline, _ := newCredentials(t, f, "used-up")
+	offline.Store = store
+	if tok, err := offline.Token(ctx); err != nil || tok != "renewed-1" || f.enrolls != 1 {
+		t.Fatalf("after an outage: %q, %v, %d enrollments", tok, err, f.enrolls)
+	}
+	again = offline
 	// Refused by a subscriber (revoked): not offered again; enrollment
 	// with a used token fails with a clear error.
 	again.Refused()
