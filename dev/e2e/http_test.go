@@ -27,10 +27,7 @@ type status struct {
 // call sends a raw request to the gateway.
 func call(t *testing.T, method, path, token string, hdr http.Header, body io.Reader) *http.Response {
 	t.Helper()
-	c, err := env.stack.HTTPClient()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := gatewayClient(t)
 	req, err := http.NewRequest(method, env.stack.GatewayURL+path, body)
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +43,35 @@ func call(t *testing.T, method, path, token string, hdr http.Header, body io.Rea
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// sharedClient is call's client: one set of connections to the gateway,
+// which footprint checks close before they count (expectBack).
+var sharedClient struct {
+	sync.Mutex
+	c *http.Client
+}
+
+func gatewayClient(t *testing.T) *http.Client {
+	t.Helper()
+	sharedClient.Lock()
+	defer sharedClient.Unlock()
+	if sharedClient.c == nil {
+		c, err := env.stack.HTTPClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sharedClient.c = c
+	}
+	return sharedClient.c
+}
+
+func closeIdleGatewayConns() {
+	sharedClient.Lock()
+	defer sharedClient.Unlock()
+	if sharedClient.c != nil {
+		sharedClient.c.CloseIdleConnections()
+	}
 }
 
 func token(user string) string { return env.stack.Users[user].Token }

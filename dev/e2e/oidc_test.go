@@ -147,9 +147,15 @@ func TestForgedIDTokensAreRefused(t *testing.T) {
 		"claims of another header": parts[0] + "." + strings.Split(sign(claims(func(c map[string]any) { c["tenants"] = []string{"globex", "acme"} })), ".")[1] + "." + parts[2],
 	}
 	before := gauge(t, "agent", `tether_agent_requests_total{code="200"}`)
+	footprint := measure(t)
+	i := 0
 	for name, tok := range tests {
+		i++
 		t.Run(name, func(t *testing.T) {
-			resp := call(t, "GET", "/clusters/dev/api/v1/namespaces", tok, nil, nil)
+			// A write: if any forged token got through, the cluster would
+			// keep its trace.
+			body := strings.NewReader(fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"forged-%d"}}`, i))
+			resp := call(t, "POST", "/clusters/dev/api/v1/namespaces/default/configmaps", tok, http.Header{"Content-Type": {"application/json"}}, body)
 			defer resp.Body.Close()
 			var st status
 			if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != 401 || st.Reason != "Unauthorized" {
@@ -160,6 +166,11 @@ func TestForgedIDTokensAreRefused(t *testing.T) {
 	if after := gauge(t, "agent", `tether_agent_requests_total{code="200"}`); after != before {
 		t.Fatalf("the agent served %v requests during the forged tokens", after-before)
 	}
+	// Checked at the kube-apiserver itself, not through Tether.
+	if out := must(t, env.direct, "", "get", "configmaps", "-n", "default", "-o", "name"); strings.Contains(out, "forged-") {
+		t.Fatalf("a forged token created %s", out)
+	}
+	footprint.expectBack(t, "forged tokens")
 	// The genuine token works, so the refusals above are about the forgery.
 	resp := call(t, "GET", "/clusters/dev/version", good, nil, nil)
 	resp.Body.Close()

@@ -23,6 +23,8 @@ type Listener struct {
 	Server *http.Server
 	// TLS serves with Server.TLSConfig.
 	TLS bool
+	// Wrap, if set, wraps the listener (a bound on connections).
+	Wrap func(net.Listener) net.Listener
 	// Drain, if set, runs first when ctx ends: the service's own way of
 	// finishing in-flight work before the server shuts down.
 	Drain func(ctx context.Context)
@@ -39,6 +41,9 @@ func (env *Env) Serve(ctx context.Context, l Listener) error {
 	ln, err := net.Listen("tcp", l.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", l.Addr, err)
+	}
+	if l.Wrap != nil {
+		ln = l.Wrap(ln)
 	}
 	scheme := "http"
 	if l.TLS {

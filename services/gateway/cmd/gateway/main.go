@@ -36,6 +36,7 @@ func main() {
 		registryURL       string
 		adminGroup        string
 		mtls              svc.MTLS
+		maxConns, perIP   int
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
 	)
@@ -63,6 +64,8 @@ func main() {
 	fs.IntVar(&limits.InflightPerUser, "max-inflight-per-user", 400, "requests one user may have in progress (429 beyond); 0: no limit")
 	fs.IntVar(&limits.InflightPerCluster, "max-inflight-per-cluster", 2000, "requests to one cluster in progress, all users together (429 beyond); 0: no limit")
 	fs.IntVar(&limits.LongPerUser, "max-long-running-per-user", 200, "watches, logs -f, exec, attach and port-forward one user may hold open (429 beyond); 0: no limit")
+	fs.IntVar(&maxConns, "max-connections", 20000, "client connections held at once (closed at accept beyond); 0: no limit")
+	fs.IntVar(&perIP, "max-connections-per-ip", 0, "client connections from one IP address (a console's backend may hold many); 0: no limit")
 	fs.IntVar(&limits.LongPerCluster, "max-long-running-per-cluster", 2000, "the same for one cluster, all users together; 0: no limit")
 	mtls.Register(fs, "")
 	_ = fs.Parse(os.Args[1:])
@@ -141,7 +144,8 @@ func main() {
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		}
-		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded})
+		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded,
+			Wrap: func(ln net.Listener) net.Listener { return gw.LimitConnections(ln, maxConns, perIP) }})
 	}))
 }
 
