@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/tether-dev/tether/dev/proc"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/svc"
@@ -366,4 +370,66 @@ func TestAgentRenewsWithoutDroppingItsStream(t *testing.T) {
 		t.Fatalf("the agent reconnected (%v → %v connects) around a renewal", connects, now)
 	}
 	devStillServed(t)
+}
+
+// In a cluster the agent keeps its credential in a Secret: a restarted
+// agent (a rescheduled pod) connects with it, its bootstrap token long
+// used up.
+func TestAgentKeepsItsCredentialInASecret(t *testing.T) {
+	const cluster, secret = "e2e-secret", "tether-e2e-credential"
+	bootstrap := createCluster(t, cluster, "acme")
+	t.Cleanup(func() {
+		_, _ = env.stack.Clusters().DeleteCluster(context.Background(), connect.NewRequest(&tetherv1.DeleteClusterRequest{Id: cluster}))
+		_, _, _ = kubectl(t, env.direct, "", "delete", "secret", "-n", "default", secret, "--ignore-not-found")
+	})
+	dir := t.TempDir()
+	btFile := filepath.Join(dir, "bootstrap-token")
+	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	start := func() *proc.Process {
+		p, err := proc.Start("agent-"+cluster, env.stack.Bin("agent"), filepath.Join(env.dir, "logs"), nil,
+			"--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--kubeconfig", env.stack.AgentKubeconfig,
+			"--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret, "--admin-addr", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, func() bool {
+			if p.Exited() {
+				t.Fatalf("agent exited: %v", p.ExitError())
+			}
+			resp, err := http.Get("http://" + admin + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
+		return p
+	}
+	p := start()
+	// The Secret is there, seen by the kube-apiserver itself.
+	if out := must(t, env.direct, "", "get", "secret", "-n", "default", secret, "-o", "jsonpath={.data.credential}"); out == "" {
+		t.Fatal("the credential Secret is empty")
+	}
+	if err := p.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The bootstrap token is used up; the Secret is all the agent has.
+	if err := os.WriteFile(btFile, []byte("tbt1.used-up"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = start()
+	defer func() { _ = p.Stop(10 * time.Second) }()
+	// And it serves its cluster.
+	resp := call(t, "GET", "/clusters/"+cluster+"/version", token("admin"), nil, nil)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("cluster %s through its restarted agent: %d", cluster, resp.StatusCode)
+	}
 }
