@@ -117,7 +117,7 @@ func main() {
 		if err != nil {
 			return err
 		}
-		env.Admin.AddCheck("router", routerReachable(routerURL))
+		env.Admin.AddCheck("router", routerReachable(routerURL, internal))
 		clusterAPI, err := gateway.NewClusterAPI(auth, tetherv1connect.NewClusterServiceClient(
 			&http.Client{Transport: internal, Timeout: 30 * time.Second}, strings.TrimSuffix(registryURL, "/")), adminGroup, env.Telemetry.Logger)
 		if err != nil {
@@ -149,14 +149,27 @@ func main() {
 	}))
 }
 
-// routerReachable is ready when a TCP connection to the router opens.
-func routerReachable(routerURL string) func(context.Context) error {
+// routerReachable is ready when a connection to the router opens: with
+// mTLS, a whole handshake, which also proves the certificates fit (and
+// leaves no half-open handshake in the router's log).
+func routerReachable(routerURL string, t *http.Transport) func(context.Context) error {
 	host := strings.TrimPrefix(strings.TrimPrefix(routerURL, "http://"), "https://")
 	return func(ctx context.Context) error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", host)
 		if err != nil {
 			return fmt.Errorf("router %s: %w", routerURL, err)
+		}
+		if strings.HasPrefix(routerURL, "https://") && t.TLSClientConfig != nil {
+			cfg := t.TLSClientConfig.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(host)
+			cfg.NextProtos = []string{"h2"}
+			tc := tls.Client(c, cfg)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = c.Close()
+				return fmt.Errorf("router %s: TLS: %w", routerURL, err)
+			}
+			return tc.Close()
 		}
 		return c.Close()
 	}
