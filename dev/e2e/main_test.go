@@ -82,9 +82,10 @@ func run(m *testing.M) int {
 			"gateway": {"--otlp-endpoint", env.collector.endpoint(), "--pprof", "--max-header-bytes=65536", "--max-long-running-per-user=16", "--max-inflight-per-user=100", "--read-header-timeout=2s"},
 			// Short idle probes so the tests of dead peers finish quickly.
 			"router":     {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--pprof"},
-			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
+			"subscriber": {"--otlp-endpoint", env.collector.endpoint(), "--idle-probe=2s", "--ping-interval=1s", "--ping-timeout=5s", "--pprof", "--heartbeat-interval=1s"},
 			// Short lifetimes, so expiry and renewal happen during the run.
-			"agent-registry": {"--otlp-endpoint", env.collector.endpoint(), "--bootstrap-ttl=" + e2eBootstrapTTL.String(), "--credential-ttl=" + e2eCredentialTTL.String()},
+			"agent-registry": {"--otlp-endpoint", env.collector.endpoint(), "--bootstrap-ttl=" + e2eBootstrapTTL.String(), "--credential-ttl=" + e2eCredentialTTL.String(),
+				"--heartbeat-timeout=" + e2eHeartbeatTimeout.String()},
 		},
 	})
 	if err != nil {

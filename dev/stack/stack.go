@@ -420,16 +420,28 @@ func (s *Stack) Down() error {
 
 // natsUsers are what each service may do on NATS: a router sends requests
 // and their frames and listens on its own inbox; a subscriber takes
-// requests and session frames and answers routers; agent-registry alone
-// writes cluster events and manages their stream; routers and subscribers
-// may only read that stream. audit and autoscaler may do nothing yet. All
+// requests and session frames, answers routers and reports agent events;
+// agent-registry alone writes cluster events and manages their stream, and
+// projects the agent events; routers and subscribers may only read the
+// cluster events. audit and autoscaler may do nothing yet. All
 // answer pings and get JetStream replies on _INBOX.
 var natsUsers = map[string]struct{ publish, subscribe []string }{
 	"router":         {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...), subscribe: []string{"tether.rtr.*.*", "_INBOX.>"}},
-	"subscriber":     {publish: append([]string{"tether.rtr.*.*"}, followClusters...), subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
-	"agent-registry": {publish: append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), subscribe: []string{"_INBOX.>"}},
+	"subscriber":     {publish: append([]string{"tether.rtr.*.*", "tether.agents.*"}, followClusters...), subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
+	"agent-registry": {publish: append(append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), projectAgents...), subscribe: []string{"_INBOX.>"}},
 	"audit":          {},
 	"autoscaler":     {},
+}
+
+// projectAgents is what agent-registry needs to consume the agent events
+// with its durable consumer and keep their projection in a KV bucket.
+var projectAgents = []string{
+	"$JS.API.INFO", "$JS.API.STREAM.CREATE.AGENTS", "$JS.API.STREAM.UPDATE.AGENTS", "$JS.API.STREAM.INFO.AGENTS",
+	"$JS.API.CONSUMER.CREATE.AGENTS.>", "$JS.API.CONSUMER.DURABLE.CREATE.AGENTS.>", "$JS.API.CONSUMER.DELETE.AGENTS.>",
+	"$JS.API.CONSUMER.INFO.AGENTS.>", "$JS.API.CONSUMER.MSG.NEXT.AGENTS.>", "$JS.ACK.AGENTS.>",
+	"$JS.API.STREAM.CREATE.KV_AGENTS_STATE", "$JS.API.STREAM.UPDATE.KV_AGENTS_STATE", "$JS.API.STREAM.INFO.KV_AGENTS_STATE",
+	"$JS.API.STREAM.MSG.GET.KV_AGENTS_STATE", "$JS.API.DIRECT.GET.KV_AGENTS_STATE.>", "$KV.AGENTS_STATE.>",
+	"$JS.API.CONSUMER.CREATE.KV_AGENTS_STATE.>", "$JS.API.CONSUMER.DELETE.KV_AGENTS_STATE.>", "$JS.FC.>",
 }
 
 // followClusters is the JetStream API a service needs to read the CLUSTERS

@@ -71,3 +71,15 @@ func LastNumber(subj string) (uint64, error) {
 	}
 	return n, nil
 }
+
+// AgentEvents is where subscribers report cluster's agent streams
+// (JetStream stream AGENTS).
+func AgentEvents(cluster string) (string, error) {
+	if !ValidClusterID(cluster) {
+		return "", fmt.Errorf("invalid cluster id %q", cluster)
+	}
+	return "tether.agents." + cluster, nil
+}
+
+// AgentEventsAll is every cluster's agent events.
+const AgentEventsAll = "tether.agents.*"

@@ -136,13 +136,24 @@ func (c *Client) List(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("listing clusters: %w", err)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTENANT\tCREATED\tCREATED BY\tENROLLMENTS\tLAST ENROLLED")
+	fmt.Fprintln(tw, "NAME\tTENANT\tAGENT\tSINCE\tSUBSCRIBERS\tCONNECTS\tCREATED\tCREATED BY")
 	for _, cl := range resp.Msg.GetClusters() {
-		last := "-"
-		if cl.GetLastEnrolledUnix() != 0 {
-			last = time.Unix(cl.GetLastEnrolledUnix(), 0).UTC().Format(time.RFC3339)
+		state, since, subs := "never connected", "-", "-"
+		if a := cl.GetAgent(); a != nil {
+			state = strings.ToLower(strings.TrimPrefix(a.GetState().String(), "AGENT_STATE_"))
+			if a.GetSinceUnix() != 0 {
+				since = time.Unix(a.GetSinceUnix(), 0).UTC().Format(time.RFC3339)
+			}
+			var names []string
+			for _, s := range a.GetStreams() {
+				names = append(names, s.GetSubscriberId())
+			}
+			if len(names) > 0 {
+				subs = strings.Join(names, ",")
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", cl.GetId(), cl.GetTenant(), time.Unix(cl.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), cl.GetCreatedBy(), cl.GetEnrollments(), last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cl.GetId(), cl.GetTenant(), state, since, subs, cl.GetAgent().GetConnects(),
+			time.Unix(cl.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), cl.GetCreatedBy())
 	}
 	return tw.Flush()
 }

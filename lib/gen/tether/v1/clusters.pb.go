@@ -21,6 +21,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AgentState int32
+
+const (
+	AgentState_AGENT_STATE_UNSPECIFIED  AgentState = 0
+	AgentState_AGENT_STATE_CONNECTED    AgentState = 1
+	AgentState_AGENT_STATE_UNHEALTHY    AgentState = 2
+	AgentState_AGENT_STATE_DISCONNECTED AgentState = 3
+)
+
+// Enum value maps for AgentState.
+var (
+	AgentState_name = map[int32]string{
+		0: "AGENT_STATE_UNSPECIFIED",
+		1: "AGENT_STATE_CONNECTED",
+		2: "AGENT_STATE_UNHEALTHY",
+		3: "AGENT_STATE_DISCONNECTED",
+	}
+	AgentState_value = map[string]int32{
+		"AGENT_STATE_UNSPECIFIED":  0,
+		"AGENT_STATE_CONNECTED":    1,
+		"AGENT_STATE_UNHEALTHY":    2,
+		"AGENT_STATE_DISCONNECTED": 3,
+	}
+)
+
+func (x AgentState) Enum() *AgentState {
+	p := new(AgentState)
+	*p = x
+	return p
+}
+
+func (x AgentState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AgentState) Descriptor() protoreflect.EnumDescriptor {
+	return file_tether_v1_clusters_proto_enumTypes[0].Descriptor()
+}
+
+func (AgentState) Type() protoreflect.EnumType {
+	return &file_tether_v1_clusters_proto_enumTypes[0]
+}
+
+func (x AgentState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AgentState.Descriptor instead.
+func (AgentState) EnumDescriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{0}
+}
+
 // ClusterEvent is one fact about a cluster. The events of cluster X are the
 // JetStream stream CLUSTERS, subject tether.clusters.X, in order; the set of
 // clusters, their tenants and their agents' enrollment is a projection of
@@ -376,8 +428,11 @@ type Cluster struct {
 	// How many times an agent enrolled, and when last.
 	Enrollments      uint32 `protobuf:"varint,6,opt,name=enrollments,proto3" json:"enrollments,omitempty"`
 	LastEnrolledUnix int64  `protobuf:"varint,7,opt,name=last_enrolled_unix,json=lastEnrolledUnix,proto3" json:"last_enrolled_unix,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where its agent is now, from the agent events (agent-registry's
+	// projection); absent when no agent ever connected.
+	Agent         *AgentStatus `protobuf:"bytes,8,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
@@ -459,6 +514,443 @@ func (x *Cluster) GetLastEnrolledUnix() int64 {
 	return 0
 }
 
+func (x *Cluster) GetAgent() *AgentStatus {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+// AgentStatus is a cluster's agent as the subscribers reported it.
+type AgentStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CONNECTED: a stream whose heartbeats are on time; UNHEALTHY: streams
+	// whose heartbeats stopped (a subscriber that died without saying so);
+	// DISCONNECTED: no stream.
+	State   AgentState     `protobuf:"varint,1,opt,name=state,proto3,enum=tether.v1.AgentState" json:"state,omitempty"`
+	Streams []*AgentStream `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
+	// When the current state began.
+	SinceUnix int64  `protobuf:"varint,3,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"`
+	Connects  uint32 `protobuf:"varint,4,opt,name=connects,proto3" json:"connects,omitempty"`
+	// The latest connects and disconnects, newest last.
+	History       []*AgentEvent `protobuf:"bytes,5,rep,name=history,proto3" json:"history,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentStatus) Reset() {
+	*x = AgentStatus{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentStatus) ProtoMessage() {}
+
+func (x *AgentStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
+func (*AgentStatus) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AgentStatus) GetState() AgentState {
+	if x != nil {
+		return x.State
+	}
+	return AgentState_AGENT_STATE_UNSPECIFIED
+}
+
+func (x *AgentStatus) GetStreams() []*AgentStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *AgentStatus) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+func (x *AgentStatus) GetConnects() uint32 {
+	if x != nil {
+		return x.Connects
+	}
+	return 0
+}
+
+func (x *AgentStatus) GetHistory() []*AgentEvent {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+type AgentStream struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	SessionId         string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SubscriberId      string                 `protobuf:"bytes,2,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
+	AgentVersion      string                 `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	KubernetesVersion string                 `protobuf:"bytes,4,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
+	ConnectedUnix     int64                  `protobuf:"varint,5,opt,name=connected_unix,json=connectedUnix,proto3" json:"connected_unix,omitempty"`
+	LastHeartbeatUnix int64                  `protobuf:"varint,6,opt,name=last_heartbeat_unix,json=lastHeartbeatUnix,proto3" json:"last_heartbeat_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AgentStream) Reset() {
+	*x = AgentStream{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentStream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentStream) ProtoMessage() {}
+
+func (x *AgentStream) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentStream.ProtoReflect.Descriptor instead.
+func (*AgentStream) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AgentStream) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *AgentStream) GetSubscriberId() string {
+	if x != nil {
+		return x.SubscriberId
+	}
+	return ""
+}
+
+func (x *AgentStream) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *AgentStream) GetKubernetesVersion() string {
+	if x != nil {
+		return x.KubernetesVersion
+	}
+	return ""
+}
+
+func (x *AgentStream) GetConnectedUnix() int64 {
+	if x != nil {
+		return x.ConnectedUnix
+	}
+	return 0
+}
+
+func (x *AgentStream) GetLastHeartbeatUnix() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnix
+	}
+	return 0
+}
+
+// AgentEvent is what a subscriber reports about an agent stream, on the
+// JetStream stream AGENTS, subject tether.agents.<cluster>.
+type AgentEvent struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId    string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	SessionId    string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SubscriberId string                 `protobuf:"bytes,3,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*AgentEvent_Connected
+	//	*AgentEvent_Disconnected
+	//	*AgentEvent_Heartbeat
+	Kind          isAgentEvent_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentEvent) Reset() {
+	*x = AgentEvent{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentEvent) ProtoMessage() {}
+
+func (x *AgentEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
+func (*AgentEvent) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AgentEvent) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *AgentEvent) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *AgentEvent) GetSubscriberId() string {
+	if x != nil {
+		return x.SubscriberId
+	}
+	return ""
+}
+
+func (x *AgentEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AgentEvent) GetKind() isAgentEvent_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *AgentEvent) GetConnected() *AgentConnected {
+	if x != nil {
+		if x, ok := x.Kind.(*AgentEvent_Connected); ok {
+			return x.Connected
+		}
+	}
+	return nil
+}
+
+func (x *AgentEvent) GetDisconnected() *AgentDisconnected {
+	if x != nil {
+		if x, ok := x.Kind.(*AgentEvent_Disconnected); ok {
+			return x.Disconnected
+		}
+	}
+	return nil
+}
+
+func (x *AgentEvent) GetHeartbeat() *AgentHeartbeat {
+	if x != nil {
+		if x, ok := x.Kind.(*AgentEvent_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+type isAgentEvent_Kind interface {
+	isAgentEvent_Kind()
+}
+
+type AgentEvent_Connected struct {
+	Connected *AgentConnected `protobuf:"bytes,10,opt,name=connected,proto3,oneof"`
+}
+
+type AgentEvent_Disconnected struct {
+	Disconnected *AgentDisconnected `protobuf:"bytes,11,opt,name=disconnected,proto3,oneof"`
+}
+
+type AgentEvent_Heartbeat struct {
+	Heartbeat *AgentHeartbeat `protobuf:"bytes,12,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*AgentEvent_Connected) isAgentEvent_Kind() {}
+
+func (*AgentEvent_Disconnected) isAgentEvent_Kind() {}
+
+func (*AgentEvent_Heartbeat) isAgentEvent_Kind() {}
+
+type AgentConnected struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	AgentVersion      string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	KubernetesVersion string                 `protobuf:"bytes,2,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AgentConnected) Reset() {
+	*x = AgentConnected{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentConnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentConnected) ProtoMessage() {}
+
+func (x *AgentConnected) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentConnected.ProtoReflect.Descriptor instead.
+func (*AgentConnected) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AgentConnected) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *AgentConnected) GetKubernetesVersion() string {
+	if x != nil {
+		return x.KubernetesVersion
+	}
+	return ""
+}
+
+type AgentDisconnected struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentDisconnected) Reset() {
+	*x = AgentDisconnected{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentDisconnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentDisconnected) ProtoMessage() {}
+
+func (x *AgentDisconnected) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentDisconnected.ProtoReflect.Descriptor instead.
+func (*AgentDisconnected) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AgentDisconnected) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AgentHeartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentHeartbeat) Reset() {
+	*x = AgentHeartbeat{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentHeartbeat) ProtoMessage() {}
+
+func (x *AgentHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentHeartbeat.ProtoReflect.Descriptor instead.
+func (*AgentHeartbeat) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{11}
+}
+
 type CreateClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -469,7 +961,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[6]
+	mi := &file_tether_v1_clusters_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +973,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[6]
+	mi := &file_tether_v1_clusters_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +986,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{6}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateClusterRequest) GetId() string {
@@ -521,7 +1013,7 @@ type CreateClusterResponse struct {
 
 func (x *CreateClusterResponse) Reset() {
 	*x = CreateClusterResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[7]
+	mi := &file_tether_v1_clusters_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +1025,7 @@ func (x *CreateClusterResponse) String() string {
 func (*CreateClusterResponse) ProtoMessage() {}
 
 func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[7]
+	mi := &file_tether_v1_clusters_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +1038,7 @@ func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
 func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{7}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateClusterResponse) GetCluster() *Cluster {
@@ -576,7 +1068,7 @@ type BootstrapToken struct {
 
 func (x *BootstrapToken) Reset() {
 	*x = BootstrapToken{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[8]
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +1080,7 @@ func (x *BootstrapToken) String() string {
 func (*BootstrapToken) ProtoMessage() {}
 
 func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[8]
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +1093,7 @@ func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapToken.ProtoReflect.Descriptor instead.
 func (*BootstrapToken) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{8}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BootstrapToken) GetToken() string {
@@ -634,7 +1126,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[9]
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +1138,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[9]
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +1151,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{9}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteClusterRequest) GetId() string {
@@ -677,7 +1169,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[10]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +1181,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[10]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +1194,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{10}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
 }
 
 type ListClustersRequest struct {
@@ -715,7 +1207,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +1219,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +1232,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{11}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListClustersRequest) GetTenants() []string {
@@ -759,7 +1251,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[12]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1263,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[12]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1276,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{12}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -803,7 +1295,7 @@ type IssueBootstrapTokenRequest struct {
 
 func (x *IssueBootstrapTokenRequest) Reset() {
 	*x = IssueBootstrapTokenRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[13]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1307,7 @@ func (x *IssueBootstrapTokenRequest) String() string {
 func (*IssueBootstrapTokenRequest) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[13]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1320,7 @@ func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{13}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IssueBootstrapTokenRequest) GetId() string {
@@ -847,7 +1339,7 @@ type IssueBootstrapTokenResponse struct {
 
 func (x *IssueBootstrapTokenResponse) Reset() {
 	*x = IssueBootstrapTokenResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1351,7 @@ func (x *IssueBootstrapTokenResponse) String() string {
 func (*IssueBootstrapTokenResponse) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1364,7 @@ func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IssueBootstrapTokenResponse) GetBootstrap() *BootstrapToken {
@@ -892,7 +1384,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1396,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1409,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EnrollRequest) GetClusterId() string {
@@ -943,7 +1435,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1447,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1460,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EnrollResponse) GetCredential() *AgentCredential {
@@ -987,7 +1479,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1491,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1504,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenewRequest) GetCredential() string {
@@ -1031,7 +1523,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1535,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1548,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenewResponse) GetCredential() *AgentCredential {
@@ -1078,7 +1570,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1582,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1595,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AgentCredential) GetToken() string {
@@ -1145,7 +1637,7 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"W\n" +
 	"\rAgentEnrolled\x12!\n" +
 	"\ftoken_sha256\x18\x01 \x01(\fR\vtokenSha256\x12#\n" +
-	"\rcredential_id\x18\x02 \x01(\tR\fcredentialId\"\xd5\x01\n" +
+	"\rcredential_id\x18\x02 \x01(\tR\fcredentialId\"\x83\x02\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x10\n" +
@@ -1154,7 +1646,42 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\x05 \x01(\tR\tcreatedBy\x12 \n" +
 	"\venrollments\x18\x06 \x01(\rR\venrollments\x12,\n" +
-	"\x12last_enrolled_unix\x18\a \x01(\x03R\x10lastEnrolledUnix\">\n" +
+	"\x12last_enrolled_unix\x18\a \x01(\x03R\x10lastEnrolledUnix\x12,\n" +
+	"\x05agent\x18\b \x01(\v2\x16.tether.v1.AgentStatusR\x05agent\"\xd8\x01\n" +
+	"\vAgentStatus\x12+\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x15.tether.v1.AgentStateR\x05state\x120\n" +
+	"\astreams\x18\x02 \x03(\v2\x16.tether.v1.AgentStreamR\astreams\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x03 \x01(\x03R\tsinceUnix\x12\x1a\n" +
+	"\bconnects\x18\x04 \x01(\rR\bconnects\x12/\n" +
+	"\ahistory\x18\x05 \x03(\v2\x15.tether.v1.AgentEventR\ahistory\"\xfc\x01\n" +
+	"\vAgentStream\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
+	"\rsubscriber_id\x18\x02 \x01(\tR\fsubscriberId\x12#\n" +
+	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x12-\n" +
+	"\x12kubernetes_version\x18\x04 \x01(\tR\x11kubernetesVersion\x12%\n" +
+	"\x0econnected_unix\x18\x05 \x01(\x03R\rconnectedUnix\x12.\n" +
+	"\x13last_heartbeat_unix\x18\x06 \x01(\x03R\x11lastHeartbeatUnix\"\xd7\x02\n" +
+	"\n" +
+	"AgentEvent\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12#\n" +
+	"\rsubscriber_id\x18\x03 \x01(\tR\fsubscriberId\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x129\n" +
+	"\tconnected\x18\n" +
+	" \x01(\v2\x19.tether.v1.AgentConnectedH\x00R\tconnected\x12B\n" +
+	"\fdisconnected\x18\v \x01(\v2\x1c.tether.v1.AgentDisconnectedH\x00R\fdisconnected\x129\n" +
+	"\theartbeat\x18\f \x01(\v2\x19.tether.v1.AgentHeartbeatH\x00R\theartbeatB\x06\n" +
+	"\x04kind\"d\n" +
+	"\x0eAgentConnected\x12#\n" +
+	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12-\n" +
+	"\x12kubernetes_version\x18\x02 \x01(\tR\x11kubernetesVersion\"+\n" +
+	"\x11AgentDisconnected\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x10\n" +
+	"\x0eAgentHeartbeat\">\n" +
 	"\x14CreateClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"~\n" +
@@ -1194,7 +1721,13 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"credential\"J\n" +
 	"\x0fAgentCredential\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xef\x02\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix*}\n" +
+	"\n" +
+	"AgentState\x12\x1b\n" +
+	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x19\n" +
+	"\x15AGENT_STATE_UNHEALTHY\x10\x02\x12\x1c\n" +
+	"\x18AGENT_STATE_DISCONNECTED\x10\x032\xef\x02\n" +
 	"\x0eClusterService\x12R\n" +
 	"\rCreateCluster\x12\x1f.tether.v1.CreateClusterRequest\x1a .tether.v1.CreateClusterResponse\x12R\n" +
 	"\rDeleteCluster\x12\x1f.tether.v1.DeleteClusterRequest\x1a .tether.v1.DeleteClusterResponse\x12O\n" +
@@ -1216,57 +1749,72 @@ func file_tether_v1_clusters_proto_rawDescGZIP() []byte {
 	return file_tether_v1_clusters_proto_rawDescData
 }
 
-var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_tether_v1_clusters_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tether_v1_clusters_proto_goTypes = []any{
-	(*ClusterEvent)(nil),                // 0: tether.v1.ClusterEvent
-	(*ClusterCreated)(nil),              // 1: tether.v1.ClusterCreated
-	(*ClusterDeleted)(nil),              // 2: tether.v1.ClusterDeleted
-	(*BootstrapTokenIssued)(nil),        // 3: tether.v1.BootstrapTokenIssued
-	(*AgentEnrolled)(nil),               // 4: tether.v1.AgentEnrolled
-	(*Cluster)(nil),                     // 5: tether.v1.Cluster
-	(*CreateClusterRequest)(nil),        // 6: tether.v1.CreateClusterRequest
-	(*CreateClusterResponse)(nil),       // 7: tether.v1.CreateClusterResponse
-	(*BootstrapToken)(nil),              // 8: tether.v1.BootstrapToken
-	(*DeleteClusterRequest)(nil),        // 9: tether.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),       // 10: tether.v1.DeleteClusterResponse
-	(*ListClustersRequest)(nil),         // 11: tether.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),        // 12: tether.v1.ListClustersResponse
-	(*IssueBootstrapTokenRequest)(nil),  // 13: tether.v1.IssueBootstrapTokenRequest
-	(*IssueBootstrapTokenResponse)(nil), // 14: tether.v1.IssueBootstrapTokenResponse
-	(*EnrollRequest)(nil),               // 15: tether.v1.EnrollRequest
-	(*EnrollResponse)(nil),              // 16: tether.v1.EnrollResponse
-	(*RenewRequest)(nil),                // 17: tether.v1.RenewRequest
-	(*RenewResponse)(nil),               // 18: tether.v1.RenewResponse
-	(*AgentCredential)(nil),             // 19: tether.v1.AgentCredential
+	(AgentState)(0),                     // 0: tether.v1.AgentState
+	(*ClusterEvent)(nil),                // 1: tether.v1.ClusterEvent
+	(*ClusterCreated)(nil),              // 2: tether.v1.ClusterCreated
+	(*ClusterDeleted)(nil),              // 3: tether.v1.ClusterDeleted
+	(*BootstrapTokenIssued)(nil),        // 4: tether.v1.BootstrapTokenIssued
+	(*AgentEnrolled)(nil),               // 5: tether.v1.AgentEnrolled
+	(*Cluster)(nil),                     // 6: tether.v1.Cluster
+	(*AgentStatus)(nil),                 // 7: tether.v1.AgentStatus
+	(*AgentStream)(nil),                 // 8: tether.v1.AgentStream
+	(*AgentEvent)(nil),                  // 9: tether.v1.AgentEvent
+	(*AgentConnected)(nil),              // 10: tether.v1.AgentConnected
+	(*AgentDisconnected)(nil),           // 11: tether.v1.AgentDisconnected
+	(*AgentHeartbeat)(nil),              // 12: tether.v1.AgentHeartbeat
+	(*CreateClusterRequest)(nil),        // 13: tether.v1.CreateClusterRequest
+	(*CreateClusterResponse)(nil),       // 14: tether.v1.CreateClusterResponse
+	(*BootstrapToken)(nil),              // 15: tether.v1.BootstrapToken
+	(*DeleteClusterRequest)(nil),        // 16: tether.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),       // 17: tether.v1.DeleteClusterResponse
+	(*ListClustersRequest)(nil),         // 18: tether.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),        // 19: tether.v1.ListClustersResponse
+	(*IssueBootstrapTokenRequest)(nil),  // 20: tether.v1.IssueBootstrapTokenRequest
+	(*IssueBootstrapTokenResponse)(nil), // 21: tether.v1.IssueBootstrapTokenResponse
+	(*EnrollRequest)(nil),               // 22: tether.v1.EnrollRequest
+	(*EnrollResponse)(nil),              // 23: tether.v1.EnrollResponse
+	(*RenewRequest)(nil),                // 24: tether.v1.RenewRequest
+	(*RenewResponse)(nil),               // 25: tether.v1.RenewResponse
+	(*AgentCredential)(nil),             // 26: tether.v1.AgentCredential
 }
 var file_tether_v1_clusters_proto_depIdxs = []int32{
-	1,  // 0: tether.v1.ClusterEvent.created:type_name -> tether.v1.ClusterCreated
-	2,  // 1: tether.v1.ClusterEvent.deleted:type_name -> tether.v1.ClusterDeleted
-	3,  // 2: tether.v1.ClusterEvent.bootstrap_token_issued:type_name -> tether.v1.BootstrapTokenIssued
-	4,  // 3: tether.v1.ClusterEvent.agent_enrolled:type_name -> tether.v1.AgentEnrolled
-	5,  // 4: tether.v1.CreateClusterResponse.cluster:type_name -> tether.v1.Cluster
-	8,  // 5: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	5,  // 6: tether.v1.ListClustersResponse.clusters:type_name -> tether.v1.Cluster
-	8,  // 7: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	19, // 8: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
-	19, // 9: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
-	6,  // 10: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
-	9,  // 11: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
-	11, // 12: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
-	13, // 13: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
-	15, // 14: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
-	17, // 15: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
-	7,  // 16: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
-	10, // 17: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
-	12, // 18: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
-	14, // 19: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
-	16, // 20: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
-	18, // 21: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
-	16, // [16:22] is the sub-list for method output_type
-	10, // [10:16] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	2,  // 0: tether.v1.ClusterEvent.created:type_name -> tether.v1.ClusterCreated
+	3,  // 1: tether.v1.ClusterEvent.deleted:type_name -> tether.v1.ClusterDeleted
+	4,  // 2: tether.v1.ClusterEvent.bootstrap_token_issued:type_name -> tether.v1.BootstrapTokenIssued
+	5,  // 3: tether.v1.ClusterEvent.agent_enrolled:type_name -> tether.v1.AgentEnrolled
+	7,  // 4: tether.v1.Cluster.agent:type_name -> tether.v1.AgentStatus
+	0,  // 5: tether.v1.AgentStatus.state:type_name -> tether.v1.AgentState
+	8,  // 6: tether.v1.AgentStatus.streams:type_name -> tether.v1.AgentStream
+	9,  // 7: tether.v1.AgentStatus.history:type_name -> tether.v1.AgentEvent
+	10, // 8: tether.v1.AgentEvent.connected:type_name -> tether.v1.AgentConnected
+	11, // 9: tether.v1.AgentEvent.disconnected:type_name -> tether.v1.AgentDisconnected
+	12, // 10: tether.v1.AgentEvent.heartbeat:type_name -> tether.v1.AgentHeartbeat
+	6,  // 11: tether.v1.CreateClusterResponse.cluster:type_name -> tether.v1.Cluster
+	15, // 12: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	6,  // 13: tether.v1.ListClustersResponse.clusters:type_name -> tether.v1.Cluster
+	15, // 14: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	26, // 15: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
+	26, // 16: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
+	13, // 17: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
+	16, // 18: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
+	18, // 19: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
+	20, // 20: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
+	22, // 21: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
+	24, // 22: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
+	14, // 23: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
+	17, // 24: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
+	19, // 25: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
+	21, // 26: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
+	23, // 27: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
+	25, // 28: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_clusters_proto_init() }
@@ -1280,18 +1828,24 @@ func file_tether_v1_clusters_proto_init() {
 		(*ClusterEvent_BootstrapTokenIssued)(nil),
 		(*ClusterEvent_AgentEnrolled)(nil),
 	}
+	file_tether_v1_clusters_proto_msgTypes[8].OneofWrappers = []any{
+		(*AgentEvent_Connected)(nil),
+		(*AgentEvent_Disconnected)(nil),
+		(*AgentEvent_Heartbeat)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_clusters_proto_rawDesc), len(file_tether_v1_clusters_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   20,
+			NumEnums:      1,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_tether_v1_clusters_proto_goTypes,
 		DependencyIndexes: file_tether_v1_clusters_proto_depIdxs,
+		EnumInfos:         file_tether_v1_clusters_proto_enumTypes,
 		MessageInfos:      file_tether_v1_clusters_proto_msgTypes,
 	}.Build()
 	File_tether_v1_clusters_proto = out.File

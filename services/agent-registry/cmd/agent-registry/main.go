@@ -1,7 +1,9 @@
 // Command agent-registry keeps the record of clusters: it writes their
 // lifecycle events (created, deleted, bootstrap token issued, agent
-// enrolled) to the JetStream stream CLUSTERS, and gives agents their
-// credentials in exchange for a one-time bootstrap token. Gateways call its
+// enrolled) to the JetStream stream CLUSTERS, gives agents their
+// credentials in exchange for a one-time bootstrap token, and projects the
+// agent events subscribers report (stream AGENTS) into the KV bucket
+// AGENTS_STATE: where each cluster's agent is, since when, and its health. Gateways call its
 // ClusterService for tetherctl; subscribers relay its EnrollmentService to
 // agents.
 //
@@ -52,6 +54,7 @@ func main() {
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", 7*24*time.Hour, "how long after expiry an agent may still renew its credential (its cluster was offline); 0: never")
+	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 30*time.Second, "an agent whose streams sent no heartbeat for this long is unhealthy (its subscriber died without reporting)")
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of the CLUSTERS stream (3 on a NATS cluster)")
 	mtls.Register(fs, "")
 	fs.StringVar(&clusterCalls, "cluster-callers", "gateway", "with mTLS: services (certificate names) that may create, list and delete clusters, comma-separated")
@@ -86,6 +89,14 @@ func main() {
 			return err
 		}
 		if err := registry.EnsureStream(ctx, js, replicas); err != nil {
+			return err
+		}
+		agents, err := registry.StartAgentView(ctx, js, replicas, env.Log)
+		if err != nil {
+			return err
+		}
+		cfg.Agents = agents
+		if err := env.Telemetry.Registry.Register(agents.Gauge(cfg.HeartbeatTimeout)); err != nil {
 			return err
 		}
 		proj, follower, err := clusters.Start(ctx, js, env.Log)

@@ -63,7 +63,12 @@ func (f fixture) newRegistry(t *testing.T, ctx context.Context) (*Registry, *clu
 	}
 	go fol.Run(ctx)
 	ver, _ := agentcred.NewVerifier(f.signer.Public())
+	agents, err := StartAgentView(ctx, f.js, 1, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err := New(Config{
+		Agents: agents, HeartbeatTimeout: 30 * time.Second,
 		JS: f.js, Clusters: proj, Sync: fol.Sync, Signer: f.signer, Verifier: ver,
 		BootstrapTTL: 10 * time.Minute, CredentialTTL: time.Hour, RenewGrace: 24 * time.Hour, AgentEndpoint: "https://agents.example",
 		Now:         func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return *f.now },

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tether-dev/tether/lib/agentcred"
@@ -41,6 +42,7 @@ func main() {
 		keys      string
 		registry  string
 		mtls      svc.MTLS
+		heartbeat time.Duration
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -53,6 +55,7 @@ func main() {
 	fs.StringVar(&keys, "credential-keys", os.Getenv("TETHER_CREDENTIAL_KEYS"), "public keys (PEM) that agent credentials may be signed with, comma-separated (two during a key rotation)")
 	fs.StringVar(&registry, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for agents' enrollment")
 	mtls.Register(fs, "")
+	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often each agent stream is reported alive to agent-registry")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
 
@@ -68,13 +71,17 @@ func main() {
 		if err != nil {
 			return err
 		}
-		js, err := jetstream.New(nc)
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096),
+			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+				env.Log.Warn("agent event not stored", "subject", m.Subject, "err", err)
+			}))
 		if err != nil {
 			return err
 		}
 		cat := clusters.NewProjection()
 		srv, err := subscriber.New(subscriber.Config{
 			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, Clusters: cat,
+			Events:      subscriber.JetStreamEvents{JS: js, Log: env.Log},
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
@@ -85,6 +92,7 @@ func main() {
 				srv.Revoke(c.Cluster.ID, c.Cluster.UID)
 			}
 		})
+		go srv.Heartbeats(ctx, heartbeat)
 		follower, err := clusters.NewFollower(js, cat, env.Log)
 		if err != nil {
 			return err

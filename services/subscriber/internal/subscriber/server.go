@@ -42,7 +42,9 @@ type Config struct {
 	// whether its cluster still exists as the same cluster (same uid).
 	Credentials *agentcred.Verifier
 	Clusters    Clusters
-	Now         func() time.Time
+	// Events gets each stream's connect, disconnect and heartbeats.
+	Events Events
+	Now    func() time.Time
 
 	telemetry.Instruments
 }
@@ -79,8 +81,8 @@ func New(cfg Config) (*Server, error) {
 	if !subject.ValidToken(cfg.ID) {
 		return nil, fmt.Errorf("subscriber: id %q must match [A-Za-z0-9_-]{1,64}", cfg.ID)
 	}
-	if cfg.NATS == nil || cfg.Credentials == nil || cfg.Clusters == nil {
-		return nil, errors.New("subscriber: NATS, a credential verifier and the clusters are required")
+	if cfg.NATS == nil || cfg.Credentials == nil || cfg.Clusters == nil || cfg.Events == nil {
+		return nil, errors.New("subscriber: NATS, a credential verifier, the clusters and an event sink are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -239,6 +241,9 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 		return err
 	}
 	log.Info("agent connected", "agent_version", hello.AgentVersion, "kubernetes_version", hello.KubernetesVersion)
+	sess.welcomed.Store(true)
+	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Connected{Connected: &tetherv1.AgentConnected{
+		AgentVersion: hello.AgentVersion, KubernetesVersion: hello.KubernetesVersion}}})
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
@@ -248,6 +253,11 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 	stopProbe()
 	sess.close(fmt.Sprintf("agent of cluster %q disconnected", sess.cluster))
 	log.Info("agent disconnected", "err", err)
+	reason := "stream ended"
+	if err != nil {
+		reason = err.Error()
+	}
+	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{Reason: reason}}})
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -28,6 +28,8 @@ type session struct {
 	cluster string
 	conn    *tunnel.Conn
 	log     *slog.Logger
+	// welcomed: the agent was told it is connected, and reported.
+	welcomed atomic.Bool
 
 	mu sync.Mutex
 	// claims are of the latest credential the agent presented; expiry
