@@ -13,9 +13,9 @@ BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
 .PHONY: run test test-short bench fuzz proto kube vet fmt clean images compose-config
 
-## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster
+## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber
 run:
-	$(GO) run ./dev/cmd/tether-dev --state .state
+	$(GO) run ./dev/cmd/tether-dev --state .state --replicas $(or $(REPLICAS),1)
 
 ## test: every test: unit, integration and end to end (builds kube-apiserver on first use)
 test: vet

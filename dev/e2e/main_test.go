@@ -72,6 +72,9 @@ func run(m *testing.M) int {
 	env.stack, err = stack.Up(ctx, stack.Options{
 		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin,
 		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,
+		// Two of each gateway, router and subscriber: every test runs
+		// against a fleet, the agent on subscriber-0.
+		Replicas: 2,
 		// Long enough that an agent which waits it out instead of leaving
 		// as soon as it is idle fails TestAgentDrainsAndReconnects.
 		// --pprof: the leak test collects garbage in each service before

@@ -85,16 +85,23 @@ type Options struct {
 	// NoAgentClusters are clusters of tenant acme with no agent, so
 	// requests for them must fail with 503.
 	NoAgentClusters []string
-	// Args adds flags per service, e.g. shorter keepalives in tests.
+	// Args adds flags per service, e.g. shorter keepalives in tests; a
+	// service's flags apply to its replicas too.
 	Args map[string][]string
-	Log  io.Writer
+	// Replicas of gateway, router and subscriber (default 1). Replica 0 is
+	// "gateway", "router", "subscriber"; replica i is "gateway-i" and so on,
+	// each gateway calling its own router.
+	Replicas int
+	Log      io.Writer
 }
 
 // Stack is a running Tether.
 type Stack struct {
 	GatewayURL string // https://127.0.0.1:PORT
-	CAFile     string // CA of the gateway's serving certificate
-	NATSURL    string
+	// GatewayURLs are every replica's gateway, GatewayURL first.
+	GatewayURLs []string
+	CAFile      string // CA of the gateway's serving certificate
+	NATSURL     string
 	// IssuerURL is the development identity provider (dev/idp); IdPKeyDir
 	// holds its signing keys, for tests that forge tokens with them.
 	IssuerURL string
@@ -223,13 +230,17 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 			"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)},
 		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)},
 		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.internalArgs("router")...)},
-		{"gateway", append([]string{"--listen", addr(gwPort), "--router-url", "https://" + addr(routerPort), "--registry-url", s.RegistryURL,
-			"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
-			"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"},
-			s.internalArgs("gateway")...)},
+		{"gateway", s.gatewayArgs(gwPort, routerPort, tokens, cert, key)},
 	}
 	for _, svc := range services {
 		if err := s.startService(ctx, svc.name, admin[svc.name], svc.args...); err != nil {
+			return nil, err
+		}
+	}
+
+	s.GatewayURLs = []string{s.GatewayURL}
+	for i := 1; i < o.Replicas; i++ {
+		if err := s.startReplica(ctx, i, tokens, cert, key, publicKey); err != nil {
 			return nil, err
 		}
 	}
@@ -257,12 +268,47 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	return s, nil
 }
 
-// startService starts a Tether service with its admin address and waits
-// until it is ready.
+// gatewayArgs are a gateway's flags: its port, its router's, its
+// credentials and both ways of authenticating users.
+func (s *Stack) gatewayArgs(port, routerPort int, tokens, cert, key string) []string {
+	return append([]string{"--listen", addr(port), "--router-url", "https://" + addr(routerPort), "--registry-url", s.RegistryURL,
+		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
+		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"},
+		s.internalArgs("gateway")...)
+}
+
+// startReplica starts replica i of subscriber, router and gateway, the
+// gateway calling that router.
+func (s *Stack) startReplica(ctx context.Context, i int, tokens, cert, key, publicKey string) error {
+	ports, err := proc.FreePorts(6)
+	if err != nil {
+		return err
+	}
+	n := func(service string) string { return fmt.Sprintf("%s-%d", service, i) }
+	if err := s.startService(ctx, n("subscriber"), ports[3], append([]string{"--listen", addr(ports[0]), "--id", n("subscriber"),
+		"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)...); err != nil {
+		return err
+	}
+	if err := s.startService(ctx, n("router"), ports[4], append([]string{"--listen", addr(ports[1]), "--id", n("router")}, s.internalArgs("router")...)...); err != nil {
+		return err
+	}
+	if err := s.startService(ctx, n("gateway"), ports[5], s.gatewayArgs(ports[2], ports[1], tokens, cert, key)...); err != nil {
+		return err
+	}
+	s.GatewayURLs = append(s.GatewayURLs, "https://"+addr(ports[2]))
+	return nil
+}
+
+// startService starts a Tether service (or a replica, "router-1") with its
+// admin address and waits until it is ready.
 func (s *Stack) startService(ctx context.Context, name string, adminPort int, args ...string) error {
 	a := addr(adminPort)
 	s.Admin[name] = a
-	p, err := s.start(ctx, name, append(append([]string{"--admin-addr", a}, args...), s.opts.Args[name]...)...)
+	service, _, _ := strings.Cut(name, "-")
+	if name == "agent-registry" {
+		service = name
+	}
+	p, err := s.start(ctx, name, append(append([]string{"--admin-addr", a}, args...), s.opts.Args[service]...)...)
 	if err != nil {
 		return err
 	}
@@ -365,7 +411,14 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p, err := proc.Start(name, filepath.Join(s.opts.BinDir, name), filepath.Join(s.opts.StateDir, "logs"), nil, args...)
+	// A replica "router-1" runs the binary "router".
+	bin := name
+	if i := strings.LastIndexByte(name, '-'); i > 0 {
+		if _, err := strconv.Atoi(name[i+1:]); err == nil {
+			bin = name[:i]
+		}
+	}
+	p, err := proc.Start(name, filepath.Join(s.opts.BinDir, bin), filepath.Join(s.opts.StateDir, "logs"), nil, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,16 +33,25 @@ func main() {
 		return
 	}
 	var state, agentKubeconfig string
+	var replicas int
 	flag.StringVar(&state, "state", ".state", "folder for certificates, logs, NATS data and kubeconfigs")
+	flag.IntVar(&replicas, "replicas", envInt("REPLICAS", 1), "instances of gateway, router and subscriber")
 	flag.StringVar(&agentKubeconfig, "agent-kubeconfig", os.Getenv("AGENT_KUBECONFIG"), "kubeconfig of a cluster for the agent; empty starts a local kube-apiserver")
 	flag.Parse()
-	if err := run(state, agentKubeconfig); err != nil {
+	if err := run(state, agentKubeconfig, replicas); err != nil {
 		fmt.Fprintf(os.Stderr, "tether-dev: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(state, agentKubeconfig string) error {
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func run(state, agentKubeconfig string, replicas int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	root, err := stack.RepoRoot(".")
@@ -55,7 +66,7 @@ func run(state, agentKubeconfig string) error {
 	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
 		return err
 	}
-	opts := stack.Options{Root: root, BinDir: bin, StateDir: state, AgentKubeconfig: agentKubeconfig, Log: os.Stderr}
+	opts := stack.Options{Root: root, BinDir: bin, StateDir: state, AgentKubeconfig: agentKubeconfig, Log: os.Stderr, Replicas: replicas}
 	if agentKubeconfig == "" {
 		fmt.Fprintln(os.Stderr, "tether-dev: no AGENT_KUBECONFIG: starting a local kube-apiserver (the first build takes several minutes)")
 		if opts.KubeBinDir, err = kube.EnsureBinaries(ctx, root, os.Stderr); err != nil {
@@ -118,10 +129,11 @@ Single sign-on through the development identity provider %s
 Clusters (admin may create and delete; everyone lists their tenants'):
   %s cluster list --kubeconfig %s
   %s cluster create prod-1 --tenant acme --kubeconfig %s > agent.yaml
+Gateways (any of them reaches any cluster): %s
 Logs: %s    Metrics: http://%s/metrics (gateway)
 Ctrl-C stops everything.
 `, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, s.IssuerURL, ada, grace,
-		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, filepath.Join(state, "logs"), s.Admin["gateway"])
+		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, strings.Join(s.GatewayURLs, " "), filepath.Join(state, "logs"), s.Admin["gateway"])
 
 	// Report a service that dies instead of leaving a half stack up.
 	for {
