@@ -40,7 +40,7 @@ func (s *Stack) startIdP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return waitTCP(ctx, u.Host, p)
+	return s.waitHTTPS(ctx, s.IssuerURL+"/healthz", p)
 }
 
 // OIDCKubeconfig writes a kubeconfig for an OIDC user: kubectl runs

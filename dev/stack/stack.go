@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/tether-dev/tether/dev/idp"
 	"github.com/tether-dev/tether/dev/kube"
@@ -216,7 +217,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd")); err != nil {
 		return nil, err
 	}
-	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", natsPort), s.byName["natsd"]); err != nil {
+	if err := s.waitNATS(ctx, s.byName["natsd"]); err != nil {
 		return nil, err
 	}
 	if err := s.startIdP(ctx); err != nil {
@@ -669,14 +670,37 @@ func (s *Stack) HTTPClient() (*http.Client, error) {
 	}}, nil
 }
 
-func waitTCP(ctx context.Context, address string, p *proc.Process) error {
+// waitNATS waits until a NATS client can log in, over TLS, as a user with
+// no permissions: a bare TCP probe would leave a TLS error in its log.
+func (s *Stack) waitNATS(ctx context.Context, p *proc.Process) error {
+	pw, err := os.ReadFile(filepath.Join(s.opts.StateDir, "nats-users", "audit"))
+	if err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
 	return poll(ctx, p, 30*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", address, time.Second)
+		nc, err := nats.Connect(s.NATSURL, nats.RootCAs(s.CAFile), nats.UserInfo("audit", string(pw)), nats.Timeout(time.Second), nats.Name("stack-probe"))
 		if err != nil {
 			return false
 		}
-		_ = c.Close()
+		nc.Close()
 		return true
+	})
+}
+
+// waitHTTPS waits until url answers over TLS trusting the stack's CA.
+func (s *Stack) waitHTTPS(ctx context.Context, url string, p *proc.Process) error {
+	client, err := s.HTTPClient()
+	if err != nil {
+		return err
+	}
+	client.Timeout = 2 * time.Second
+	return poll(ctx, p, 30*time.Second, func() bool {
+		resp, err := client.Get(url)
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
 }
 
