@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -45,7 +46,21 @@ func registryMatches(t *testing.T) bool {
 			streams += len(c.GetAgent().GetStreams())
 		}
 	}
-	return float64(streams) == gauge(t, "subscriber", "tether_agent_streams")
+	return float64(streams) == subscriberStreams(t)
+}
+
+// subscriberStreams is the agent streams every subscriber holds.
+func subscriberStreams(t *testing.T) float64 {
+	t.Helper()
+	n := 0.0
+	for i := range env.stack.SubscriberURLs {
+		name := "subscriber"
+		if i > 0 {
+			name = fmt.Sprintf("subscriber-%d", i)
+		}
+		n += gauge(t, name, "tether_agent_streams")
+	}
+	return n
 }
 
 // agent-registry's view follows the subscribers' own: an agent that

@@ -110,9 +110,11 @@ type Stack struct {
 	// RegistryURL is agent-registry's ClusterService, for tests that create
 	// and delete clusters as an operator.
 	RegistryURL string
-	// SubscriberURL is where agents connect and enroll.
-	SubscriberURL string
-	Kube          *kube.ControlPlane // nil with AgentKubeconfig
+	// SubscriberURL is where agents connect and enroll; SubscriberURLs
+	// every replica's, SubscriberURL first.
+	SubscriberURL  string
+	SubscriberURLs []string
+	Kube           *kube.ControlPlane // nil with AgentKubeconfig
 	// NodeName is the development node running pods as host processes;
 	// empty with AgentKubeconfig.
 	NodeName string
@@ -239,7 +241,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
-	s.GatewayURLs = []string{s.GatewayURL}
+	s.GatewayURLs, s.SubscriberURLs = []string{s.GatewayURL}, []string{s.SubscriberURL}
 	for i := 1; i < o.Replicas; i++ {
 		if err := s.startReplica(ctx, i, tokens, cert, key, publicKey); err != nil {
 			return nil, err
@@ -262,7 +264,9 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	if err := s.startService(ctx, "agent", admin["agent"], "--cluster-id", ClusterID, "--subscriber-url", "http://"+addr(subPort),
+	// Every subscriber: told to move (a subscriber's planned restart), the
+	// agent connects to the next.
+	if err := s.startService(ctx, "agent", admin["agent"], "--cluster-id", ClusterID, "--subscriber-url", strings.Join(s.SubscriberURLs, ","),
 		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(o.StateDir, "agent-credential")); err != nil {
 		return nil, err
 	}
@@ -297,6 +301,7 @@ func (s *Stack) startReplica(ctx context.Context, i int, tokens, cert, key, publ
 		return err
 	}
 	s.GatewayURLs = append(s.GatewayURLs, "https://"+addr(ports[2]))
+	s.SubscriberURLs = append(s.SubscriberURLs, "http://"+addr(ports[0]))
 	return nil
 }
 

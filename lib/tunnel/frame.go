@@ -74,6 +74,11 @@ func Validate(f *tetherv1.Frame) error {
 		}
 	case *tetherv1.Frame_Welcome, *tetherv1.Frame_Ping, *tetherv1.Frame_Pong:
 		connLevel = true
+	case *tetherv1.Frame_GoAway:
+		connLevel = true
+		if err := checkString("go-away reason", k.GoAway.Reason); err != nil {
+			return err
+		}
 	case *tetherv1.Frame_Credential:
 		connLevel = true
 		if len(k.Credential.Token) > 1024 {

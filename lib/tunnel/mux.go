@@ -20,6 +20,10 @@ type Mux struct {
 	nextID  uint64
 	closed  error
 	wg      sync.WaitGroup
+
+	// OnControl, if set before Run, gets the connection-level frames Conn
+	// does not handle itself (GoAway). It must not block.
+	OnControl func(*tetherv1.Frame)
 }
 
 // NewMux returns a Mux on conn. accept runs in its own goroutine for every
@@ -91,6 +95,14 @@ func (m *Mux) Forget(s *Stream) {
 var errNoAccept = errors.New("this side does not accept streams")
 
 func (m *Mux) handle(ctx context.Context, f *tetherv1.Frame) error {
+	if f.StreamId == 0 {
+		// Connection-level frames beyond the keepalive (GoAway): the
+		// owner's, not a stream's.
+		if m.OnControl != nil {
+			m.OnControl(f)
+		}
+		return nil
+	}
 	m.mu.Lock()
 	s, ok := m.streams[f.StreamId]
 	if !ok && f.GetOpen() != nil && m.accept != nil {

@@ -113,6 +113,7 @@ type Frame struct {
 	//	*Frame_Pong
 	//	*Frame_Welcome
 	//	*Frame_Credential
+	//	*Frame_GoAway
 	Kind          isFrame_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -252,6 +253,15 @@ func (x *Frame) GetCredential() *Credential {
 	return nil
 }
 
+func (x *Frame) GetGoAway() *GoAway {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_GoAway); ok {
+			return x.GoAway
+		}
+	}
+	return nil
+}
+
 type isFrame_Kind interface {
 	isFrame_Kind()
 }
@@ -296,6 +306,10 @@ type Frame_Credential struct {
 	Credential *Credential `protobuf:"bytes,11,opt,name=credential,proto3,oneof"`
 }
 
+type Frame_GoAway struct {
+	GoAway *GoAway `protobuf:"bytes,12,opt,name=go_away,json=goAway,proto3,oneof"`
+}
+
 func (*Frame_Open) isFrame_Kind() {}
 
 func (*Frame_Response) isFrame_Kind() {}
@@ -315,6 +329,8 @@ func (*Frame_Pong) isFrame_Kind() {}
 func (*Frame_Welcome) isFrame_Kind() {}
 
 func (*Frame_Credential) isFrame_Kind() {}
+
+func (*Frame_GoAway) isFrame_Kind() {}
 
 // Open starts a request: the HTTP request head and who is asking.
 type Open struct {
@@ -979,6 +995,55 @@ func (x *Credential) GetToken() string {
 	return ""
 }
 
+// GoAway, on stream zero, moves an agent without a gap. A subscriber that
+// is shutting down sends it to its agents: connect elsewhere. The agent
+// connects another stream and, once that one is welcomed, sends GoAway back
+// on the old one: the subscriber then takes no new requests on it, lets
+// those in flight finish, and closes it.
+type GoAway struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GoAway) Reset() {
+	*x = GoAway{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GoAway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GoAway) ProtoMessage() {}
+
+func (x *GoAway) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
+func (*GoAway) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GoAway) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Welcome is the subscriber's answer to Hello.
 type Welcome struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -992,7 +1057,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1069,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1082,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1050,7 +1115,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1127,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1140,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -1094,7 +1159,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1171,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1184,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{13}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1133,7 +1198,7 @@ var File_tether_v1_tunnel_proto protoreflect.FileDescriptor
 
 const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
-	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\xe5\x03\n" +
+	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\x93\x04\n" +
 	"\x05Frame\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12%\n" +
 	"\x04open\x18\x02 \x01(\v2\x0f.tether.v1.OpenH\x00R\x04open\x121\n" +
@@ -1148,7 +1213,8 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	" \x01(\v2\x12.tether.v1.WelcomeH\x00R\awelcome\x127\n" +
 	"\n" +
 	"credential\x18\v \x01(\v2\x15.tether.v1.CredentialH\x00R\n" +
-	"credentialB\x06\n" +
+	"credential\x12,\n" +
+	"\ago_away\x18\f \x01(\v2\x11.tether.v1.GoAwayH\x00R\x06goAwayB\x06\n" +
 	"\x04kind\"\xae\x03\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
@@ -1205,7 +1271,9 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x12kubernetes_version\x18\x03 \x01(\tR\x11kubernetesVersion\"\"\n" +
 	"\n" +
 	"Credential\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"w\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\" \n" +
+	"\x06GoAway\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"w\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
@@ -1236,7 +1304,7 @@ func file_tether_v1_tunnel_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_tether_v1_tunnel_proto_goTypes = []any{
 	(ResetCode)(0),     // 0: tether.v1.ResetCode
 	(*Frame)(nil),      // 1: tether.v1.Frame
@@ -1250,11 +1318,12 @@ var file_tether_v1_tunnel_proto_goTypes = []any{
 	(*Reset)(nil),      // 9: tether.v1.Reset
 	(*Hello)(nil),      // 10: tether.v1.Hello
 	(*Credential)(nil), // 11: tether.v1.Credential
-	(*Welcome)(nil),    // 12: tether.v1.Welcome
-	(*Ping)(nil),       // 13: tether.v1.Ping
-	(*Pong)(nil),       // 14: tether.v1.Pong
-	nil,                // 15: tether.v1.Open.TraceEntry
-	nil,                // 16: tether.v1.Identity.ExtraEntry
+	(*GoAway)(nil),     // 12: tether.v1.GoAway
+	(*Welcome)(nil),    // 13: tether.v1.Welcome
+	(*Ping)(nil),       // 14: tether.v1.Ping
+	(*Pong)(nil),       // 15: tether.v1.Pong
+	nil,                // 16: tether.v1.Open.TraceEntry
+	nil,                // 17: tether.v1.Identity.ExtraEntry
 }
 var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	2,  // 0: tether.v1.Frame.open:type_name -> tether.v1.Open
@@ -1263,22 +1332,23 @@ var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	8,  // 3: tether.v1.Frame.window:type_name -> tether.v1.Window
 	9,  // 4: tether.v1.Frame.reset:type_name -> tether.v1.Reset
 	10, // 5: tether.v1.Frame.hello:type_name -> tether.v1.Hello
-	13, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
-	14, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
-	12, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
+	14, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
+	15, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
+	13, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
 	11, // 9: tether.v1.Frame.credential:type_name -> tether.v1.Credential
-	5,  // 10: tether.v1.Open.headers:type_name -> tether.v1.Header
-	3,  // 11: tether.v1.Open.identity:type_name -> tether.v1.Identity
-	15, // 12: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
-	16, // 13: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
-	5,  // 14: tether.v1.Response.headers:type_name -> tether.v1.Header
-	0,  // 15: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
-	4,  // 16: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	12, // 10: tether.v1.Frame.go_away:type_name -> tether.v1.GoAway
+	5,  // 11: tether.v1.Open.headers:type_name -> tether.v1.Header
+	3,  // 12: tether.v1.Open.identity:type_name -> tether.v1.Identity
+	16, // 13: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
+	17, // 14: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
+	5,  // 15: tether.v1.Response.headers:type_name -> tether.v1.Header
+	0,  // 16: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
+	4,  // 17: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_tunnel_proto_init() }
@@ -1297,6 +1367,7 @@ func file_tether_v1_tunnel_proto_init() {
 		(*Frame_Pong)(nil),
 		(*Frame_Welcome)(nil),
 		(*Frame_Credential)(nil),
+		(*Frame_GoAway)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1304,7 +1375,7 @@ func file_tether_v1_tunnel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_tunnel_proto_rawDesc), len(file_tether_v1_tunnel_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

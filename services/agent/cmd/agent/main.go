@@ -47,7 +47,7 @@ func main() {
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&clusterID, "cluster-id", os.Getenv("TETHER_CLUSTER_ID"), "id of the cluster this agent serves")
-	fs.StringVar(&subURL, "subscriber-url", os.Getenv("TETHER_SUBSCRIBER_URL"), "base URL of a subscriber")
+	fs.StringVar(&subURL, "subscriber-url", os.Getenv("TETHER_SUBSCRIBER_URL"), "base URL of the subscribers (a load balancer), or several, comma-separated: a stream told to move connects to the next")
 	fs.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for the local kube-apiserver; empty: in-cluster config")
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "receive window per request, in bytes")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping the subscriber after this long without traffic")
@@ -80,11 +80,11 @@ func main() {
 		}
 		creds := &agent.Credentials{
 			ClusterID: clusterID, Bootstrap: agent.BootstrapFile(bootstrap), Store: store, Log: env.Log,
-			Enrollment: tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, subURL),
+			Enrollment: tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, strings.Split(subURL, ",")[0]),
 		}
 		a, err := agent.New(agent.Config{
 			ClusterID:        clusterID,
-			SubscriberURL:    subURL,
+			SubscriberURLs:   strings.Split(subURL, ","),
 			Subscriber:       subscriber,
 			Credentials:      creds,
 			APIServer:        cfg.Host,

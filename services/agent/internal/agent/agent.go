@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,8 +32,11 @@ import (
 
 // Config configures an Agent.
 type Config struct {
-	ClusterID     string
-	SubscriberURL string
+	ClusterID string
+	// SubscriberURLs are where subscribers listen: one behind a load
+	// balancer, or several; a stream told to move (GoAway) connects to
+	// the next.
+	SubscriberURLs []string
 	// Subscriber is the HTTP client for the subscriber (HTTP/2).
 	Subscriber *http.Client
 	// APIServer is the kube-apiserver's base URL; APITransport carries the
@@ -54,12 +58,13 @@ type Config struct {
 
 // Agent serves requests for one cluster.
 type Agent struct {
-	cfg       Config
-	client    tetherv1connect.TunnelServiceClient
-	apiBase   *url.URL
-	log       *slog.Logger
-	connected atomic.Bool
-	draining  atomic.Bool
+	cfg     Config
+	clients []tetherv1connect.TunnelServiceClient
+	apiBase *url.URL
+	log     *slog.Logger
+	// streams counts welcomed streams: two for a moment while moving.
+	streams  atomic.Int32
+	draining atomic.Bool
 	// conn is the open stream, for renewed credentials.
 	conn    atomic.Pointer[tunnel.Conn]
 	metrics *metrics
@@ -80,7 +85,7 @@ func New(cfg Config) (*Agent, error) {
 	if !subject.ValidClusterID(cfg.ClusterID) {
 		return nil, fmt.Errorf("agent: invalid cluster id %q", cfg.ClusterID)
 	}
-	if cfg.SubscriberURL == "" || cfg.Subscriber == nil || cfg.APITransport == nil || cfg.Credentials == nil {
+	if len(cfg.SubscriberURLs) == 0 || cfg.Subscriber == nil || cfg.APITransport == nil || cfg.Credentials == nil {
 		return nil, errors.New("agent: subscriber URL and client, API transport and credentials are required")
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
@@ -98,7 +103,7 @@ func New(cfg Config) (*Agent, error) {
 	m := &metrics{
 		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_total", Help: "Requests served, by HTTP code."}, []string{"code"}),
 		inflight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "1 while the agent holds a stream to a subscriber."}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "Streams the agent holds to subscribers: 1, and 2 for a moment while moving."}),
 		connects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
 		upgraded:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
 		renewals:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open stream)."}),
@@ -112,9 +117,13 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}
 	}
+	clients := make([]tetherv1connect.TunnelServiceClient, len(cfg.SubscriberURLs))
+	for i, u := range cfg.SubscriberURLs {
+		clients[i] = tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, u, tunnel.ClientOptions())
+	}
 	return &Agent{
 		cfg:     cfg,
-		client:  tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, cfg.SubscriberURL, tunnel.ClientOptions()),
+		clients: clients,
 		apiBase: base,
 		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
 		metrics: m,
@@ -122,7 +131,7 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // Connected reports whether the agent holds a stream now (readiness).
-func (a *Agent) Connected() bool { return a.connected.Load() }
+func (a *Agent) Connected() bool { return a.streams.Load() > 0 }
 
 // Run holds a stream to the subscriber, reconnecting with jittered backoff,
 // until ctx ends. Then it refuses new requests, lets those in flight finish
@@ -139,7 +148,12 @@ func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 		}
 	})
 	b := backoff.Default()
-	for {
+	// Streams being left while moving run on until their subscriber
+	// closes them; Run returns after them.
+	var leaving sync.WaitGroup
+	defer leaving.Wait()
+	var leave func() // tells the stream being left that its successor is up
+	for next := 0; ; next++ {
 		// The session outlives ctx by the drain period.
 		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stop := context.AfterFunc(ctx, func() {
@@ -147,9 +161,34 @@ func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 			time.AfterFunc(drain, cancel)
 		})
 		start := time.Now()
-		err := a.session(sctx, ctx)
+		link := &sessionLink{moved: make(chan struct{}), previous: leave}
+		done := make(chan error, 1)
+		go func() { done <- a.session(sctx, ctx, a.clients[next%len(a.clients)], link) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-link.moved:
+			// The subscriber asked this stream to move: connect another
+			// now; this one serves on until its subscriber closes it, and
+			// hears when the next is up. No moment without a stream.
+			leaving.Add(1)
+			go func() {
+				defer leaving.Done()
+				<-done
+				stop()
+				cancel()
+			}()
+			leave = link.leave
+			b.Reset()
+			continue
+		}
 		stop()
 		cancel()
+		if link.previous != nil && !link.welcomed.Load() {
+			leave = link.previous // still to be told, by the next one that connects
+		} else {
+			leave = nil
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -166,9 +205,27 @@ func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 	}
 }
 
+// sessionLink is what Run and one session tell each other: the subscriber
+// asked it to move (moved), it was welcomed, how to tell it its successor
+// is up (leave), and the predecessor to tell once it is welcomed.
+type sessionLink struct {
+	moved     chan struct{}
+	movedOnce sync.Once
+	welcomed  atomic.Bool
+	conn      atomic.Pointer[tunnel.Conn]
+	previous  func()
+}
+
+// leave sends GoAway back on the stream: the agent has another now.
+func (l *sessionLink) leave() {
+	if c := l.conn.Load(); c != nil {
+		_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_GoAway{GoAway: &tetherv1.GoAway{Reason: "connected elsewhere"}}})
+	}
+}
+
 // session runs one stream. It ends when the stream breaks, or once ctx
 // (the agent's life) has ended and no request is left.
-func (a *Agent) session(sctx, life context.Context) error {
+func (a *Agent) session(sctx, life context.Context, client tetherv1connect.TunnelServiceClient, link *sessionLink) error {
 	// Cancelling sctx is what breaks a blocked Receive: the stream must be
 	// opened with the context that cancel ends.
 	sctx, cancel := context.WithCancel(sctx)
@@ -177,7 +234,7 @@ func (a *Agent) session(sctx, life context.Context) error {
 	if err != nil {
 		return err
 	}
-	stream := a.client.Connect(sctx)
+	stream := client.Connect(sctx)
 	stream.RequestHeader().Set("Authorization", "Bearer "+token)
 	conn, err := tunnel.NewConn(stream, a.cfg.Keepalive, cancel)
 	if err != nil {
@@ -206,14 +263,30 @@ func (a *Agent) session(sctx, life context.Context) error {
 	log := a.log.With("session_id", w.SessionId, "subscriber", w.SubscriberId)
 	log.Info("connected to subscriber")
 	a.metrics.connects.Inc()
-	a.metrics.connected.Set(1)
-	a.connected.Store(true)
+	a.metrics.connected.Set(float64(a.streams.Add(1)))
 	a.conn.Store(conn)
-	defer func() { a.conn.Store(nil); a.connected.Store(false); a.metrics.connected.Set(0) }()
+	link.conn.Store(conn)
+	link.welcomed.Store(true)
+	defer func() {
+		a.conn.CompareAndSwap(conn, nil)
+		a.metrics.connected.Set(float64(a.streams.Add(-1)))
+	}()
+	if link.previous != nil {
+		// This stream is up: the one being left may stop taking requests.
+		link.previous()
+	}
 
 	mux := tunnel.NewMux(conn, a.cfg.Window, func(ctx context.Context, s *tunnel.Stream) {
 		a.serve(ctx, log, s)
 	})
+	mux.OnControl = func(f *tetherv1.Frame) {
+		if g := f.GetGoAway(); g != nil {
+			link.movedOnce.Do(func() {
+				log.Info("subscriber asks this stream to move; connecting another", "reason", g.GetReason())
+				close(link.moved)
+			})
+		}
+	}
 	// Once the agent is told to stop, close the stream as soon as it is idle.
 	go func() {
 		select {

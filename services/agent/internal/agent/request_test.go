@@ -20,7 +20,7 @@ import (
 func newTestAgent(t *testing.T) *Agent {
 	t.Helper()
 	a, err := New(Config{
-		ClusterID: "dev", SubscriberURL: "http://127.0.0.1:1", Subscriber: http.DefaultClient,
+		ClusterID: "dev", SubscriberURLs: []string{"http://127.0.0.1:1"}, Subscriber: http.DefaultClient,
 		APIServer: "https://127.0.0.1:6443/prefix", APITransport: http.DefaultTransport, Credentials: &Credentials{},
 		Instruments: telemetry.Instruments{
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),

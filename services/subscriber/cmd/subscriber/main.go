@@ -43,6 +43,7 @@ func main() {
 		registry  string
 		mtls      svc.MTLS
 		heartbeat time.Duration
+		moveWait  time.Duration
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -55,6 +56,7 @@ func main() {
 	fs.StringVar(&keys, "credential-keys", os.Getenv("TETHER_CREDENTIAL_KEYS"), "public keys (PEM) that agent credentials may be signed with, comma-separated (two during a key rotation)")
 	fs.StringVar(&registry, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for agents' enrollment")
 	mtls.Register(fs, "")
+	fs.DurationVar(&moveWait, "move-timeout", 10*time.Second, "on SIGTERM, how long to wait for agents to connect elsewhere before taking no more of their requests")
 	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often each agent stream is reported alive to agent-registry")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)

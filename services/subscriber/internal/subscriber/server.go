@@ -44,7 +44,10 @@ type Config struct {
 	Clusters    Clusters
 	// Events gets each stream's connect, disconnect and heartbeats.
 	Events Events
-	Now    func() time.Time
+	// MoveTimeout is how long a draining subscriber waits for its agents
+	// to connect elsewhere before it stops taking their requests anyway.
+	MoveTimeout time.Duration
+	Now         func() time.Time
 
 	telemetry.Instruments
 }
@@ -86,6 +89,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MoveTimeout <= 0 {
+		cfg.MoveTimeout = 10 * time.Second
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
@@ -264,8 +270,12 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 	return err
 }
 
-// Drain stops taking requests for every agent, waits for the requests in
-// flight to finish until ctx ends, then closes the agents' streams.
+// Drain moves every agent away without a gap, then finishes: it refuses
+// new streams, tells each agent to connect elsewhere (GoAway) and waits,
+// up to MoveTimeout, until each has a new stream and says so; then it takes
+// no new requests, waits for those in flight until ctx ends, and closes
+// the streams. An agent that does not answer is treated as before GoAway:
+// its requests stop here and it reconnects once its stream closes.
 func (s *Server) Drain(ctx context.Context) {
 	s.mu.Lock()
 	s.draining = true
@@ -274,6 +284,20 @@ func (s *Server) Drain(ctx context.Context) {
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
+	for _, sess := range sessions {
+		if err := sess.conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_GoAway{GoAway: &tetherv1.GoAway{Reason: "subscriber shutting down"}}}); err != nil {
+			sess.log.Warn("telling the agent to move", "err", err)
+		}
+	}
+	moveCtx, cancel := context.WithTimeout(ctx, s.cfg.MoveTimeout)
+	for _, sess := range sessions {
+		select {
+		case <-sess.moved:
+		case <-sess.done:
+		case <-moveCtx.Done():
+		}
+	}
+	cancel()
 	for _, sess := range sessions {
 		sess.stopListening()
 	}

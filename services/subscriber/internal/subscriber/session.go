@@ -30,16 +30,23 @@ type session struct {
 	log     *slog.Logger
 	// welcomed: the agent was told it is connected, and reported.
 	welcomed atomic.Bool
+	// moved is closed when the agent says it has a stream elsewhere (its
+	// GoAway); done when the session is closed.
+	moved     chan struct{}
+	movedOnce sync.Once
+	done      chan struct{}
 
 	mu sync.Mutex
 	// claims are of the latest credential the agent presented; expiry
 	// closes the stream when it passes without a renewal.
-	claims  agentcred.Claims
-	expiry  *time.Timer
-	relays  map[uint64]*relay
-	nextID  uint64
-	subs    []*nats.Subscription
-	closing bool
+	claims agentcred.Claims
+	expiry *time.Timer
+	relays map[uint64]*relay
+	// stoppedListening: no new requests are taken (draining or moved).
+	stoppedListening bool
+	nextID           uint64
+	subs             []*nats.Subscription
+	closing          bool
 }
 
 // relay is one request: where its router listens, and which halves ended.
@@ -60,6 +67,7 @@ func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims ag
 		srv: srv, id: id, cluster: hello.ClusterId, conn: conn, claims: claims,
 		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
 		relays: map[uint64]*relay{}, nextID: 1,
+		moved: make(chan struct{}), done: make(chan struct{}),
 	}
 	s.expiry = time.AfterFunc(claims.Expires.Sub(srv.cfg.Now()), s.expired)
 	return s
@@ -85,7 +93,22 @@ func (s *session) handle(f *tetherv1.Frame) error {
 	if c := f.GetCredential(); c != nil {
 		return s.renew(c.GetToken())
 	}
+	if f.GetGoAway() != nil {
+		s.agentMoved()
+		return nil
+	}
 	return s.fromAgent(f)
+}
+
+// agentMoved: the agent has another stream now, so new requests go there
+// (the subscription's drain lets NATS deliver them to the other
+// subscriber); those in flight here finish.
+func (s *session) agentMoved() {
+	s.movedOnce.Do(func() {
+		s.log.Info("agent moved to another stream; finishing the requests in flight here")
+		s.stopListening()
+		close(s.moved)
+	})
 }
 
 // renew takes a fresh credential on the open stream. One that does not
@@ -149,11 +172,14 @@ func (s *session) listen() error {
 func (s *session) stopListening() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.subs) > 0 {
+	// Only the first call: subs[0] is the requests' subscription until
+	// then (the session's own frames keep flowing).
+	if len(s.subs) > 0 && !s.stoppedListening {
 		// Drain, not Unsubscribe: Opens already delivered to us are still
 		// served rather than dropped.
 		_ = s.subs[0].Drain()
 		s.subs = s.subs[1:]
+		s.stoppedListening = true
 	}
 }
 
@@ -165,6 +191,7 @@ func (s *session) close(why string) {
 		return
 	}
 	s.closing = true
+	close(s.done)
 	s.expiry.Stop()
 	for _, sub := range s.subs {
 		_ = sub.Unsubscribe()
