@@ -31,6 +31,7 @@ func main() {
 		id          string
 		window      int
 		noAgentWait time.Duration
+		readRetry   time.Duration
 		idleProbe   time.Duration
 		mtls        svc.MTLS
 	)
@@ -41,6 +42,7 @@ func main() {
 	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
 	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
+	fs.DurationVar(&readRetry, "read-retry", 10*time.Second, "how long a read that lost its subscriber or agent before any answer is sent again (the client's own deadline still applies)")
 	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
 	mtls.Register(fs, "gateway")
 	_ = fs.Parse(os.Args[1:])
@@ -63,7 +65,7 @@ func main() {
 		// would get 404s.
 		env.Admin.AddCheck("clusters", follower.Ready)
 		srv, err := router.New(router.Config{
-			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, IdleProbe: idleProbe,
+			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, ReadRetry: readRetry, IdleProbe: idleProbe,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {

@@ -86,6 +86,19 @@ func (c *call) noResponder() {
 	c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber holding the agent is gone"})
 }
 
+// lost ends a call whose subscriber took the request and then went
+// silent: whoever waits for the first answer (dial) or for the stream
+// hears it at once.
+func (c *call) lost(msg string) {
+	c.mu.Lock()
+	if !c.isAnswered {
+		c.isAnswered = true
+		close(c.answered)
+	}
+	c.mu.Unlock()
+	c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: msg})
+}
+
 func (c *call) peerSubject() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -13,7 +13,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +55,11 @@ type Config struct {
 	// NoAgentWait is how long a request waits for an agent that is not
 	// connected (one that is reconnecting) before it fails with 503.
 	NoAgentWait time.Duration
+	// ReadRetry is how long a read (GET, HEAD, OPTIONS, not a watch) that
+	// lost its subscriber or agent before any answer keeps being sent
+	// again: long enough for an agent to reconnect elsewhere. A read
+	// changes nothing, so running it twice is harmless.
+	ReadRetry time.Duration
 	// IdleProbe is how long a call may be quiet before the router asks the
 	// subscriber whether it still has it.
 	IdleProbe time.Duration
@@ -95,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	cfg.Window = tunnel.ClampWindow(cfg.Window)
+	if cfg.ReadRetry <= 0 {
+		cfg.ReadRetry = 10 * time.Second
+	}
 	if cfg.IdleProbe <= 0 {
 		cfg.IdleProbe = 30 * time.Second
 	}
@@ -347,23 +357,57 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 
 // dialHead dials, and for a request that sends nothing before its answer
 // (no body, or an upgrade, whose bytes follow the 101) also waits for the
-// head (or the error that ends the stream first): an agent that refused it
-// (draining) or a subscriber that had lost it did nothing, so the request
-// goes out again while NoAgentWait lasts. err is for the dial alone.
+// head (or the error that ends the stream first). Such a request goes out
+// again when nothing can have come of it: an agent that refused it
+// (draining) or a subscriber that had lost it did nothing, so while
+// NoAgentWait lasts; and a read that lost its subscriber or agent before
+// any answer changed nothing, so while ReadRetry lasts. err is for the
+// dial alone.
 func (s *Server) dialHead(ctx context.Context, open *tetherv1.Open) (c *call, head *tetherv1.Frame, headErr, err error) {
-	deadline := time.Now().Add(s.cfg.NoAgentWait)
+	start := time.Now()
 	for {
 		c, err := s.dial(ctx, open)
 		if err != nil || !(open.End || open.Upgrade != "") {
 			return c, nil, nil, err
 		}
 		head, headErr := c.s.Head(ctx)
-		if tunnel.CodeOf(headErr) != tetherv1.ResetCode_RESET_CODE_REFUSED || time.Now().After(deadline) {
+		if !s.again(open, headErr, start) || ctx.Err() != nil {
 			return c, head, headErr, nil
 		}
 		s.forget(c)
 		s.metrics.retries.Inc()
 	}
+}
+
+// again reports whether a request that failed with err before its head,
+// first sent at start, should go out once more.
+func (s *Server) again(open *tetherv1.Open, err error, start time.Time) bool {
+	switch tunnel.CodeOf(err) {
+	case tetherv1.ResetCode_RESET_CODE_REFUSED:
+		return time.Since(start) < s.cfg.NoAgentWait
+	case tetherv1.ResetCode_RESET_CODE_UNAVAILABLE:
+		return isRead(open) && time.Since(start) < s.cfg.ReadRetry
+	}
+	return false
+}
+
+// isRead: a request that changes nothing and ends by itself.
+func isRead(open *tetherv1.Open) bool {
+	switch open.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false
+	}
+	if open.Upgrade != "" || !open.End {
+		return false
+	}
+	q, _ := url.ParseQuery(open.Query)
+	for _, k := range []string{"watch", "follow"} {
+		if v := strings.ToLower(q.Get(k)); v == "true" || v == "1" {
+			return false
+		}
+	}
+	return !strings.Contains(open.Path, "/watch/")
 }
 
 // dial publishes the Open until a subscriber takes it. Nobody listening is
@@ -452,7 +496,8 @@ func (s *Server) probeIdle(ctx context.Context) {
 		if c.peerSubject() == "" {
 			// A subscriber acknowledges a request it took within a second
 			// (natslink.Ack); silence this long means it died with it.
-			c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber that took the request is gone"})
+			// The dial still waits for that first answer: end it too.
+			c.lost("the subscriber that took the request is gone")
 			continue
 		}
 		quiet = append(quiet, c)
