@@ -76,7 +76,9 @@ func (f *Follower) follow(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consuming stream %s: %w", Stream, err)
 	}
-	it, err := cons.Messages()
+	// Heartbeats every second: a NATS node lost under the consumer is
+	// noticed in two, and the ordered consumer starts again elsewhere.
+	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("consuming stream %s: %w", Stream, err)
 	}

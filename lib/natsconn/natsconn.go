@@ -33,10 +33,17 @@ type Options struct {
 // Connect dials NATS. It returns once connected the first time or when ctx
 // ends; after that the connection heals itself for as long as it lives.
 //
-// Policy while disconnected: publishes fail at once with
-// nats.ErrReconnectBufExceeded past a small buffer, and callers on the
-// request path check IsConnected first and answer 503. Nothing waits
-// silently for the link to come back.
+// Policy while disconnected: publishes go into a 4 MiB buffer, sent on
+// reconnect, and fail at once with nats.ErrReconnectBufExceeded beyond it;
+// events (agent heartbeats) ride that out. The request path does not: its
+// frames may be lost with the link, so routers and subscribers reset what
+// was in flight when the link drops (OnDisconnect) and their retry rules
+// send it again once it is back, and a new request waits for the link at
+// most --no-agent-wait before it is answered 503. Nothing waits silently.
+//
+// A dead link is noticed within 6 to 8 s (a ping every 2 s, three
+// unanswered, and no write may block longer than 4 s): a partition gives
+// no error, only silence.
 func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.URL == "" || o.Name == "" || o.Logger == nil || o.Registerer == nil {
 		return nil, errors.New("natsconn: URL, Name, Logger and Registerer are required")
@@ -63,8 +70,13 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			defer mu.Unlock()
 			return b.Next()
 		}),
-		nats.PingInterval(5 * time.Second),
+		nats.PingInterval(2 * time.Second),
 		nats.MaxPingsOutstanding(3),
+		// A write into a link that went silent blocks once the kernel's
+		// buffer is full, and the pings cannot be checked meanwhile (they
+		// wait for the same lock): nats.go's default minute would hide a
+		// partition for as long.
+		nats.FlusherTimeout(4 * time.Second),
 		nats.ReconnectBufSize(4 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			disconnects.Inc()
@@ -99,6 +111,30 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	}
 	log.Info("nats connected")
 	return nc, nil
+}
+
+// OnDisconnect adds fn to what runs when nc loses its server, after what
+// Connect set up (the log line and the counter). Call it before traffic.
+func OnDisconnect(nc *nats.Conn, fn func()) {
+	prev := nc.DisconnectErrHandler()
+	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
+		if prev != nil {
+			prev(c, err)
+		}
+		fn()
+	})
+}
+
+// OnReconnect adds fn to what runs when nc is connected again; nats.go has
+// restored every subscription by then.
+func OnReconnect(nc *nats.Conn, fn func()) {
+	prev := nc.ReconnectHandler()
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		fn()
+	})
 }
 
 // Ready is an admin readiness check for nc.

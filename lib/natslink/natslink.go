@@ -21,6 +21,55 @@ import (
 // ErrGone means the other side no longer has the request, or is gone.
 var ErrGone = errors.New("natslink: peer no longer has the request")
 
+// Seq numbers the frames one side of a request publishes and checks the
+// numbers of those it receives (Frame.seq). Core NATS delivers at most once:
+// a node that dies, a route that breaks or a slow consumer loses messages
+// without telling either side, and a body with a chunk missing must never
+// look whole. A gap is seen at the next frame; a loss at the very end is
+// left to the probes and to the disconnect handlers.
+type Seq struct {
+	mu   sync.Mutex
+	sent uint64
+	recv uint64
+}
+
+// Publish numbers f and publishes it. Numbering and publishing happen
+// under one lock, so frames leave in the order of their numbers.
+func (q *Seq) Publish(nc *nats.Conn, subj, reply string, f *tetherv1.Frame, hdr nats.Header) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.sent++
+	f.Seq = q.sent
+	return Publish(nc, subj, reply, f, hdr)
+}
+
+// Received checks f's number: true for the next frame in line, and for
+// frames that carry none (pings, answers about unknown requests); false
+// for a gap or a repeat, after which the request cannot be trusted.
+func (q *Seq) Received(f *tetherv1.Frame) bool {
+	if f.Seq == 0 {
+		return true
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if f.Seq != q.recv+1 {
+		return false
+	}
+	q.recv = f.Seq
+	return true
+}
+
+// Expect records that the peer's frames start after n: a subscriber took
+// the router's Open as frame 1.
+func (q *Seq) Expect(n uint64) {
+	q.mu.Lock()
+	q.recv = n
+	q.mu.Unlock()
+}
+
+// ErrFramesLost is why a request is reset when its frames came with a gap.
+const ErrFramesLost = "frames lost on NATS"
+
 // Publish sends f to subj; reply is where the peer answers.
 func Publish(nc *nats.Conn, subj, reply string, f *tetherv1.Frame, hdr nats.Header) error {
 	b, err := tunnel.Encode(f)
@@ -41,12 +90,14 @@ func NoResponders(m *nats.Msg) bool {
 }
 
 // Reset answers a message about a request the receiver does not know.
-// Resets are never answered, so two sides can never bounce them.
+// Resets are never answered, so two sides can never bounce them. The code
+// is UNAVAILABLE: this hop lost the request, and the sender may send it
+// again where that is safe.
 func Reset(nc *nats.Conn, m *nats.Msg, f *tetherv1.Frame, reply, why string) {
 	if m.Reply == "" || f.GetReset_() != nil {
 		return
 	}
-	_ = Publish(nc, m.Reply, reply, &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: why}}}, nil)
+	_ = Publish(nc, m.Reply, reply, &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}}, nil)
 }
 
 // Refuse answers an Open that will not be served (malformed, wrong
@@ -116,6 +167,12 @@ func PingAll(ctx context.Context, nc *nats.Conn, subjs []string, timeout time.Du
 	wg.Wait()
 	return errs
 }
+
+// SessionProbe is the stream number of a session's own liveness: a Ping to
+// tether.sess.<session>.0 is answered by the subscriber holding that agent
+// stream, whichever requests it carries, so a router checks each session
+// once instead of each request.
+const SessionProbe = 0
 
 // AckDelay is how long a subscriber waits for the agent's first answer
 // before it tells the router it has the request (Ack): short requests never

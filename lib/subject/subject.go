@@ -51,6 +51,19 @@ func Session(session string, stream uint64) string {
 // IsSession reports whether subj is a session's stream subject.
 func IsSession(subj string) bool { return strings.HasPrefix(subj, "tether.sess.") }
 
+// SessionOf is the session a session stream subject names.
+func SessionOf(subj string) (string, bool) {
+	rest, ok := strings.CutPrefix(subj, "tether.sess.")
+	if !ok {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 || !ValidToken(rest[:i]) {
+		return "", false
+	}
+	return rest[:i], true
+}
+
 // RouterWildcard subscribes to every call of a router.
 func RouterWildcard(router string) string { return "tether.rtr." + router + ".*" }
 

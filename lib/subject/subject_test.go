@@ -50,3 +50,24 @@ func TestLastNumber(t *testing.T) {
 		t.Fatal("accepted a non-number")
 	}
 }
+
+func TestSessionOf(t *testing.T) {
+	tests := []struct {
+		subj, want string
+		ok         bool
+	}{
+		{Session("abc_DEF-1", 7), "abc_DEF-1", true},
+		{Session("s", 0), "s", true},
+		{"tether.sess.", "", false},
+		{"tether.sess.7", "", false},
+		{"tether.sess.a.b.3", "", false}, // a session id never holds a dot
+		{"tether.rtr.r-1.3", "", false},
+		{"tether.sess.*.3", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := SessionOf(tt.subj)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("SessionOf(%q) = %q, %v; want %q, %v", tt.subj, got, ok, tt.want, tt.ok)
+		}
+	}
+}

@@ -31,6 +31,7 @@ const (
 	maxString    = 16 << 10
 	maxGroups    = 4096
 	maxTraceKeys = 16
+	maxIDs       = 64
 )
 
 // Decode parses and validates one encoded frame.
@@ -70,6 +71,12 @@ func Validate(f *tetherv1.Frame) error {
 	case *tetherv1.Frame_Hello:
 		connLevel = true
 		if err := checkString("cluster id", k.Hello.ClusterId); err != nil {
+			return err
+		}
+		if err := checkList("ended session", k.Hello.EndedSessions); err != nil {
+			return err
+		}
+		if err := checkList("held subscriber", k.Hello.HeldSubscribers); err != nil {
 			return err
 		}
 	case *tetherv1.Frame_Welcome, *tetherv1.Frame_Ping, *tetherv1.Frame_Pong:
@@ -147,6 +154,9 @@ func validateOpen(o *tetherv1.Open) error {
 	if err := checkString("upgrade", o.Upgrade); err != nil {
 		return err
 	}
+	if err := checkList("previous session", o.PreviousSessions); err != nil {
+		return err
+	}
 	if len(o.Trace) > maxTraceKeys {
 		return fmt.Errorf("open carries %d trace keys", len(o.Trace))
 	}
@@ -183,6 +193,22 @@ func checkHeaders(hs []*tetherv1.Header) error {
 	return nil
 }
 
+// checkList bounds a list of ids (agent sessions) a frame carries.
+func checkList(what string, ids []string) error {
+	if len(ids) > maxIDs {
+		return fmt.Errorf("%d of %s exceed %d", len(ids), what, maxIDs)
+	}
+	for _, id := range ids {
+		if len(id) > 64 {
+			return fmt.Errorf("%s of %d bytes exceeds 64", what, len(id))
+		}
+		if err := checkString(what, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func checkString(what, s string) error {
 	if len(s) > maxString {
 		return fmt.Errorf("%s of %d bytes exceeds %d", what, len(s), maxString)
@@ -205,4 +231,16 @@ func HandlerOptions() connect.HandlerOption {
 // ClientOptions: see HandlerOptions.
 func ClientOptions() connect.ClientOption {
 	return connect.WithClientOptions(connect.WithReadMaxBytes(MaxFrame), connect.WithAcceptCompression("gzip", nil, nil))
+}
+
+// Mutates reports whether a request may change the cluster: any method but
+// GET, HEAD and OPTIONS, and not an upgrade (exec and port-forward are
+// neither read nor written again). Such a request is acknowledged before
+// it reaches an agent, and remembered there by its id (ADR 006).
+func Mutates(open *tetherv1.Open) bool {
+	switch open.Method {
+	case "GET", "HEAD", "OPTIONS":
+		return false
+	}
+	return open.Upgrade == ""
 }

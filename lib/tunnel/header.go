@@ -3,6 +3,7 @@ package tunnel
 import (
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"strings"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -117,4 +118,18 @@ func ToHTTP(hs []*tetherv1.Header, h http.Header, drop func(canonicalName string
 		}
 		h[name] = append(h[name], hd.Values...)
 	}
+}
+
+// Streams reports whether a request's response lasts for as long as the
+// client keeps it: a watch (watch=true, or the old /watch/ paths) or a
+// followed log (follow=true). Every hop decides the same way: the gateway
+// for its limits, the router for resuming, the agent for sending a small
+// answer whole.
+func Streams(query url.Values, path string) bool {
+	for _, name := range []string{"watch", "follow"} {
+		if v := strings.ToLower(query.Get(name)); v == "true" || v == "1" {
+			return true
+		}
+	}
+	return strings.Contains(path, "/watch/")
 }

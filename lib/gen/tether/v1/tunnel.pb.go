@@ -114,7 +114,13 @@ type Frame struct {
 	//	*Frame_Welcome
 	//	*Frame_Credential
 	//	*Frame_GoAway
-	Kind          isFrame_Kind `protobuf_oneof:"kind"`
+	Kind isFrame_Kind `protobuf_oneof:"kind"`
+	// Numbers the frames of one request in one direction on the NATS hop
+	// (1, 2, 3 ...), so a frame NATS lost (a node that died, a slow
+	// consumer) is a gap the receiver sees, never a silently shorter body.
+	// Zero on the other hops, and on pings and answers about requests the
+	// sender does not know.
+	Seq           uint64 `protobuf:"varint,13,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +268,13 @@ func (x *Frame) GetGoAway() *GoAway {
 	return nil
 }
 
+func (x *Frame) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type isFrame_Kind interface {
 	isFrame_Kind()
 }
@@ -362,9 +375,18 @@ type Open struct {
 	// upgrade never has end set: once the response is a 101, Data frames
 	// carry the upgraded connection's bytes both ways, each direction ending
 	// with its own end (a half-close), until both have ended or a Reset.
-	Upgrade       string `protobuf:"bytes,12,opt,name=upgrade,proto3" json:"upgrade,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Upgrade string `protobuf:"bytes,12,opt,name=upgrade,proto3" json:"upgrade,omitempty"`
+	// Which try of the request this is: 0 the first, more when a hop was
+	// lost and the router sends it again. The request_id stays the same.
+	Attempt uint32 `protobuf:"varint,13,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// The agent streams (Welcome.session_id) that earlier attempts reached,
+	// as far as the router knows them. An agent that does not remember a
+	// retried mutation runs it only when every one of these streams is its
+	// own (so no other agent process can have run it), and otherwise
+	// answers 503: its outcome is unknown, and it never runs twice.
+	PreviousSessions []string `protobuf:"bytes,14,rep,name=previous_sessions,json=previousSessions,proto3" json:"previous_sessions,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Open) Reset() {
@@ -479,6 +501,20 @@ func (x *Open) GetUpgrade() string {
 		return x.Upgrade
 	}
 	return ""
+}
+
+func (x *Open) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Open) GetPreviousSessions() []string {
+	if x != nil {
+		return x.PreviousSessions
+	}
+	return nil
 }
 
 // Identity is the end user as the gateway authenticated them. The agent turns
@@ -892,8 +928,16 @@ type Hello struct {
 	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// The kube-apiserver version the agent sees, for the registry.
 	KubernetesVersion string `protobuf:"bytes,3,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Streams of this agent process that ended (Welcome.session_id) and
+	// that it has not reported yet: a subscriber that died cannot report
+	// its own, so the registry hears of them here, within a reconnect.
+	EndedSessions []string `protobuf:"bytes,4,rep,name=ended_sessions,json=endedSessions,proto3" json:"ended_sessions,omitempty"`
+	// Subscribers (Welcome.subscriber_id) that already hold one of this
+	// agent process's streams: such a subscriber refuses this one, before
+	// it takes any request, and the agent tries the next.
+	HeldSubscribers []string `protobuf:"bytes,5,rep,name=held_subscribers,json=heldSubscribers,proto3" json:"held_subscribers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -945,6 +989,20 @@ func (x *Hello) GetKubernetesVersion() string {
 		return x.KubernetesVersion
 	}
 	return ""
+}
+
+func (x *Hello) GetEndedSessions() []string {
+	if x != nil {
+		return x.EndedSessions
+	}
+	return nil
+}
+
+func (x *Hello) GetHeldSubscribers() []string {
+	if x != nil {
+		return x.HeldSubscribers
+	}
+	return nil
 }
 
 // Credential is an agent's renewed credential, sent on stream zero before
@@ -1198,7 +1256,7 @@ var File_tether_v1_tunnel_proto protoreflect.FileDescriptor
 
 const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
-	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\x93\x04\n" +
+	"\x16tether/v1/tunnel.proto\x12\ttether.v1\"\xa5\x04\n" +
 	"\x05Frame\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12%\n" +
 	"\x04open\x18\x02 \x01(\v2\x0f.tether.v1.OpenH\x00R\x04open\x121\n" +
@@ -1214,8 +1272,9 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
 	"credential\x18\v \x01(\v2\x15.tether.v1.CredentialH\x00R\n" +
 	"credential\x12,\n" +
-	"\ago_away\x18\f \x01(\v2\x11.tether.v1.GoAwayH\x00R\x06goAwayB\x06\n" +
-	"\x04kind\"\xae\x03\n" +
+	"\ago_away\x18\f \x01(\v2\x11.tether.v1.GoAwayH\x00R\x06goAway\x12\x10\n" +
+	"\x03seq\x18\r \x01(\x04R\x03seqB\x06\n" +
+	"\x04kind\"\xf5\x03\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
@@ -1231,7 +1290,9 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x03end\x18\n" +
 	" \x01(\bR\x03end\x12\x18\n" +
 	"\atenants\x18\v \x03(\tR\atenants\x12\x18\n" +
-	"\aupgrade\x18\f \x01(\tR\aupgrade\x1a8\n" +
+	"\aupgrade\x18\f \x01(\tR\aupgrade\x12\x18\n" +
+	"\aattempt\x18\r \x01(\rR\aattempt\x12+\n" +
+	"\x11previous_sessions\x18\x0e \x03(\tR\x10previousSessions\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1263,12 +1324,14 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\tincrement\x18\x01 \x01(\rR\tincrement\"K\n" +
 	"\x05Reset\x12(\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x14.tether.v1.ResetCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"z\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xcc\x01\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12-\n" +
-	"\x12kubernetes_version\x18\x03 \x01(\tR\x11kubernetesVersion\"\"\n" +
+	"\x12kubernetes_version\x18\x03 \x01(\tR\x11kubernetesVersion\x12%\n" +
+	"\x0eended_sessions\x18\x04 \x03(\tR\rendedSessions\x12)\n" +
+	"\x10held_subscribers\x18\x05 \x03(\tR\x0fheldSubscribers\"\"\n" +
 	"\n" +
 	"Credential\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\" \n" +

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/backoff"
 	"github.com/tether-dev/tether/lib/clusters"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
@@ -84,16 +85,29 @@ func main() {
 		if err != nil {
 			return err
 		}
-		js, err := jetstream.New(nc)
+		// JetStream calls fail after 2 s rather than nats.go's 5: while a
+		// NATS cluster elects a new leader for a stream, a call to the old
+		// one gets no answer, and the next try reaches the new one.
+		js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(2*time.Second))
 		if err != nil {
 			return err
 		}
-		if err := registry.EnsureStream(ctx, js, replicas); err != nil {
-			return err
-		}
-		agents, err := registry.StartAgentView(ctx, js, replicas, env.Log)
-		if err != nil {
-			return err
+		// A NATS cluster may still be electing its JetStream leader: keep
+		// trying, not ready meanwhile.
+		var agents *registry.AgentView
+		b := backoff.Default()
+		for {
+			err := registry.EnsureStream(ctx, js, replicas)
+			if err == nil {
+				agents, err = registry.StartAgentView(ctx, js, replicas, env.Log)
+			}
+			if err == nil {
+				break
+			}
+			env.Log.Warn("setting up the JetStream streams; trying again", "err", err)
+			if !b.Sleep(ctx) {
+				return ctx.Err()
+			}
 		}
 		cfg.Agents = agents
 		if err := env.Telemetry.Registry.Register(agents.Gauge(cfg.HeartbeatTimeout)); err != nil {

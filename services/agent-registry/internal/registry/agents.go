@@ -71,7 +71,11 @@ func StartAgentView(ctx context.Context, js jetstream.JetStream, replicas int, l
 		return nil, fmt.Errorf("consuming %s: %w", AgentsStream, err)
 	}
 	v := &AgentView{js: js, kv: kv, log: log, cons: cons}
-	cc, err := cons.Consume(func(msg jetstream.Msg) { v.handle(ctx, msg) })
+	// Short pulls with heartbeats: when the consumer's leader moves (a
+	// NATS node lost), a pull that went to the old one is noticed missing
+	// within two seconds and sent again, instead of half a minute.
+	cc, err := cons.Consume(func(msg jetstream.Msg) { v.handle(ctx, msg) },
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("consuming %s: %w", AgentsStream, err)
 	}
@@ -151,19 +155,33 @@ func Fold(st *tetherv1.AgentStatus, ev *tetherv1.AgentEvent) {
 		}
 		remember()
 	case *tetherv1.AgentEvent_Disconnected:
+		// Reported twice at times: by its subscriber, and by the agent
+		// once it is connected again (a subscriber that died says
+		// nothing). The first one counts.
 		if i := find(); i >= 0 {
 			st.Streams = append(st.Streams[:i], st.Streams[i+1:]...)
+			remember()
 		}
-		remember()
 	case *tetherv1.AgentEvent_Heartbeat:
 		if i := find(); i >= 0 {
 			st.Streams[i].LastHeartbeatUnix = at
-		} else {
+		} else if !ended(st, ev.GetSessionId()) {
 			// Its connect was lost (NATS away at the time): the heartbeat
-			// is proof enough of the stream.
+			// is proof enough of the stream. One that comes after the
+			// stream's end (from a subscriber cut off for a while) is not.
 			st.Streams = append(st.Streams, &tetherv1.AgentStream{SessionId: ev.GetSessionId(), SubscriberId: ev.GetSubscriberId(), ConnectedUnix: at, LastHeartbeatUnix: at})
 		}
 	}
+}
+
+// ended reports whether the history has session's disconnect.
+func ended(st *tetherv1.AgentStatus, session string) bool {
+	for _, h := range st.GetHistory() {
+		if h.GetSessionId() == session && h.GetDisconnected() != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // State is the agent's state at now: connected while some stream's

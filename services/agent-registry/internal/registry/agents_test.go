@@ -63,6 +63,21 @@ func TestFoldAndState(t *testing.T) {
 
 // The bucket is a function of the stream: deleted and rebuilt, it holds
 // the same as before.
+// A stream's end reported twice (its subscriber and the agent) counts
+// once, and a heartbeat that straggles in after the end (from a subscriber
+// cut off from NATS for a while) does not bring the stream back.
+func TestFoldTakesEachEndOnce(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	st := &tetherv1.AgentStatus{}
+	Fold(st, agentEvent("x", "s1", "sub-0", t0, &tetherv1.AgentConnected{}))
+	Fold(st, agentEvent("x", "s1", "sub-1", t0.Add(time.Second), &tetherv1.AgentDisconnected{Reason: "the agent reports the stream ended"}))
+	Fold(st, agentEvent("x", "s1", "sub-0", t0.Add(2*time.Second), &tetherv1.AgentHeartbeat{}))
+	Fold(st, agentEvent("x", "s1", "sub-0", t0.Add(3*time.Second), &tetherv1.AgentDisconnected{Reason: "stream ended"}))
+	if len(st.GetStreams()) != 0 || len(st.GetHistory()) != 2 {
+		t.Fatalf("streams %v, history %v", st.GetStreams(), st.GetHistory())
+	}
+}
+
 func TestAgentViewRebuildsFromTheStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

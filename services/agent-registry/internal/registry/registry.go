@@ -239,7 +239,14 @@ func (r *Registry) DeleteCluster(ctx context.Context, req *connect.Request[tethe
 }
 
 func (r *Registry) ListClusters(ctx context.Context, req *connect.Request[tetherv1.ListClustersRequest]) (*connect.Response[tetherv1.ListClustersResponse], error) {
-	if err := r.sync(ctx); err != nil {
+	// A list is served even while the stream cannot say where it ends (a
+	// NATS cluster electing its leader after losing a node): from the
+	// projection as it stands, which follows the stream all along and may
+	// trail a write made elsewhere by a moment. Writes always sync.
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	err := r.sync(sctx)
+	cancel()
+	if err != nil && ctx.Err() != nil {
 		return nil, r.count("list", err)
 	}
 	out := &tetherv1.ListClustersResponse{}

@@ -43,6 +43,8 @@ func main() {
 		bootstrap  string
 		credFile   string
 		credSecret string
+		streams    int
+		remember   time.Duration
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -50,6 +52,8 @@ func main() {
 	fs.StringVar(&subURL, "subscriber-url", os.Getenv("TETHER_SUBSCRIBER_URL"), "base URL of the subscribers (a load balancer), or several, comma-separated: a stream told to move connects to the next")
 	fs.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for the local kube-apiserver; empty: in-cluster config")
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "receive window per request, in bytes")
+	fs.IntVar(&streams, "streams", 2, "streams to hold, each to another subscriber where it can: requests spread across them, and losing one subscriber leaves the other serving")
+	fs.DurationVar(&remember, "remember-mutations", 5*time.Minute, "how long the result of each mutation is kept, so a retry of it (a hop was lost) gets the first result instead of running twice")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping the subscriber after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "declare the subscriber dead after this long without traffic")
 	fs.StringVar(&bootstrap, "bootstrap-token-file", os.Getenv("TETHER_BOOTSTRAP_TOKEN_FILE"), "file holding the one-time bootstrap token from `tetherctl cluster create`")
@@ -78,9 +82,17 @@ func main() {
 		if err != nil {
 			return err
 		}
+		var enrollers []tetherv1connect.EnrollmentServiceClient
+		for _, u := range strings.Split(subURL, ",") {
+			enrollers = append(enrollers, tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, u))
+		}
+		enrollment, err := agent.NewEnrollment(enrollers...)
+		if err != nil {
+			return err
+		}
 		creds := &agent.Credentials{
 			ClusterID: clusterID, Bootstrap: agent.BootstrapFile(bootstrap), Store: store, Log: env.Log,
-			Enrollment: tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, strings.Split(subURL, ",")[0]),
+			Enrollment: enrollment,
 		}
 		a, err := agent.New(agent.Config{
 			ClusterID:        clusterID,
@@ -90,6 +102,8 @@ func main() {
 			APIServer:        cfg.Host,
 			APITransport:     rt,
 			UpgradeTransport: upgrades,
+			Streams:          streams,
+			RememberFor:      remember,
 			Window:           window,
 			Keepalive:        ka,
 			Version:          svc.Version,

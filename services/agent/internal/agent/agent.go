@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -49,9 +50,23 @@ type Config struct {
 	UpgradeTransport http.RoundTripper
 	// Credentials proves to subscribers which cluster this agent serves.
 	Credentials *Credentials
-	Window      int
-	Keepalive   tunnel.Keepalive
-	Version     string
+	// Streams is how many streams the agent holds, each to another
+	// subscriber where it can: requests spread across them, and one
+	// subscriber lost leaves the others serving (default 2).
+	Streams   int
+	Window    int
+	Keepalive tunnel.Keepalive
+	Version   string
+	// Rebalance is how often a stream that had to go beside another of the
+	// agent's streams tries to move to a subscriber of its own (default
+	// 15 s, jittered).
+	Rebalance time.Duration
+	// MutationTimeout bounds a mutation that runs on after its stream was
+	// lost, for a retry to find its result; RememberFor is how long that
+	// result is kept (default 5 min each), in at most RememberBytes.
+	MutationTimeout time.Duration
+	RememberFor     time.Duration
+	RememberBytes   int
 
 	telemetry.Instruments
 }
@@ -62,12 +77,19 @@ type Agent struct {
 	clients []tetherv1connect.TunnelServiceClient
 	apiBase *url.URL
 	log     *slog.Logger
-	// streams counts welcomed streams: two for a moment while moving.
+	// streams counts welcomed streams: one more for a moment while one
+	// moves.
 	streams  atomic.Int32
 	draining atomic.Bool
-	// conn is the open stream, for renewed credentials.
-	conn    atomic.Pointer[tunnel.Conn]
-	metrics *metrics
+	metrics  *metrics
+	memory   *memory
+	sessions sessions
+
+	mu sync.Mutex
+	// conns are the welcomed streams, for renewed credentials; bySub
+	// counts them by subscriber, to keep them on different ones.
+	conns map[*tunnel.Conn]bool
+	bySub map[string]int
 }
 
 type metrics struct {
@@ -78,6 +100,7 @@ type metrics struct {
 	duration  *prometheus.HistogramVec
 	upgraded  prometheus.Gauge
 	renewals  prometheus.Counter
+	mutations *prometheus.CounterVec
 }
 
 // New validates cfg and returns an Agent.
@@ -100,19 +123,35 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Keepalive == (tunnel.Keepalive{}) {
 		cfg.Keepalive = tunnel.DefaultKeepalive
 	}
+	if cfg.Streams <= 0 {
+		cfg.Streams = 2
+	}
+	if cfg.Rebalance <= 0 {
+		cfg.Rebalance = 15 * time.Second
+	}
+	if cfg.MutationTimeout <= 0 {
+		cfg.MutationTimeout = 5 * time.Minute
+	}
+	if cfg.RememberFor <= 0 {
+		cfg.RememberFor = 5 * time.Minute
+	}
+	if cfg.RememberBytes <= 0 {
+		cfg.RememberBytes = 64 << 20
+	}
 	m := &metrics{
 		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_total", Help: "Requests served, by HTTP code."}, []string{"code"}),
 		inflight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "Streams the agent holds to subscribers: 1, and 2 for a moment while moving."}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "Streams the agent holds to subscribers (--streams, and one more for a moment while one moves)."}),
 		connects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
 		upgraded:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
-		renewals:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open stream)."}),
+		renewals:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open streams)."}),
+		mutations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_mutations_total", Help: "Mutations by what became of them: ran, replayed (a retry answered with the first result), outcome_unknown (a retry whose earlier attempt went to another agent process, refused)."}, []string{"result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals} {
+	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}
@@ -127,19 +166,29 @@ func New(cfg Config) (*Agent, error) {
 		apiBase: base,
 		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
 		metrics: m,
+		memory:  newMemory(cfg.RememberFor, cfg.RememberBytes),
+		conns:   map[*tunnel.Conn]bool{},
+		bySub:   map[string]int{},
 	}, nil
 }
 
 // Connected reports whether the agent holds a stream now (readiness).
 func (a *Agent) Connected() bool { return a.streams.Load() > 0 }
 
-// Run holds a stream to the subscriber, reconnecting with jittered backoff,
-// until ctx ends. Then it refuses new requests, lets those in flight finish
-// for up to drain, and closes the stream.
+// Run holds Config.Streams streams to subscribers, each reconnecting with
+// jittered backoff, until ctx ends. Then it refuses new requests, lets
+// those in flight finish for up to drain, and closes the streams;
+// mutations still running at the kube-apiserver finish within drain too.
 func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 	go a.cfg.Credentials.Renew(ctx, func(token string) {
 		a.metrics.renewals.Inc()
-		if c := a.conn.Load(); c != nil {
+		a.mu.Lock()
+		conns := make([]*tunnel.Conn, 0, len(a.conns))
+		for c := range a.conns {
+			conns = append(conns, c)
+		}
+		a.mu.Unlock()
+		for _, c := range conns {
 			// A stream that misses it is closed at the old expiry and the
 			// next one connects with the new credential.
 			if err := c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Credential{Credential: &tetherv1.Credential{Token: token}}}); err != nil {
@@ -147,73 +196,230 @@ func (a *Agent) Run(ctx context.Context, drain time.Duration) error {
 			}
 		}
 	})
+	var wg sync.WaitGroup
+	for i := range a.cfg.Streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.slot(ctx, drain, i)
+		}()
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { a.memory.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(drain):
+		a.log.Warn("exiting with mutations still running at the kube-apiserver")
+	}
+	return nil
+}
+
+// slot holds one of the agent's streams. Slot i starts at subscriber URL
+// i and moves on to the next when its stream ends, when it is told to move
+// (a subscriber's planned restart: GoAway), or when it lands beside
+// another of the agent's streams. A stream that is moving serves on until
+// its successor is welcomed, so there is no moment without it; a stream
+// that had to go beside another tries now and then to move to a subscriber
+// of its own.
+func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 	b := backoff.Default()
-	// Streams being left while moving run on until their subscriber
-	// closes them; Run returns after them.
+	// Streams being left run on until their subscribers close them; the
+	// slot returns after them.
 	var leaving sync.WaitGroup
 	defer leaving.Wait()
-	var leave func() // tells the stream being left that its successor is up
-	for next := 0; ; next++ {
-		// The session outlives ctx by the drain period.
-		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		stop := context.AfterFunc(ctx, func() {
-			a.draining.Store(true)
-			time.AfterFunc(drain, cancel)
-		})
-		start := time.Now()
-		link := &sessionLink{moved: make(chan struct{}), previous: leave}
-		done := make(chan error, 1)
-		go func() { done <- a.session(sctx, ctx, a.clients[next%len(a.clients)], link) }()
-		var err error
+	let := func(h *held) {
+		leaving.Add(1)
+		go func() {
+			defer leaving.Done()
+			<-h.done
+			h.release()
+		}()
+	}
+	n := len(a.clients)
+	next := i
+	// connect opens streams from next on until one is welcomed, or old (if
+	// any) ends, or ctx does; doubles is whether one beside another of the
+	// agent's streams may do, once every subscriber was tried. It returns
+	// nil when it gave up.
+	connect := func(old *held, doubles bool, rounds int) *held {
+		tries := 0
+		for ctx.Err() == nil {
+			if rounds > 0 && tries >= rounds*n {
+				return nil
+			}
+			h := a.open(ctx, drain, a.clients[next%n], doubles && tries >= n)
+			next++
+			tries++
+			var oldDone <-chan error
+			if old != nil {
+				oldDone = old.done
+			}
+			select {
+			case <-h.link.up:
+				b.Reset()
+				return h
+			case <-h.link.refused:
+				// Beside another of ours: it leaves by itself; try the next
+				// at once.
+				let(h)
+				continue
+			case err := <-h.done:
+				h.release()
+				if ctx.Err() != nil {
+					return nil
+				}
+				if errors.Is(err, errDouble) {
+					continue // refused before its Welcome: the next at once
+				}
+				d := b.Next()
+				a.log.Warn("no stream to subscriber; trying the next", "slot", i, "err", err, "in", d.Round(time.Millisecond))
+				select {
+				case <-ctx.Done():
+				case <-time.After(d):
+				}
+			case err := <-oldDone:
+				// The stream being replaced ended first: wait for this one.
+				a.log.Info("stream ended while its successor connects", "slot", i, "err", err)
+				old.release()
+				old, oldDone = nil, nil
+				if ok, _ := h.welcome(); ok {
+					return h
+				}
+			}
+		}
+		return nil
+	}
+	var cur *held
+	for ctx.Err() == nil {
+		if cur == nil {
+			if cur = connect(nil, true, 0); cur == nil {
+				return
+			}
+		}
+		var rebalance <-chan time.Time
+		if cur.link.double {
+			rebalance = time.After(jitter(a.cfg.Rebalance))
+		}
 		select {
-		case err = <-done:
-		case <-link.moved:
-			// The subscriber asked this stream to move: connect another
-			// now; this one serves on until its subscriber closes it, and
-			// hears when the next is up. No moment without a stream.
-			leaving.Add(1)
-			go func() {
-				defer leaving.Done()
-				<-done
-				stop()
-				cancel()
-			}()
-			leave = link.leave
-			b.Reset()
-			continue
-		}
-		stop()
-		cancel()
-		if link.previous != nil && !link.welcomed.Load() {
-			leave = link.previous // still to be told, by the next one that connects
-		} else {
-			leave = nil
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > 30*time.Second {
-			b.Reset()
-		}
-		d := b.Next()
-		a.log.Warn("stream to subscriber ended; reconnecting", "err", err, "in", d.Round(time.Millisecond))
-		select {
+		case err := <-cur.done:
+			cur.release()
+			lived := time.Since(cur.start)
+			cur = nil
+			if ctx.Err() != nil {
+				return
+			}
+			if lived > 30*time.Second {
+				b.Reset()
+			}
+			a.log.Warn("stream to subscriber ended; reconnecting", "slot", i, "err", err)
+		case <-cur.link.moved:
+			// Its subscriber is going away: connect the next first; this
+			// one serves until that one is up, then hears so (GoAway back),
+			// finishes its requests and is closed by its subscriber.
+			old := cur
+			cur = connect(old, true, 0)
+			if old.ended.Load() {
+				continue
+			}
+			old.link.leave()
+			let(old)
+		case <-rebalance:
+			// Beside another of ours: one round over the others, none of
+			// them beside.
+			if h := connect(cur, false, 1); h != nil {
+				a.log.Info("moved a stream to a subscriber of its own", "slot", i)
+				if !cur.ended.Load() {
+					cur.link.leave()
+					let(cur)
+				}
+				cur = h
+			} else if cur.ended.Load() {
+				cur = nil
+			}
 		case <-ctx.Done():
-			return nil
-		case <-time.After(d):
 		}
+	}
+	if cur != nil {
+		// Draining: the session closes once it is idle (or at the drain
+		// deadline).
+		<-cur.done
+		cur.release()
 	}
 }
 
-// sessionLink is what Run and one session tell each other: the subscriber
-// asked it to move (moved), it was welcomed, how to tell it its successor
-// is up (leave), and the predecessor to tell once it is welcomed.
+// jitter is d plus up to half of it again, so a fleet does not move in step.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration(mrand.Int64N(int64(d)/2+1))
+}
+
+// held is one stream of a slot's: the session running it and how to stop
+// it.
+type held struct {
+	link   *sessionLink
+	done   chan error
+	start  time.Time
+	cancel context.CancelFunc
+	stop   func() bool
+	// ended: done has been received (by connect, for a stream it
+	// replaced).
+	ended atomic.Bool
+}
+
+// open starts a stream to client. Its session outlives ctx by the drain
+// period, to finish the requests it has.
+func (a *Agent) open(ctx context.Context, drain time.Duration, client tetherv1connect.TunnelServiceClient, allowDouble bool) *held {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		a.draining.Store(true)
+		time.AfterFunc(drain, cancel)
+	})
+	h := &held{
+		link:  &sessionLink{moved: make(chan struct{}), up: make(chan struct{}), refused: make(chan struct{}), allowDouble: allowDouble},
+		done:  make(chan error, 1),
+		start: time.Now(), cancel: cancel, stop: stop,
+	}
+	go func() { h.done <- a.session(sctx, ctx, client, h.link) }()
+	return h
+}
+
+// welcome waits until h is welcomed, or ends.
+func (h *held) welcome() (bool, error) {
+	select {
+	case <-h.link.up:
+		return true, nil
+	case <-h.link.refused:
+		return false, errDouble
+	case err := <-h.done:
+		h.release()
+		return false, err
+	}
+}
+
+func (h *held) release() {
+	h.ended.Store(true)
+	h.stop()
+	h.cancel()
+}
+
+// errDouble: the stream landed on a subscriber another of the agent's
+// streams holds; the slot tries the next.
+var errDouble = errors.New("agent: subscriber already holds another of this agent's streams")
+
+// sessionLink is what a slot and one session tell each other: the
+// session is welcomed (up), or landed beside another of the agent's
+// streams and leaves (refused); its subscriber asks it to move (moved);
+// and how to tell it its successor is up (leave).
 type sessionLink struct {
 	moved     chan struct{}
 	movedOnce sync.Once
-	welcomed  atomic.Bool
+	up        chan struct{}
+	refused   chan struct{}
 	conn      atomic.Pointer[tunnel.Conn]
-	previous  func()
+	// allowDouble: stay even beside another of the agent's streams;
+	// double: it did.
+	allowDouble bool
+	double      bool
 }
 
 // leave sends GoAway back on the stream: the agent has another now.
@@ -241,8 +447,14 @@ func (a *Agent) session(sctx, life context.Context, client tetherv1connect.Tunne
 		return err
 	}
 	defer func() { _ = stream.CloseRequest(); _ = stream.CloseResponse() }()
+	ended := a.sessions.unreported()
+	var held []string
+	if !link.allowDouble {
+		held = a.heldSubscribers()
+	}
 	if err := conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{
 		ClusterId: a.cfg.ClusterID, AgentVersion: a.cfg.Version, KubernetesVersion: a.kubeVersion(sctx),
+		EndedSessions: ended, HeldSubscribers: held,
 	}}}); err != nil {
 		return fmt.Errorf("sending hello: %w", err)
 	}
@@ -250,9 +462,14 @@ func (a *Agent) session(sctx, life context.Context, client tetherv1connect.Tunne
 	f, err := conn.Receive()
 	hs.Stop()
 	if err != nil {
-		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated:
 			// Revoked or expired: enroll again rather than insist.
 			a.cfg.Credentials.Refused()
+		case connect.CodeAlreadyExists:
+			// It holds another of our streams (Hello.held_subscribers).
+			close(link.refused)
+			return errDouble
 		}
 		return fmt.Errorf("waiting for welcome: %w", err)
 	}
@@ -261,19 +478,29 @@ func (a *Agent) session(sctx, life context.Context, client tetherv1connect.Tunne
 		return fmt.Errorf("subscriber answered hello with %T", f.Kind)
 	}
 	log := a.log.With("session_id", w.SessionId, "subscriber", w.SubscriberId)
-	log.Info("connected to subscriber")
+	// Its id is this process's from now on, whatever happens next: a
+	// retried mutation naming it was meant for this process.
+	a.sessions.add(w.SessionId)
+	a.sessions.reported(ended)
+	defer a.sessions.end(w.SessionId)
+	link.conn.Store(conn)
+	// Every stream a subscriber holds counts, the one being left too,
+	// until it closes.
 	a.metrics.connects.Inc()
 	a.metrics.connected.Set(float64(a.streams.Add(1)))
-	a.conn.Store(conn)
-	link.conn.Store(conn)
-	link.welcomed.Store(true)
-	defer func() {
-		a.conn.CompareAndSwap(conn, nil)
-		a.metrics.connected.Set(float64(a.streams.Add(-1)))
-	}()
-	if link.previous != nil {
-		// This stream is up: the one being left may stop taking requests.
-		link.previous()
+	defer func() { a.metrics.connected.Set(float64(a.streams.Add(-1))) }()
+	kept, double := a.hold(conn, w.SubscriberId, link.allowDouble)
+	if kept {
+		log.Info("connected to subscriber", "beside_another", double)
+		link.double = double
+		defer a.release(conn, w.SubscriberId)
+		close(link.up)
+	} else {
+		// The subscriber may have given it requests already: it serves
+		// those and leaves (GoAway back), and the slot tries the next.
+		log.Info("subscriber already holds another stream of this agent; leaving it for the next")
+		link.leave()
+		close(link.refused)
 	}
 
 	mux := tunnel.NewMux(conn, a.cfg.Window, func(ctx context.Context, s *tunnel.Stream) {
@@ -309,6 +536,40 @@ func (a *Agent) session(sctx, life context.Context, client tetherv1connect.Tunne
 	err = mux.Run(sctx)
 	log.Info("stream closed", "err", err)
 	return err
+}
+
+// hold records a welcomed stream on subscriber sub; it refuses one beside
+// another of the agent's streams unless allowDouble.
+func (a *Agent) hold(conn *tunnel.Conn, sub string, allowDouble bool) (kept, double bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	double = a.bySub[sub] > 0
+	if double && !allowDouble && len(a.clients) > 1 {
+		return false, true
+	}
+	a.bySub[sub]++
+	a.conns[conn] = true
+	return true, double
+}
+
+// heldSubscribers are the subscribers holding a kept stream of the agent's.
+func (a *Agent) heldSubscribers() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.bySub))
+	for sub := range a.bySub {
+		out = append(out, sub)
+	}
+	return out
+}
+
+func (a *Agent) release(conn *tunnel.Conn, sub string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.conns, conn)
+	if a.bySub[sub]--; a.bySub[sub] <= 0 {
+		delete(a.bySub, sub)
+	}
 }
 
 // kubeVersion asks the kube-apiserver its version, for the registry.

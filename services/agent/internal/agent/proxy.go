@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -54,6 +55,10 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	}
 	a.metrics.inflight.Inc()
 	defer a.metrics.inflight.Dec()
+	if tunnel.Mutates(open) {
+		a.serveMutation(ctx, log, s, open)
+		return
+	}
 
 	// The stream's end (a Reset from the caller, or the tunnel lost)
 	// cancels the call to the kube-apiserver.
@@ -106,6 +111,8 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	rh := &tetherv1.Response{Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil)}
 	buf := tunnel.GetChunk()
 	defer tunnel.PutChunk(buf)
+	// read is body already read, to go out after the head.
+	var read []byte
 	switch n := resp.ContentLength; {
 	case n == 0 || req.Method == http.MethodHead:
 		rh.End = true
@@ -117,6 +124,29 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 			return
 		}
 		rh.Body, rh.End = (*buf)[:n], true
+	case n < 0 && !tunnel.Streams(req.URL.Query(), open.Path) && !strings.Contains(open.Path, "/proxy"):
+		// No length, but not a watch either (a list, for one): what fits
+		// in a chunk is read first and, if that was all, sent whole too.
+		// A hop lost after a head but before its body would cost the
+		// client the whole read; a hop lost before the head costs only a
+		// retry. (Not through the kube-apiserver's proxy to a pod or a
+		// service, whose answer may stream.)
+		k, err := io.ReadFull(resp.Body, *buf)
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			if k == 0 {
+				rh.End = true
+			} else if k <= s.Credit() {
+				rh.Body, rh.End = (*buf)[:k], true
+			} else {
+				read = (*buf)[:k]
+			}
+		case err != nil:
+			a.fail(s, log, http.StatusBadGateway, "reading the kube-apiserver response: "+err.Error())
+			return
+		default:
+			read = (*buf)[:k]
+		}
 	}
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
 		// A head the tunnel cannot carry (a header that is not UTF-8, a
@@ -127,7 +157,14 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	if rh.End {
 		return
 	}
-	if err := copyBody(ctx, s, resp.Body, resp.ContentLength, *buf); err != nil {
+	if len(read) > 0 {
+		if _, err := s.WriteContext(ctx, read); err != nil {
+			return
+		}
+	}
+	more := tunnel.GetChunk()
+	defer tunnel.PutChunk(more)
+	if err := copyBody(ctx, s, resp.Body, resp.ContentLength-int64(len(read)), *more); err != nil {
 		if ctx.Err() == nil {
 			log.Warn("response body broken off", "err", err)
 			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
@@ -169,6 +206,10 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 	tunnel.ToHTTP(open.Headers, req.Header, nil)
 	// The gateway scrubbed these already; an agent never trusts that.
 	tunnel.ScrubCredentials(req.Header)
+	// The cluster's audit log names each request by Tether's id, every
+	// attempt alike: it ties the two records together, and shows a
+	// request that reached the kube-apiserver twice.
+	req.Header.Set("Audit-Id", open.RequestId)
 	req.ContentLength = -1
 	if open.End || open.Upgrade != "" {
 		req.ContentLength = 0

@@ -44,6 +44,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 			{Name: "Impersonate-User", Values: []string{"system:admin"}},
 			{Name: "impersonate-group", Values: []string{"system:masters"}},
 			{Name: "Connection", Values: []string{"close"}},
+			{Name: "Audit-ID", Values: []string{"chosen-by-the-client"}},
 		},
 		Identity: &tetherv1.Identity{
 			User: "alice", Uid: "u-1", Groups: []string{"devs", "system:authenticated"},
@@ -59,7 +60,9 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 		t.Errorf("URL %s, want %s", got, want)
 	}
 	want := http.Header{
-		"Accept":            {"application/vnd.kubernetes.protobuf"},
+		"Accept": {"application/vnd.kubernetes.protobuf"},
+		// The cluster's audit log names Tether's request id.
+		"Audit-Id":          {"r1"},
 		"Impersonate-User":  {"alice"},
 		"Impersonate-Uid":   {"u-1"},
 		"Impersonate-Group": {"devs", "system:authenticated"},

@@ -57,7 +57,7 @@ func main() {
 	fs.StringVar(&oidcCfg.Claims.Tenants, "oidc-tenants-claim", "tenants", "claim listing the tenants whose clusters the user may reach")
 	fs.StringVar(&registryURL, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for tetherctl's cluster commands")
 	fs.StringVar(&adminGroup, "admin-group", "tether:admins", "group whose members may create and delete clusters")
-	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL")
+	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL, or several, comma-separated: each request goes to the first that can be reached")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
 	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted (431 beyond)")
 	fs.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", 3<<20, "largest request body accepted, as the kube-apiserver's own limit (413 beyond); exec and port-forward streams are not bodies")
@@ -101,23 +101,40 @@ func main() {
 		if len(auth) == 0 {
 			return errors.New("no way to authenticate: give --tokens, --oidc-issuer-url, or both")
 		}
-		routerURL = strings.TrimSuffix(routerURL, "/")
 		// Calls to the router and the registry carry this gateway's
 		// certificate (mTLS) when it has one.
 		internal, err := mtls.Transport()
 		if err != nil {
 			return err
 		}
+		var routers []tetherv1connect.ProxyServiceClient
+		var reachable []func(context.Context) error
+		for _, u := range strings.Split(routerURL, ",") {
+			u = strings.TrimSuffix(strings.TrimSpace(u), "/")
+			routers = append(routers, tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, u, tunnel.ClientOptions()))
+			reachable = append(reachable, routerReachable(u, internal))
+		}
 		gw, err := gateway.New(gateway.Config{
 			Auth:        auth,
-			Router:      tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, routerURL, tunnel.ClientOptions()),
+			Routers:     routers,
 			Limits:      limits,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
 			return err
 		}
-		env.Admin.AddCheck("router", routerReachable(routerURL, internal))
+		// Ready while any router can be reached.
+		env.Admin.AddCheck("router", func(ctx context.Context) error {
+			var errs []error
+			for _, check := range reachable {
+				err := check(ctx)
+				if err == nil {
+					return nil
+				}
+				errs = append(errs, err)
+			}
+			return errors.Join(errs...)
+		})
 		clusterAPI, err := gateway.NewClusterAPI(auth, tetherv1connect.NewClusterServiceClient(
 			&http.Client{Transport: internal, Timeout: 30 * time.Second}, strings.TrimSuffix(registryURL, "/")), adminGroup, env.Telemetry.Logger)
 		if err != nil {

@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -40,9 +42,12 @@ type Authenticator interface {
 
 // Config configures a Gateway.
 type Config struct {
-	Auth   Authenticator
-	Router tetherv1connect.ProxyServiceClient
-	Limits Limits
+	Auth Authenticator
+	// Routers are tried in order: a gateway sends to the first it can
+	// reach, so it keeps to its own router while that one lives and moves
+	// on when it cannot be reached.
+	Routers []tetherv1connect.ProxyServiceClient
+	Limits  Limits
 
 	telemetry.Instruments
 }
@@ -57,6 +62,9 @@ type Gateway struct {
 	refusals *prometheus.CounterVec
 
 	short, long admission
+	// down[i]: until when router i is skipped, after it could not be
+	// reached (Unix nanoseconds).
+	down []atomic.Int64
 
 	// Upgraded connections are the handler's own once hijacked: the HTTP
 	// server's shutdown neither waits for nor closes them.
@@ -69,8 +77,8 @@ type Gateway struct {
 
 // New validates cfg and returns a Gateway.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.Auth == nil || cfg.Router == nil {
-		return nil, errors.New("gateway: auth and router are required")
+	if cfg.Auth == nil || len(cfg.Routers) == 0 {
+		return nil, errors.New("gateway: auth and a router are required")
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -98,6 +106,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.short = admission{user: newCounter(l.InflightPerUser), cluster: newCounter(l.InflightPerCluster)}
 	g.long = admission{user: newCounter(l.LongPerUser), cluster: newCounter(l.LongPerCluster)}
 	g.stopHijacked, g.closeAll = context.WithCancel(context.Background())
+	g.down = make([]atomic.Int64, len(cfg.Routers))
 	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded, g.upgrades, g.refusals} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
@@ -254,23 +263,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	uploadFailed := make(chan struct{})
 	var uploadErr error
-	call, err := g.send(ctx, frame, r.Body, func(err error) {
+	call, f, err := g.send(ctx, frame, r.Body, func(err error) {
 		uploadErr = err
 		close(uploadFailed)
 		cancel()
 	})
-	if err == nil {
-		defer call.end()
-	}
+	defer call.end()
 	receive := call.receive
-	if err != nil {
+	if unreachable(err) {
 		code = http.StatusServiceUnavailable
 		log.Warn("router unreachable", "err", err)
 		kstatus.Write(w, kstatus.New(code, "no router is reachable").WithRetryAfter(time.Second))
 		return
 	}
-
-	f, err := receive()
 	if err != nil {
 		select {
 		case <-uploadFailed:
@@ -374,13 +379,77 @@ type routerCall struct {
 	end func()
 }
 
-// send hands the request to a router: a Call when it has no body (one
-// HTTP/2 request of known length), else a Proxy stream with the body
+// send hands the request to a router and waits for its first answer (the
+// response head, or the error that came first): a Call when it has no body
+// (one HTTP/2 request of known length), else a Proxy stream with the body
 // streamed behind the Open, or, for an upgrade, the connection's bytes
-// once it has switched.
-func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func(error)) (routerCall, error) {
+// once it has switched. The routers are tried in order: one that cannot be
+// reached is passed over, and so is one that fails a read without a body
+// before answering (it died with it), since a read changes nothing. The
+// call returned is always safe to end.
+func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader, uploadFailed func(error)) (routerCall, *tetherv1.Frame, error) {
+	o := open.GetOpen()
+	read := o.GetEnd() && !tunnel.Mutates(o) && o.GetUpgrade() == ""
+	var err error
+	for _, i := range g.routerOrder() {
+		var call routerCall
+		call, err = g.sendTo(ctx, g.cfg.Routers[i], open, body, uploadFailed)
+		if err == nil {
+			var f *tetherv1.Frame
+			if f, err = call.receive(); err == nil {
+				return call, f, nil
+			}
+			if ctx.Err() != nil || !(unreachable(err) || read) {
+				return call, nil, err
+			}
+			call.end()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if unreachable(err) {
+			// Nothing reached that router: another may take the request.
+			g.down[i].Store(time.Now().Add(routerDownFor).UnixNano())
+			g.cfg.Logger.Warn("router unreachable; trying the next", "router", i, "err", err)
+			continue
+		}
+		if !read {
+			break
+		}
+		g.cfg.Logger.Warn("router failed a read before answering; trying the next", "router", i, "err", err)
+	}
+	return routerCall{receive: func() (*tetherv1.Frame, error) { return nil, err }, end: func() {}}, nil, err
+}
+
+// routerDownFor is how long a router that could not be reached is passed
+// over.
+const routerDownFor = time.Second
+
+// routerOrder is the routers to try: those not passed over, in order, then
+// the rest (one may be back).
+func (g *Gateway) routerOrder() []int {
+	now := time.Now().UnixNano()
+	up, down := make([]int, 0, len(g.cfg.Routers)), []int(nil)
+	for i := range g.cfg.Routers {
+		if g.down[i].Load() > now {
+			down = append(down, i)
+		} else {
+			up = append(up, i)
+		}
+	}
+	return append(up, down...)
+}
+
+// unreachable reports whether err means the request reached no router:
+// its connection could not be made.
+func unreachable(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (g *Gateway) sendTo(ctx context.Context, router tetherv1connect.ProxyServiceClient, open *tetherv1.Frame, body io.Reader, uploadFailed func(error)) (routerCall, error) {
 	if open.GetOpen().GetEnd() {
-		ss, err := g.cfg.Router.Call(ctx, connect.NewRequest(open))
+		ss, err := router.Call(ctx, connect.NewRequest(open))
 		if err != nil {
 			return routerCall{}, err
 		}
@@ -397,11 +466,15 @@ func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader
 			end: func() { _ = ss.Close() },
 		}, nil
 	}
-	stream := g.cfg.Router.Proxy(ctx)
+	stream := router.Proxy(ctx)
 	// Closing the response resets an HTTP/2 stream that is still open, the
 	// request side included; after a clean end it only frees the stream.
 	call := routerCall{receive: stream.Receive, end: func() { _ = stream.CloseResponse() }}
 	if err := stream.Send(open); err != nil {
+		// Send says only that the stream is gone; Receive says why.
+		if _, rerr := stream.Receive(); rerr != nil {
+			err = rerr
+		}
 		call.end()
 		return routerCall{}, err
 	}

@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
+
+	"github.com/tether-dev/tether/lib/tunnel"
 )
 
 // Limits bound what one client, or one cluster's users together, can take
@@ -28,15 +29,7 @@ type Limits struct {
 // longRunning reports whether a request stays open for as long as its
 // client wants: an upgrade, a watch, or a followed log.
 func longRunning(query url.Values, path string, upgrade bool) bool {
-	if upgrade {
-		return true
-	}
-	for _, name := range []string{"watch", "follow"} {
-		if v := strings.ToLower(query.Get(name)); v == "true" || v == "1" {
-			return true
-		}
-	}
-	return strings.Contains(path, "/watch/")
+	return upgrade || tunnel.Streams(query, path)
 }
 
 // headBytes is the size of the request head as the client sent it: the

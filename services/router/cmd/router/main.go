@@ -31,8 +31,7 @@ func main() {
 		id          string
 		window      int
 		noAgentWait time.Duration
-		readRetry   time.Duration
-		idleProbe   time.Duration
+		cfg         router.Config
 		mtls        svc.MTLS
 	)
 	fs := flag.NewFlagSet("router", flag.ExitOnError)
@@ -41,9 +40,12 @@ func main() {
 	natsFlags.Register(fs)
 	fs.StringVar(&id, "id", os.Getenv("TETHER_ROUTER_ID"), "instance id; default: host name and pid")
 	fs.IntVar(&window, "window", tunnel.DefaultWindow, "credit per request for response bytes")
-	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent before 503")
-	fs.DurationVar(&readRetry, "read-retry", 10*time.Second, "how long a read that lost its subscriber or agent before any answer is sent again (the client's own deadline still applies)")
-	fs.DurationVar(&idleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
+	fs.DurationVar(&noAgentWait, "no-agent-wait", time.Second, "how long a request waits for a reconnecting agent, or for the router's NATS link, before 503")
+	fs.DurationVar(&cfg.RetryWindow, "retry-window", 15*time.Second, "how long a request that lost its subscriber or agent keeps being sent again: reads before their answer, mutations (the agent remembers them by request id), watches from their last event (the client's own deadline still applies)")
+	fs.IntVar(&cfg.RetryBodyLimit, "retry-body-limit", 1<<20, "the most of a request body kept for another attempt; a mutation with a larger body is not sent again")
+	fs.DurationVar(&cfg.AckTimeout, "ack-timeout", 5*time.Second, "a request no subscriber answered or acknowledged within this is lost (and sent again where safe)")
+	fs.DurationVar(&cfg.PeerProbe, "peer-probe", 2*time.Second, "check the agent stream of a call quiet for this long; one nobody listens on twice running, or that answers nothing for four of these, is gone")
+	fs.DurationVar(&cfg.IdleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
 	mtls.Register(fs, "gateway")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
@@ -64,10 +66,9 @@ func main() {
 		// Not ready before the catalog is read: a cluster not read yet
 		// would get 404s.
 		env.Admin.AddCheck("clusters", follower.Ready)
-		srv, err := router.New(router.Config{
-			ID: id, NATS: nc, Catalog: cat, Window: window, NoAgentWait: noAgentWait, ReadRetry: readRetry, IdleProbe: idleProbe,
-			Instruments: env.Telemetry.Instruments(),
-		})
+		cfg.ID, cfg.NATS, cfg.Catalog, cfg.Window, cfg.NoAgentWait = id, nc, cat, window, noAgentWait
+		cfg.Instruments = env.Telemetry.Instruments()
+		srv, err := router.New(cfg)
 		if err != nil {
 			return err
 		}

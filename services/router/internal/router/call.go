@@ -10,17 +10,23 @@ import (
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/natslink"
+	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
-// call is one request on its way over NATS to whichever subscriber holds
-// the cluster's agent. Its stream speaks to that subscriber's session
-// subject, learned from the first answer.
+// call is one attempt of a request on its way over NATS to whichever
+// subscriber holds the cluster's agent. Its stream speaks to that
+// subscriber's session subject, learned from the first answer.
 type call struct {
 	id    uint64
 	inbox string
 	nc    *nats.Conn
 	s     *tunnel.Stream
+	seq   natslink.Seq
+	// epoch is the router's NATS epoch when the call was sent: a call whose
+	// link dropped before any answer may have reached an agent unseen.
+	epoch uint64
+	sent  time.Time
 
 	mu           sync.Mutex
 	peer         string
@@ -28,7 +34,10 @@ type call struct {
 	isAnswered   bool
 	noResponders bool
 
-	lastRecv atomic.Int64
+	// lastRecv: the last frame from the peer; lastChecked: the last time a
+	// probe found the peer holding the call (or its session alive).
+	lastRecv    atomic.Int64
+	lastChecked atomic.Int64
 }
 
 var errNoPeer = errors.New("router: no subscriber has answered yet")
@@ -41,7 +50,7 @@ func (c *call) Send(f *tetherv1.Frame) error {
 	if peer == "" {
 		return errNoPeer
 	}
-	return natslink.Publish(c.nc, peer, c.inbox, f, nil)
+	return c.seq.Publish(c.nc, peer, c.inbox, f, nil)
 }
 
 // receive takes a message from the inbox. It runs on the NATS delivery
@@ -49,6 +58,12 @@ func (c *call) Send(f *tetherv1.Frame) error {
 func (c *call) receive(m *nats.Msg, f *tetherv1.Frame) {
 	if !c.answer(m.Reply) {
 		// Only the subscriber that took the request may speak for it.
+		return
+	}
+	if !c.seq.Received(f) {
+		// What came after a lost frame cannot be used: the request is
+		// broken off here (and at the agent), and sent again if it may be.
+		c.s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, natslink.ErrFramesLost)
 		return
 	}
 	_ = c.s.Deliver(f)
@@ -67,7 +82,9 @@ func (c *call) answer(reply string) bool {
 	if c.peer != reply {
 		return false
 	}
-	c.lastRecv.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	c.lastRecv.Store(now)
+	c.lastChecked.Store(now)
 	return true
 }
 
@@ -86,9 +103,8 @@ func (c *call) noResponder() {
 	c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber holding the agent is gone"})
 }
 
-// lost ends a call whose subscriber took the request and then went
-// silent: whoever waits for the first answer (dial) or for the stream
-// hears it at once.
+// lost ends a call whose subscriber (or the link to it) is gone: whoever
+// waits for the first answer (dial) or for the stream hears it at once.
 func (c *call) lost(msg string) {
 	c.mu.Lock()
 	if !c.isAnswered {
@@ -99,8 +115,34 @@ func (c *call) lost(msg string) {
 	c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: msg})
 }
 
+// abandon tells the subscriber that took the call, if any, that the
+// router is done with it: unless it finished cleanly or the subscriber
+// ended it itself. A stream that failed here (a lost peer, a lost link)
+// is told too, so the agent stops a watch the router resumed elsewhere.
+func (c *call) abandon(code tetherv1.ResetCode, msg string) {
+	if c.s.Finished() {
+		return
+	}
+	err := c.s.Err()
+	if err == nil {
+		c.s.Reset(code, msg)
+		return
+	}
+	var re *tunnel.ResetError
+	if errors.As(err, &re) && re.Remote {
+		return
+	}
+	_ = c.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: code, Message: msg}}})
+}
+
 func (c *call) peerSubject() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.peer
+}
+
+// session is the agent stream the call reached, if a subscriber said.
+func (c *call) session() string {
+	s, _ := subject.SessionOf(c.peerSubject())
+	return s
 }

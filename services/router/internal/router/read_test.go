@@ -1,32 +1,139 @@
 package router
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
 	"testing"
+	"time"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
-func TestIsRead(t *testing.T) {
+func TestKindOf(t *testing.T) {
 	tests := []struct {
-		name string
-		open *tetherv1.Open
-		want bool
+		name  string
+		open  *tetherv1.Open
+		kind  kind
+		watch bool
 	}{
-		{"get", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces", End: true}, true},
-		{"list with chunks", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "limit=500&continue=x", End: true}, true},
-		{"head", &tetherv1.Open{Method: "HEAD", Path: "/api", End: true}, true},
-		{"watch", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "watch=true", End: true}, false},
-		{"watch=1", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "watch=1", End: true}, false},
-		{"old watch path", &tetherv1.Open{Method: "GET", Path: "/api/v1/watch/pods", End: true}, false},
-		{"logs -f", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/log", Query: "follow=true", End: true}, false},
-		{"exec", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/exec", Upgrade: "websocket"}, false},
-		{"post", &tetherv1.Open{Method: "POST", Path: "/api/v1/namespaces", End: true}, false},
-		{"delete", &tetherv1.Open{Method: "DELETE", Path: "/api/v1/namespaces/x", End: true}, false},
-		{"get with a body", &tetherv1.Open{Method: "GET", Path: "/api"}, false},
+		{"get", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces", End: true}, read, false},
+		{"list with chunks", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "limit=500&continue=x", End: true}, read, false},
+		{"head", &tetherv1.Open{Method: "HEAD", Path: "/api", End: true}, read, false},
+		{"watch", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "watch=true", End: true}, read, true},
+		{"watch=1", &tetherv1.Open{Method: "GET", Path: "/api/v1/pods", Query: "watch=1", End: true}, read, true},
+		{"old watch path", &tetherv1.Open{Method: "GET", Path: "/api/v1/watch/pods", End: true}, read, true},
+		{"logs -f", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/log", Query: "follow=true", End: true}, read, true},
+		{"exec", &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/exec", Upgrade: "websocket"}, upgrade, false},
+		{"post", &tetherv1.Open{Method: "POST", Path: "/api/v1/namespaces"}, mutation, false},
+		{"delete", &tetherv1.Open{Method: "DELETE", Path: "/api/v1/namespaces/x", End: true}, mutation, false},
+		{"patch", &tetherv1.Open{Method: "PATCH", Path: "/api/v1/namespaces/x"}, mutation, false},
 	}
 	for _, tt := range tests {
-		if got := isRead(tt.open); got != tt.want {
-			t.Errorf("%s: isRead = %v, want %v", tt.name, got, tt.want)
+		if got := kindOf(tt.open); got != tt.kind {
+			t.Errorf("%s: kindOf = %v, want %v", tt.name, got, tt.kind)
 		}
+		if got := isWatch(tt.open); got != tt.watch {
+			t.Errorf("%s: isWatch = %v, want %v", tt.name, got, tt.watch)
+		}
+	}
+}
+
+// frames feeds a replayBody as the gateway would.
+type frames []*tetherv1.Frame
+
+func (f *frames) Receive() (*tetherv1.Frame, error) {
+	if len(*f) == 0 {
+		return nil, io.EOF
+	}
+	next := (*f)[0]
+	*f = (*f)[1:]
+	return next, nil
+}
+
+func data(s string, end bool) *tetherv1.Frame {
+	return &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: []byte(s), End: end}}}
+}
+
+func readAll(t *testing.T, b *replayBody) (string, error) {
+	t.Helper()
+	rd, err := b.reader()
+	if err != nil {
+		return "", err
+	}
+	var out bytes.Buffer
+	for {
+		chunk, err := rd.next(context.Background(), nil)
+		if errors.Is(err, io.EOF) {
+			return out.String(), nil
+		}
+		if err != nil {
+			return out.String(), err
+		}
+		out.Write(chunk)
+	}
+}
+
+func TestReplayBody(t *testing.T) {
+	tests := []struct {
+		name       string
+		limit      int
+		in         frames
+		want       string
+		wantErr    error
+		replayable bool
+	}{
+		{"small body is kept", 100, frames{data("hello ", false), data("world", true)}, "hello world", nil, true},
+		{"end alone", 100, frames{data("abc", false), data("", true)}, "abc", nil, true},
+		{"over the limit is streamed once", 4, frames{data("hello ", false), data("world", true)}, "hello world", nil, false},
+		{"broken off", 100, frames{data("abc", false)}, "abc", errBodyBroken, false},
+		{"reset by the client", 100, frames{data("abc", false), {StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{}}}}, "abc", errBodyBroken, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newReplayBody(tt.limit)
+			in := tt.in
+			b.fill(&in)
+			got, err := readAll(t, b)
+			if got != tt.want || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("first read: %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
+			}
+			if b.replayable() != tt.replayable {
+				t.Fatalf("replayable = %v, want %v", b.replayable(), tt.replayable)
+			}
+			again, err := readAll(t, b)
+			switch {
+			case tt.replayable && (again != tt.want || err != nil):
+				t.Fatalf("second read: %q, %v; want the same body", again, err)
+			case !tt.replayable && tt.wantErr == nil && !errors.Is(err, errNotReplayable):
+				t.Fatalf("second read of a body too large to keep: %q, %v", again, err)
+			}
+		})
+	}
+}
+
+// A reader waits for chunks that have not arrived, and gives up when its
+// attempt ends.
+func TestReplayBodyWaits(t *testing.T) {
+	b := newReplayBody(100)
+	rd, err := b.reader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		chunk, _ := rd.next(context.Background(), nil)
+		got <- string(chunk)
+	}()
+	time.Sleep(10 * time.Millisecond)
+	b.add([]byte("late"), false)
+	if s := <-got; s != "late" {
+		t.Fatalf("got %q", s)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	if _, err := rd.next(context.Background(), stop); err == nil {
+		t.Fatal("a reader whose attempt ended still waits")
 	}
 }

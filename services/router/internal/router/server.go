@@ -13,10 +13,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -30,6 +29,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/kstatus"
+	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/natslink"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
@@ -53,15 +53,28 @@ type Config struct {
 	// Window is the credit each call grants for response bytes.
 	Window int
 	// NoAgentWait is how long a request waits for an agent that is not
-	// connected (one that is reconnecting) before it fails with 503.
+	// connected (one that is reconnecting), or for the router's own NATS
+	// link, before it fails with 503.
 	NoAgentWait time.Duration
-	// ReadRetry is how long a read (GET, HEAD, OPTIONS, not a watch) that
-	// lost its subscriber or agent before any answer keeps being sent
-	// again: long enough for an agent to reconnect elsewhere. A read
-	// changes nothing, so running it twice is harmless.
-	ReadRetry time.Duration
+	// RetryWindow is how long a request that lost its subscriber or agent
+	// keeps being sent again: a read before its answer, a mutation the
+	// agent remembers by its request id, a watch from the last event it
+	// delivered (each resume has a window of its own). Long enough for an
+	// agent to reconnect elsewhere; the client's own deadline still applies.
+	RetryWindow time.Duration
+	// RetryBodyLimit is the most of a request body kept for another
+	// attempt; a mutation with a larger body is not sent again.
+	RetryBodyLimit int
+	// AckTimeout is how long a request may go without any word from a
+	// subscriber (an answer, or its ack) before it counts as lost.
+	AckTimeout time.Duration
+	// PeerProbe is how long a call may be quiet before the router checks
+	// that the agent stream it went to is still held (one ping per
+	// stream); a stream nobody listens on twice running, or that answers
+	// nothing for four of these, is gone.
+	PeerProbe time.Duration
 	// IdleProbe is how long a call may be quiet before the router asks the
-	// subscriber whether it still has it.
+	// subscriber whether it still has that call.
 	IdleProbe time.Duration
 
 	telemetry.Instruments
@@ -76,17 +89,23 @@ type Server struct {
 	metrics *metrics
 
 	inboxID string
+	// epoch counts the router's NATS disconnects: a call sent in an
+	// earlier epoch may have lost frames nobody will resend.
+	epoch atomic.Uint64
 
 	mu    sync.Mutex
 	calls map[uint64]*call
 	next  uint64
 	sub   *nats.Subscription
+	// unanswered are the agent streams whose last probes failed.
+	unanswered map[string]unanswered
 }
 
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	retries  prometheus.Counter
+	resumes  *prometheus.CounterVec
 	inflight prometheus.Gauge
 }
 
@@ -102,11 +121,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	cfg.Window = tunnel.ClampWindow(cfg.Window)
-	if cfg.ReadRetry <= 0 {
-		cfg.ReadRetry = 10 * time.Second
+	defaults := []struct {
+		d   *time.Duration
+		def time.Duration
+	}{{&cfg.RetryWindow, 15 * time.Second}, {&cfg.AckTimeout, 5 * time.Second}, {&cfg.PeerProbe, 2 * time.Second}, {&cfg.IdleProbe, 30 * time.Second}}
+	for _, d := range defaults {
+		if *d.d <= 0 {
+			*d.d = d.def
+		}
 	}
-	if cfg.IdleProbe <= 0 {
-		cfg.IdleProbe = 30 * time.Second
+	if cfg.RetryBodyLimit <= 0 {
+		cfg.RetryBodyLimit = 1 << 20
 	}
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_requests_total", Help: "Requests routed, by cluster and HTTP code."}, []string{"cluster", "code"}),
@@ -114,10 +139,11 @@ func New(cfg Config) (*Server, error) {
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
-		retries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_router_retries_total", Help: "Requests sent again because no agent answered."}),
+		retries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_router_retries_total", Help: "Requests sent again: no agent answered, or a hop was lost before the answer."}),
+		resumes:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_watch_resumes_total", Help: "Watches that lost a hop, by result: resumed from their last event, or broken off."}, []string{"result"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_router_requests_in_flight", Help: "Calls open."}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.inflight} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.resumes, m.inflight} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("router: registering metrics: %w", err)
 		}
@@ -125,25 +151,31 @@ func New(cfg Config) (*Server, error) {
 	// The inbox carries a per-process nonce besides the configured id: a
 	// restarted router (same pod name) must never receive answers meant for
 	// its predecessor's calls.
-	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inboxID: cfg.ID + "-" + nonce()}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inboxID: cfg.ID + "-" + nonce(),
+		unanswered: map[string]unanswered{}}
 	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inboxID), s.inbox)
 	if err != nil {
 		return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
 	}
 	_ = sub.SetPendingLimits(-1, 512<<20)
 	s.sub = sub
+	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
 	return s, nil
 }
 
 // Run probes quiet calls until ctx ends.
 func (s *Server) Run(ctx context.Context) {
-	t := time.NewTicker(s.cfg.IdleProbe / 2)
-	defer t.Stop()
+	peer := time.NewTicker(s.cfg.PeerProbe / 2)
+	defer peer.Stop()
+	idle := time.NewTicker(s.cfg.IdleProbe / 2)
+	defer idle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-peer.C:
+			s.probePeers(ctx)
+		case <-idle.C:
 			s.probeIdle(ctx)
 		}
 	}
@@ -195,9 +227,11 @@ func (s *Server) newCall() *call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
-	c := &call{id: s.next, inbox: subject.Router(s.inboxID, s.next), nc: s.cfg.NATS, answered: make(chan struct{})}
+	c := &call{id: s.next, inbox: subject.Router(s.inboxID, s.next), nc: s.cfg.NATS, answered: make(chan struct{}),
+		epoch: s.epoch.Load(), sent: time.Now()}
 	c.s = tunnel.NewStream(1, c, s.cfg.Window)
-	c.lastRecv.Store(time.Now().UnixNano())
+	c.lastRecv.Store(c.sent.UnixNano())
+	c.lastChecked.Store(c.sent.UnixNano())
 	s.calls[c.id] = c
 	return c
 }
@@ -254,15 +288,18 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 		code = http.StatusNotFound
 		return sendStatus(gw, kstatus.New(code, fmt.Sprintf("cluster %q not found", open.ClusterId)))
 	}
-	if !s.cfg.NATS.IsConnected() {
-		code = http.StatusServiceUnavailable
-		return sendStatus(gw, kstatus.New(code, "router has lost its NATS connection").WithRetryAfter(time.Second))
-	}
+	// Never trusted from the gateway: the router alone counts attempts.
+	open.Attempt, open.PreviousSessions = 0, nil
 	s.metrics.inflight.Inc()
 	defer s.metrics.inflight.Dec()
 
-	c, head, headErr, err := s.dialHead(ctx, open)
-	if err != nil {
+	r := &request{open: open, kind: kindOf(open), start: start}
+	if !open.End && r.kind != upgrade {
+		r.body = newReplayBody(s.cfg.RetryBodyLimit)
+		go r.body.fill(body)
+	}
+	c, head, err := s.exchange(ctx, r)
+	if c == nil && err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -270,41 +307,14 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 		log.Info("no agent", "err", err)
 		return sendStatus(gw, kstatus.New(code, err.Error()).WithRetryAfter(time.Second))
 	}
-	defer s.forget(c)
-	defer func() {
-		if !c.s.Finished() {
-			c.s.Reset(tetherv1.ResetCode_RESET_CODE_CANCELED, "client went away")
-		}
-	}()
-	pumped := make(chan struct{})
-	if !open.End {
-		go func() {
-			defer close(pumped)
-			s.pumpRequest(ctx, body, c)
-		}()
-		if head == nil && headErr == nil {
-			head, headErr = c.s.Head(ctx)
-		}
-	}
-	// An upgraded connection's two directions end apart: once the agent's
-	// has, the client's may still be sending (a half-close), so the call
-	// lasts until the client ends too, or goes away.
-	bothEnded := func() error {
-		if resp := head.GetResponse(); resp.GetStatus() == http.StatusSwitchingProtocols {
-			select {
-			case <-pumped:
-			case <-ctx.Done():
-			}
-		}
-		return nil
-	}
-	if err := headErr; err != nil {
+	defer func() { s.end(c) }()
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		st := statusFor(open.ClusterId, err)
 		code = st.Code
-		log.Info("request failed before the response", "err", err)
+		log.Info("request failed before the response", "err", err, "attempts", open.Attempt+1)
 		return sendStatus(gw, st)
 	}
 	resp := head.GetResponse()
@@ -318,6 +328,14 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	}
 	code = int(resp.Status)
 	s.metrics.duration.WithLabelValues("router").Observe(time.Since(start).Seconds())
+	pumped := make(chan struct{})
+	if r.kind == upgrade {
+		go func() {
+			defer close(pumped)
+			pumpUpgrade(ctx, body, c)
+		}()
+	}
+	plan := planWatch(open, resp, start)
 	head.StreamId = 1
 	if err := gw.Send(head); err != nil {
 		return err
@@ -325,6 +343,33 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	if resp.End {
 		return nil
 	}
+	if plan != nil {
+		return s.relayWatch(ctx, log, r, &c, plan, gw)
+	}
+	if err := s.relayBody(ctx, log, c, gw); err != nil {
+		return err
+	}
+	// An upgraded connection's two directions end apart: once the agent's
+	// has, the client's may still be sending (a half-close), so the call
+	// lasts until the client ends too, or goes away.
+	if resp.Status == http.StatusSwitchingProtocols {
+		select {
+		case <-pumped:
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+// end lets go of a call: one that did not finish cleanly is reset, so the
+// subscriber and the agent stop too.
+func (s *Server) end(c *call) {
+	c.abandon(tetherv1.ResetCode_RESET_CODE_CANCELED, "client went away")
+	s.forget(c)
+}
+
+// relayBody passes the response body on as it comes.
+func (s *Server) relayBody(ctx context.Context, log *slog.Logger, c *call, gw sender) error {
 	bp := tunnel.GetChunk()
 	defer tunnel.PutChunk(bp)
 	buf := *bp
@@ -337,14 +382,11 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 				return err
 			}
 			if end {
-				return bothEnded()
+				return nil
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}}); err != nil {
-				return err
-			}
-			return bothEnded()
+			return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -355,166 +397,120 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	}
 }
 
-// dialHead dials, and for a request that sends nothing before its answer
-// (no body, or an upgrade, whose bytes follow the 101) also waits for the
-// head (or the error that ends the stream first). Such a request goes out
-// again when nothing can have come of it: an agent that refused it
-// (draining) or a subscriber that had lost it did nothing, so while
-// NoAgentWait lasts; and a read that lost its subscriber or agent before
-// any answer changed nothing, so while ReadRetry lasts. err is for the
-// dial alone.
-func (s *Server) dialHead(ctx context.Context, open *tetherv1.Open) (c *call, head *tetherv1.Frame, headErr, err error) {
-	start := time.Now()
+// relayWatch passes a watch on event by event. When the stream breaks
+// because a hop was lost, it asks again from the last event delivered and
+// goes on; *cp is the call being read, replaced on each resume.
+func (s *Server) relayWatch(ctx context.Context, log *slog.Logger, r *request, cp **call, plan *watchPlan, gw sender) error {
+	bp := tunnel.GetChunk()
+	defer tunnel.PutChunk(bp)
+	buf := *bp
+	fr := &framer{format: plan.format}
+	framing := true
 	for {
-		c, err := s.dial(ctx, open)
-		if err != nil || !(open.End || open.Upgrade != "") {
-			return c, nil, nil, err
-		}
-		head, headErr := c.s.Head(ctx)
-		if !s.again(open, headErr, start) || ctx.Err() != nil {
-			return c, head, headErr, nil
-		}
-		s.forget(c)
-		s.metrics.retries.Inc()
-	}
-}
-
-// again reports whether a request that failed with err before its head,
-// first sent at start, should go out once more.
-func (s *Server) again(open *tetherv1.Open, err error, start time.Time) bool {
-	switch tunnel.CodeOf(err) {
-	case tetherv1.ResetCode_RESET_CODE_REFUSED:
-		return time.Since(start) < s.cfg.NoAgentWait
-	case tetherv1.ResetCode_RESET_CODE_UNAVAILABLE:
-		return isRead(open) && time.Since(start) < s.cfg.ReadRetry
-	}
-	return false
-}
-
-// isRead: a request that changes nothing and ends by itself.
-func isRead(open *tetherv1.Open) bool {
-	switch open.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-	default:
-		return false
-	}
-	if open.Upgrade != "" || !open.End {
-		return false
-	}
-	q, _ := url.ParseQuery(open.Query)
-	for _, k := range []string{"watch", "follow"} {
-		if v := strings.ToLower(q.Get(k)); v == "true" || v == "1" {
-			return false
-		}
-	}
-	return !strings.Contains(open.Path, "/watch/")
-}
-
-// dial publishes the Open until a subscriber takes it. Nobody listening is
-// the one failure that is always safe to retry: nothing reached an agent.
-func (s *Server) dial(ctx context.Context, open *tetherv1.Open) (*call, error) {
-	subj, err := subject.Requests(open.ClusterId)
-	if err != nil {
-		return nil, err
-	}
-	open.Window = uint32(s.cfg.Window)
-	frame := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}
-	hdr := nats.Header{}
-	s.cfg.Propagator.Inject(ctx, propagation.HeaderCarrier(hdr))
-	deadline := time.Now().Add(s.cfg.NoAgentWait)
-	delay := 25 * time.Millisecond
-	for {
-		c := s.newCall()
-		c.s.HeadSent(frame)
-		if err := natslink.Publish(s.cfg.NATS, subj, c.inbox, frame, hdr); err != nil {
-			s.forget(c)
-			return nil, fmt.Errorf("sending the request for cluster %q: %w", open.ClusterId, err)
-		}
-		select {
-		case <-ctx.Done():
-			s.forget(c)
-			return nil, ctx.Err()
-		case <-c.answered:
-		}
-		c.mu.Lock()
-		none := c.noResponders
-		c.mu.Unlock()
-		if !none {
-			return c, nil
-		}
-		s.forget(c)
-		if time.Now().Add(delay).After(deadline) {
-			return nil, fmt.Errorf("no agent of cluster %q is connected", open.ClusterId)
-		}
-		s.metrics.retries.Inc()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 400*time.Millisecond)
-	}
-}
-
-// pumpRequest streams the request body from the gateway to the agent,
-// waiting for the agent's credit.
-func (s *Server) pumpRequest(ctx context.Context, gw receiver, c *call) {
-	for {
-		f, err := gw.Receive()
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				c.s.Reset(tetherv1.ResetCode_RESET_CODE_CANCELED, "client request broken off")
-			}
-			return
-		}
-		switch k := f.Kind.(type) {
-		case *tetherv1.Frame_Data:
-			if len(k.Data.Chunk) > 0 {
-				if _, err := c.s.WriteContext(ctx, k.Data.Chunk); err != nil {
-					return
+		c := *cp
+		n, err := c.s.ReadContext(ctx, buf)
+		if n > 0 {
+			if !framing {
+				if err := sendChunks(gw, buf[:n]); err != nil {
+					return err
+				}
+			} else {
+				out, evs, ferr := fr.feed(buf[:n])
+				if ferr != nil {
+					// Not events after all, or one too large to hold:
+					// pass the rest through as it comes, unresumable.
+					log.Warn("watch passed through without resuming", "err", ferr)
+					framing = false
+					if err := sendChunks(gw, fr.rest()); err != nil {
+						return err
+					}
+					fr.reset()
+				} else {
+					if err := sendChunks(gw, out); err != nil {
+						return err
+					}
+					fr.consume(len(out))
+					for _, ev := range evs {
+						plan.seen(ev)
+					}
 				}
 			}
-			if k.Data.End {
-				_ = c.s.CloseWrite()
-				return
-			}
-		case *tetherv1.Frame_Reset_:
-			c.s.Reset(k.Reset_.Code, k.Reset_.Message)
-			return
 		}
+		if errors.Is(err, io.EOF) {
+			if framing {
+				if err := sendChunks(gw, fr.rest()); err != nil {
+					return err
+				}
+			}
+			return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+		}
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !framing || !plan.resumable() || tunnel.CodeOf(err) != tetherv1.ResetCode_RESET_CODE_UNAVAILABLE {
+			s.metrics.resumes.WithLabelValues("broken_off").Inc()
+			log.Info("watch broken off", "err", err)
+			return connect.NewError(connect.CodeUnavailable, err)
+		}
+		query, ok := plan.resumeQuery(time.Now())
+		if !ok {
+			// Its own timeout has passed: the kube-apiserver would have
+			// ended it cleanly by now.
+			return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
+		}
+		next, err := s.resume(ctx, r, c, query, plan)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.metrics.resumes.WithLabelValues("broken_off").Inc()
+			log.Info("watch could not be resumed", "err", err, "resource_version", plan.rv)
+			return connect.NewError(connect.CodeUnavailable, err)
+		}
+		s.metrics.resumes.WithLabelValues("resumed").Inc()
+		log.Info("watch resumed", "resource_version", plan.rv, "attempt", r.open.Attempt)
+		*cp = next
+		fr.reset()
 	}
 }
 
-func (s *Server) probeIdle(ctx context.Context) {
-	cutoff := time.Now().Add(-s.cfg.IdleProbe).UnixNano()
-	s.mu.Lock()
-	var quiet []*call
-	for _, c := range s.calls {
-		if c.lastRecv.Load() >= cutoff {
-			continue
-		}
-		if c.peerSubject() == "" {
-			// A subscriber acknowledges a request it took within a second
-			// (natslink.Ack); silence this long means it died with it.
-			// The dial still waits for that first answer: end it too.
-			c.lost("the subscriber that took the request is gone")
-			continue
-		}
-		quiet = append(quiet, c)
+// resume asks again for a watch that lost its hop, from plan.rv; the old
+// attempt c is let go. The new response must be the same kind of stream.
+func (s *Server) resume(ctx context.Context, r *request, c *call, query string, plan *watchPlan) (*call, error) {
+	if sess := c.session(); sess != "" {
+		r.sessions = append(r.sessions, sess)
 	}
-	s.mu.Unlock()
-	subjs := make([]string, len(quiet))
-	for i, c := range quiet {
-		subjs[i] = c.peerSubject()
-	}
-	for i, err := range natslink.PingAll(ctx, s.cfg.NATS, subjs, 5*time.Second) {
-		c := quiet[i]
-		if errors.Is(err, natslink.ErrGone) {
-			c.s.Close(&tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "the subscriber holding the agent is gone"})
-		} else if err == nil {
-			c.lastRecv.Store(time.Now().UnixNano())
+	c.abandon(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "the router resumes the watch elsewhere")
+	s.forget(c)
+	r.open.Query = query
+	r.open.Attempt++
+	r.open.PreviousSessions = nil
+	// Each resume has the retry window anew: a watch may lose several
+	// hops over its life.
+	r.start = time.Now()
+	next, head, err := s.exchange(ctx, r)
+	if err != nil {
+		if next != nil {
+			s.forget(next)
 		}
+		return nil, err
 	}
+	resp := head.GetResponse()
+	if again := planWatch(r.open, resp, r.start); resp == nil || resp.End || again == nil || again.format != plan.format {
+		s.end(next)
+		status := uint32(0)
+		if resp != nil {
+			status = resp.Status
+		}
+		// 410 Gone, most likely: the point to go on from is too old. The
+		// client is told by its stream breaking, watches again itself, and
+		// hears the 410 from the kube-apiserver.
+		return nil, fmt.Errorf("resuming the watch at resourceVersion %s was answered %d", plan.rv, status)
+	}
+	return next, nil
 }
 
 // statusFor turns a stream that ended before its response into the Status

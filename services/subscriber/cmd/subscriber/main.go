@@ -44,6 +44,7 @@ func main() {
 		mtls      svc.MTLS
 		heartbeat time.Duration
 		moveWait  time.Duration
+		natsGrace time.Duration
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -57,6 +58,7 @@ func main() {
 	fs.StringVar(&registry, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for agents' enrollment")
 	mtls.Register(fs, "")
 	fs.DurationVar(&moveWait, "move-timeout", 10*time.Second, "on SIGTERM, how long to wait for agents to connect elsewhere before taking no more of their requests")
+	fs.DurationVar(&natsGrace, "nats-grace", 3*time.Second, "how long the subscriber may be without NATS before it asks its agents to move")
 	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often each agent stream is reported alive to agent-registry")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
@@ -82,7 +84,7 @@ func main() {
 		}
 		cat := clusters.NewProjection()
 		srv, err := subscriber.New(subscriber.Config{
-			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, Clusters: cat,
+			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, Clusters: cat, MoveTimeout: moveWait, NATSGrace: natsGrace,
 			Events:      subscriber.JetStreamEvents{JS: js, Log: env.Log},
 			Instruments: env.Telemetry.Instruments(),
 		})

@@ -25,6 +25,22 @@ func (s *Server) event(sess *session, ev *tetherv1.AgentEvent) {
 	s.cfg.Events.Report(ev)
 }
 
+// reportEnded reports the streams an agent says ended (Hello.ended_sessions):
+// their subscriber may have died without a word, and the registry should
+// not wait for their heartbeats to run out. Only the agent's own cluster
+// is touched, whatever it sends.
+func (s *Server) reportEnded(sess *session, ended []string) {
+	for _, id := range ended {
+		if id == sess.id || !subject.ValidToken(id) {
+			continue
+		}
+		ev := &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{Reason: "the agent reports the stream ended"}}}
+		ev.ClusterId, ev.SessionId, ev.SubscriberId = sess.cluster, id, s.cfg.ID
+		ev.TimeUnixNano = s.cfg.Now().UnixNano()
+		s.cfg.Events.Report(ev)
+	}
+}
+
 // Heartbeats reports every open stream every interval until ctx ends, so
 // the registry can tell a stream that is alive from one whose subscriber
 // died without reporting its end.
@@ -38,10 +54,7 @@ func (s *Server) Heartbeats(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		sessions := make([]*session, 0, len(s.sessions))
-		for _, sess := range s.sessions {
-			sessions = append(sessions, sess)
-		}
+		sessions := s.sessionList()
 		s.mu.Unlock()
 		for _, sess := range sessions {
 			if sess.welcomed.Load() {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/tether-dev/tether/lib/clusters"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
+	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -47,7 +49,10 @@ type Config struct {
 	// MoveTimeout is how long a draining subscriber waits for its agents
 	// to connect elsewhere before it stops taking their requests anyway.
 	MoveTimeout time.Duration
-	Now         func() time.Time
+	// NATSGrace is how long the subscriber may be without NATS before it
+	// asks its agents to move: a stream here serves nobody meanwhile.
+	NATSGrace time.Duration
+	Now       func() time.Time
 
 	telemetry.Instruments
 }
@@ -69,6 +74,11 @@ type Server struct {
 	sessions map[string]*session
 	draining bool
 	wg       sync.WaitGroup
+	// orphans are requests dropped while NATS was away; their routers
+	// are told once it is back. moveAway asks the agents to move if it
+	// stays away.
+	orphans  []orphan
+	moveAway *time.Timer
 }
 
 type metrics struct {
@@ -93,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MoveTimeout <= 0 {
 		cfg.MoveTimeout = 10 * time.Second
 	}
+	if cfg.NATSGrace <= 0 {
+		cfg.NATSGrace = 3 * time.Second
+	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
 	}
@@ -114,7 +127,73 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("subscriber: registering metrics: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}}
+	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
+	natsconn.OnReconnect(cfg.NATS, s.natsBack)
+	return s, nil
+}
+
+// natsLost: frames to and from routers may be lost with the link, so every
+// request in flight is reset at its agent now (a mutation still finishes
+// there, and its result is kept for the router's next attempt), and its
+// router hears once the link is back. If the link stays away past
+// NATSGrace, the agents are asked to move to a subscriber that has one.
+func (s *Server) natsLost() {
+	s.mu.Lock()
+	sessions := s.sessionList()
+	s.mu.Unlock()
+	var dropped []orphan
+	for _, sess := range sessions {
+		dropped = append(dropped, sess.dropRelays("subscriber lost its NATS connection")...)
+	}
+	s.mu.Lock()
+	s.orphans = append(s.orphans, dropped...)
+	if s.moveAway == nil {
+		s.moveAway = time.AfterFunc(s.cfg.NATSGrace, s.natsAway)
+	}
+	s.mu.Unlock()
+	s.log.Warn("NATS connection lost; requests in flight reset", "requests", len(dropped), "streams", len(sessions))
+}
+
+// natsAway asks every agent to move while NATS is still away.
+func (s *Server) natsAway() {
+	if s.cfg.NATS.IsConnected() {
+		return
+	}
+	s.mu.Lock()
+	sessions := s.sessionList()
+	s.mu.Unlock()
+	s.log.Warn("still without NATS; asking the agents to move", "streams", len(sessions), "after", s.cfg.NATSGrace)
+	for _, sess := range sessions {
+		if err := sess.conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_GoAway{GoAway: &tetherv1.GoAway{Reason: "subscriber lost NATS"}}}); err != nil {
+			sess.log.Warn("telling the agent to move", "err", err)
+		}
+	}
+}
+
+// natsBack tells the routers of the requests dropped while NATS was away.
+func (s *Server) natsBack() {
+	s.mu.Lock()
+	orphans := s.orphans
+	s.orphans = nil
+	if s.moveAway != nil {
+		s.moveAway.Stop()
+		s.moveAway = nil
+	}
+	s.mu.Unlock()
+	for _, o := range orphans {
+		o.sess.toRouter(o.id, o.r, &tetherv1.Frame{StreamId: o.id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "subscriber lost its NATS connection"}}})
+	}
+	s.log.Info("NATS connection back", "routers_told", len(orphans))
+}
+
+// sessionList is every open session; s.mu is held.
+func (s *Server) sessionList() []*session {
+	out := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
 }
 
 // Connect serves one agent's stream for as long as it lasts.
@@ -212,6 +291,15 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 		s.log.Warn("agent claimed another cluster", "credential_cluster_id", claims.ClusterID, "hello_cluster_id", hello.ClusterId, "credential_id", claims.ID)
 		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("the credential is for cluster %q, not %q", claims.ClusterID, hello.ClusterId))
 	}
+	if !s.cfg.NATS.IsConnected() {
+		// Its requests could not reach it: send the agent elsewhere.
+		return connect.NewError(connect.CodeUnavailable, errors.New("subscriber has no NATS connection"))
+	}
+	if slices.Contains(hello.HeldSubscribers, s.cfg.ID) {
+		// The agent would rather have its streams on different
+		// subscribers; refused before this one takes any request.
+		return connect.NewError(connect.CodeAlreadyExists, errors.New("this subscriber already holds a stream of the agent"))
+	}
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
@@ -240,9 +328,11 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 		sess.close("subscriber lost NATS")
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
-	if err := conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Welcome{Welcome: &tetherv1.Welcome{
+	err = conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Welcome{Welcome: &tetherv1.Welcome{
 		SessionId: sess.id, SubscriberId: s.cfg.ID, PingIntervalMs: uint32(s.cfg.Keepalive.Interval.Milliseconds()),
-	}}}); err != nil {
+	}}})
+	close(sess.hello)
+	if err != nil {
 		sess.close("agent stream broke")
 		return err
 	}
@@ -250,6 +340,7 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 	sess.welcomed.Store(true)
 	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Connected{Connected: &tetherv1.AgentConnected{
 		AgentVersion: hello.AgentVersion, KubernetesVersion: hello.KubernetesVersion}}})
+	s.reportEnded(sess, hello.EndedSessions)
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
@@ -279,10 +370,7 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 func (s *Server) Drain(ctx context.Context) {
 	s.mu.Lock()
 	s.draining = true
-	sessions := make([]*session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		sessions = append(sessions, sess)
-	}
+	sessions := s.sessionList()
 	s.mu.Unlock()
 	for _, sess := range sessions {
 		if err := sess.conn.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_GoAway{GoAway: &tetherv1.GoAway{Reason: "subscriber shutting down"}}}); err != nil {

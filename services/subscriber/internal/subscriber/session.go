@@ -28,8 +28,11 @@ type session struct {
 	cluster string
 	conn    *tunnel.Conn
 	log     *slog.Logger
-	// welcomed: the agent was told it is connected, and reported.
+	// welcomed: the agent was told it is connected, and reported; hello
+	// is closed once the Welcome is on its way, before which no request
+	// may go to the agent (it waits for the Welcome first).
 	welcomed atomic.Bool
+	hello    chan struct{}
 	// moved is closed when the agent says it has a stream elsewhere (its
 	// GoAway); done when the session is closed.
 	moved     chan struct{}
@@ -52,6 +55,7 @@ type session struct {
 // relay is one request: where its router listens, and which halves ended.
 type relay struct {
 	router    string // subject of the router's call
+	seq       natslink.Seq
 	lastRecv  atomic.Int64
 	answered  atomic.Bool // the agent sent something back
 	ack       *time.Timer
@@ -67,7 +71,7 @@ func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims ag
 		srv: srv, id: id, cluster: hello.ClusterId, conn: conn, claims: claims,
 		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
 		relays: map[uint64]*relay{}, nextID: 1,
-		moved: make(chan struct{}), done: make(chan struct{}),
+		moved: make(chan struct{}), done: make(chan struct{}), hello: make(chan struct{}),
 	}
 	s.expiry = time.AfterFunc(claims.Expires.Sub(srv.cfg.Now()), s.expired)
 	return s
@@ -108,7 +112,32 @@ func (s *session) agentMoved() {
 		s.log.Info("agent moved to another stream; finishing the requests in flight here")
 		s.stopListening()
 		close(s.moved)
+		go s.closeWhenIdle()
 	})
+}
+
+// closeWhenIdle ends a session that takes no new requests once those in
+// flight are done, or MoveTimeout has passed: a watch would keep it for
+// ever, and a router resumes it on the agent's other stream (the reset is
+// UNAVAILABLE). The agent waits for that.
+func (s *session) closeWhenIdle() {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(s.srv.cfg.MoveTimeout)
+	for s.len() > 0 {
+		select {
+		case <-s.done:
+			return
+		case <-deadline:
+			s.log.Info("closing the stream the agent left, with requests still open", "in_flight", s.len())
+			s.close("the agent moved to another stream")
+			s.conn.Abort()
+			return
+		case <-t.C:
+		}
+	}
+	s.close("the agent moved to another stream")
+	s.conn.Abort()
 }
 
 // renew takes a fresh credential on the open stream. One that does not
@@ -206,6 +235,31 @@ func (s *session) close(why string) {
 	}
 }
 
+// dropRelays resets every request in flight at the agent, keeping the
+// session: its link to NATS dropped, so their frames may be lost. It
+// returns them, for their routers to be told once the link is back.
+func (s *session) dropRelays(why string) []orphan {
+	s.mu.Lock()
+	relays := s.relays
+	s.relays = map[uint64]*relay{}
+	s.mu.Unlock()
+	out := make([]orphan, 0, len(relays))
+	for id, r := range relays {
+		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}})
+		s.finish(r, "nats_lost")
+		out = append(out, orphan{sess: s, id: id, r: r})
+	}
+	return out
+}
+
+// orphan is a request dropped while NATS was away, whose router has not
+// heard yet.
+type orphan struct {
+	sess *session
+	id   uint64
+	r    *relay
+}
+
 func (s *session) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -225,6 +279,7 @@ func (s *session) open(m *nats.Msg) {
 		natslink.Refuse(s.srv.cfg.NATS, m, "request for another cluster")
 		return
 	}
+	s.log.Debug("request taken", "request_id", open.RequestId, "attempt", open.Attempt)
 	ctx := s.srv.cfg.Propagator.Extract(context.Background(), propagation.HeaderCarrier(m.Header))
 	_, span := s.srv.cfg.Tracer.Start(ctx, "subscriber relay", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("tether.request_id", open.RequestId), attribute.String("tether.cluster_id", open.ClusterId)))
@@ -233,6 +288,7 @@ func (s *session) open(m *nats.Msg) {
 	open.Tenants = nil // the agent has no use for them
 
 	r := &relay{router: m.Reply, span: span, routerEnd: open.End, start: time.Now()}
+	r.seq.Expect(f.Seq)
 	r.lastRecv.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	if s.closing {
@@ -244,6 +300,25 @@ func (s *session) open(m *nats.Msg) {
 	id := s.nextID
 	s.nextID += 2
 	s.relays[id] = r
+	s.mu.Unlock()
+	s.srv.metrics.inflight.Inc()
+	if tunnel.Mutates(open) {
+		// The router must know which agent stream a mutation reached
+		// before the agent can run it: a retry names this stream, and an
+		// agent runs a mutation it does not remember only when every
+		// stream named is its own (ADR 006). So the ack is at the NATS
+		// server before the Open goes on.
+		r.answered.Store(true)
+		if err := natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id)); err == nil {
+			err = s.srv.cfg.NATS.FlushTimeout(time.Second)
+		}
+		if err != nil {
+			s.forget(id)
+			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_REFUSED, Message: "subscriber could not reach NATS"}}})
+			s.finish(r, "refused")
+			return
+		}
+	}
 	// Tell the router we hold the request if the agent is slow to answer,
 	// so the router can probe for us and never waits on a lost request.
 	r.ack = time.AfterFunc(natslink.AckDelay, func() {
@@ -251,10 +326,12 @@ func (s *session) open(m *nats.Msg) {
 			_ = natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id))
 		}
 	})
-	s.mu.Unlock()
-	s.srv.metrics.inflight.Inc()
-	f.StreamId = id
+	f.StreamId, f.Seq = id, 0
 	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
+	select {
+	case <-s.hello:
+	case <-s.done:
+	}
 	if err := s.conn.Send(f); err != nil {
 		s.forget(id)
 		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "agent stream broke"}}})
@@ -268,9 +345,22 @@ func (s *session) fromRouter(m *nats.Msg) {
 	if err != nil {
 		return
 	}
+	if natslink.NoResponders(m) {
+		// A frame of ours went to a router inbox nobody listens on: that
+		// router is gone, and its request with it.
+		s.routerGone(id)
+		return
+	}
 	f, err := tunnel.Decode(m.Data)
 	if err != nil {
 		s.log.Warn("dropping malformed frame from a router", "err", err)
+		return
+	}
+	if id == natslink.SessionProbe {
+		// A router checking that this agent stream is still held.
+		if f.GetPing() != nil {
+			natslink.AnswerPing(s.srv.cfg.NATS, m, true)
+		}
 		return
 	}
 	s.mu.Lock()
@@ -288,8 +378,18 @@ func (s *session) fromRouter(m *nats.Msg) {
 		// Only the router that opened the request speaks for it.
 		return
 	}
+	if !r.seq.Received(f) {
+		// A frame from the router was lost: the request cannot go on.
+		if s.forget(id) {
+			s.log.Warn("frames from a router lost on NATS; resetting the request", "stream", id)
+			_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: natslink.ErrFramesLost}}})
+			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: natslink.ErrFramesLost}}})
+			s.finish(r, "frames_lost")
+		}
+		return
+	}
 	r.lastRecv.Store(time.Now().UnixNano())
-	f.StreamId = id
+	f.StreamId, f.Seq = id, 0
 	done := false
 	switch k := f.Kind.(type) {
 	case *tetherv1.Frame_Reset_:
@@ -358,7 +458,7 @@ func (s *session) agentEnded(r *relay) bool {
 
 func (s *session) toRouter(id uint64, r *relay, f *tetherv1.Frame) {
 	s.srv.metrics.frames.WithLabelValues("to_router").Inc()
-	if err := natslink.Publish(s.srv.cfg.NATS, r.router, subject.Session(s.id, id), f, nil); err != nil && f.GetReset_() == nil {
+	if err := r.seq.Publish(s.srv.cfg.NATS, r.router, subject.Session(s.id, id), f, nil); err != nil && f.GetReset_() == nil {
 		// The router cannot hear us: stop the agent's work too.
 		s.log.Warn("relaying to router failed", "err", err)
 		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "router unreachable"}}})
@@ -394,6 +494,22 @@ func outcome(f *tetherv1.Frame) string {
 	return "ok"
 }
 
+// routerGone stops a request whose router went away, at the agent too: a
+// read or a watch is cancelled there; a mutation finishes and keeps its
+// result (UNAVAILABLE), in case the router was not gone after all (NATS
+// answers "no responders" for a moment while a restarted node learns the
+// others' subscriptions) and sends it again.
+func (s *session) routerGone(id uint64) {
+	s.mu.Lock()
+	r, ok := s.relays[id]
+	s.mu.Unlock()
+	if ok && s.forget(id) {
+		s.log.Info("router gone; stopping its request at the agent", "stream", id)
+		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "router gone"}}})
+		s.finish(r, "router_lost")
+	}
+}
+
 // probeIdle asks the routers of quiet requests whether they still want them,
 // so a router that died does not leave a watch running at the agent.
 func (s *session) probeIdle(ctx context.Context) {
@@ -426,10 +542,8 @@ func (s *session) probeIdle(ctx context.Context) {
 		s.mu.Unlock()
 		for i, err := range natslink.PingAll(ctx, s.srv.cfg.NATS, subjs, 5*time.Second) {
 			id, r := ids[i], relays[i]
-			if errors.Is(err, natslink.ErrGone) && s.forget(id) {
-				s.log.Info("router gone; cancelling its request at the agent", "stream", id)
-				_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "router gone"}}})
-				s.finish(r, "router_lost")
+			if errors.Is(err, natslink.ErrGone) {
+				s.routerGone(id)
 				continue
 			}
 			if err == nil {
