@@ -5,26 +5,36 @@ BIN := $(CURDIR)/.bin
 MODULES := lib dev cmd/tetherctl services/gateway services/router services/subscriber services/agent \
 	services/agent-registry services/audit services/autoscaler
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
+# The chaos test runs a fleet of its own (3 NATS nodes, 20 agents) and
+# takes both cores: alone, after the rest. It needs root, iproute2 and
+# iptables for its test host (a network namespace).
+CHAOS := ./dev/chaos
 
 # Pinned tool versions (see docs/development.md).
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: run test test-short bench fuzz proto kube vet fmt clean images compose-config
+.PHONY: run test test-short chaos bench fuzz proto kube vet fmt clean images compose-config
 
-## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber
+## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber, CLUSTER=3 for a three-node NATS cluster
 run:
-	$(GO) run ./dev/cmd/tether-dev --state .state --replicas $(or $(REPLICAS),1)
+	$(GO) run ./dev/cmd/tether-dev --state .state --replicas $(or $(REPLICAS),1) --nats-nodes $(or $(CLUSTER),1)
 
-## test: every test: unit, integration and end to end (builds kube-apiserver on first use)
+## test: every test: unit, integration, end to end and chaos (builds kube-apiserver on first use)
 test: vet
 	bash hack/kube/build.sh >/dev/null
-	$(GO) test -count=1 -timeout 25m $(PKGS)
+	$(GO) test -count=1 -timeout 25m $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
+	$(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
 
 ## test-short: the tests that need no control plane
 test-short:
-	$(GO) test -short -count=1 $(PKGS)
+	$(GO) test -short -count=1 $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
+
+## chaos: the chaos test alone, printing what it counted
+chaos:
+	bash hack/kube/build.sh >/dev/null
+	$(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
 
 ## bench: latency, throughput and memory through Tether vs direct; writes bench/results/
 bench:
@@ -38,6 +48,7 @@ fuzz:
 	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzParsePath -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/identity -run '^$$' -fuzz FuzzClaimsMap -fuzztime $(FUZZTIME)
 	$(GO) test ./lib/agentcred -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
+	$(GO) test ./services/router/internal/router -run '^$$' -fuzz FuzzFramer -fuzztime $(FUZZTIME)
 
 ## proto: regenerate lib/gen from proto/ with pinned local plugins
 proto:

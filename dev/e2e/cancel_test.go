@@ -2,10 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -24,21 +20,7 @@ func gauge(t *testing.T, service, series string) float64 {
 // metric reads one series from a service's /metrics, if it is there.
 func metric(t *testing.T, service, series string) (float64, bool) {
 	t.Helper()
-	resp, err := http.Get("http://" + env.stack.Admin[service] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		return 0, false
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v, true
+	return env.stack.Metric(service, series)
 }
 
 // A client that goes away cancels its request at every hop, down to the

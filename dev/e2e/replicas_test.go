@@ -10,10 +10,11 @@ import (
 	"github.com/tether-dev/tether/dev/stack"
 )
 
-// With two of each gateway, router and subscriber and the agent on
-// subscriber-0, a request reaches the agent whichever gateway and router it
-// enters through: NATS interest on the cluster's subject finds the
-// subscriber that holds the stream; nothing is sticky.
+// With two of each gateway, router and subscriber, and the agent holding a
+// stream to each subscriber, a request reaches the agent whichever gateway
+// and router it enters through: NATS interest on the cluster's subject
+// finds a subscriber that holds a stream, and requests spread over both;
+// nothing is sticky.
 func TestAnyReplicaReachesTheAgent(t *testing.T) {
 	if len(env.stack.GatewayURLs) < 2 {
 		t.Fatalf("the e2e stack runs %d gateway(s); this test needs two", len(env.stack.GatewayURLs))
@@ -24,6 +25,11 @@ func TestAnyReplicaReachesTheAgent(t *testing.T) {
 		return v
 	}
 	before := served()
+	relayed := func(sub string) float64 {
+		v, _ := metric(t, sub, `tether_subscriber_requests_total{cluster="dev",outcome="ok"}`)
+		return v
+	}
+	before0, before1 := relayed("subscriber"), relayed("subscriber-1")
 	for i, gw := range env.stack.GatewayURLs {
 		for range 20 {
 			req, _ := http.NewRequest(http.MethodGet, gw+"/clusters/"+stack.ClusterID+"/api/v1/namespaces/default", nil)
@@ -46,8 +52,14 @@ func TestAnyReplicaReachesTheAgent(t *testing.T) {
 	if after := served(); after < before+20 {
 		t.Fatalf("router-1 served %v requests, want at least 20", after-before)
 	}
-	if gauge(t, "subscriber-1", "tether_agent_streams") != 0 {
-		t.Fatal("the agent holds a stream to subscriber-1 too; this test assumes one stream, on subscriber-0")
+	if gauge(t, "subscriber", "tether_agent_streams") != 1 || gauge(t, "subscriber-1", "tether_agent_streams") != 1 {
+		t.Fatal("the agent does not hold one stream to each subscriber")
+	}
+	// 40 requests land on one of two streams each: both serve (all on one
+	// would happen once in 2^39 runs).
+	if relayed("subscriber") == before0 || relayed("subscriber-1") == before1 {
+		t.Fatalf("requests did not spread over the agent's streams: subscriber-0 relayed %v, subscriber-1 %v",
+			relayed("subscriber")-before0, relayed("subscriber-1")-before1)
 	}
 }
 

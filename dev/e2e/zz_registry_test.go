@@ -32,84 +32,111 @@ func agentOf(t *testing.T, cluster string) *tetherv1.AgentStatus {
 	return nil
 }
 
-// registryMatches: every stream the registry counts as connected is one the
-// subscriber holds, and the reverse.
+// registryMatches: every stream the registry counts as alive (a heartbeat
+// within the timeout) is one a subscriber holds, and the reverse, stream
+// by stream for each subscriber.
 func registryMatches(t *testing.T) bool {
 	t.Helper()
 	resp, err := env.stack.Clusters().ListClusters(context.Background(), connect.NewRequest(&tetherv1.ListClustersRequest{}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	streams := 0
+	now := time.Now()
+	bySub := map[string]float64{}
 	for _, c := range resp.Msg.GetClusters() {
-		if c.GetAgent().GetState() == tetherv1.AgentState_AGENT_STATE_CONNECTED {
-			streams += len(c.GetAgent().GetStreams())
+		for _, s := range c.GetAgent().GetStreams() {
+			if now.Sub(time.Unix(s.GetLastHeartbeatUnix(), 0)) <= e2eHeartbeatTimeout+time.Second {
+				bySub[s.GetSubscriberId()]++
+			}
 		}
 	}
-	return float64(streams) == subscriberStreams(t)
-}
-
-// subscriberStreams is the agent streams every subscriber holds.
-func subscriberStreams(t *testing.T) float64 {
-	t.Helper()
-	n := 0.0
-	for i := range env.stack.SubscriberURLs {
-		name := "subscriber"
-		if i > 0 {
-			name = fmt.Sprintf("subscriber-%d", i)
+	for i, name := range subscribers() {
+		if bySub[fmt.Sprintf("subscriber-%d", i)] != gauge(t, name, "tether_agent_streams") {
+			return false
 		}
-		n += gauge(t, name, "tether_agent_streams")
 	}
-	return n
+	return true
 }
 
 // agent-registry's view follows the subscribers' own: an agent that
-// reconnects shows its new stream, a subscriber that stops reporting makes
-// its agents unhealthy without any disconnect event, and the view matches
-// the subscriber within a heartbeat period after each.
+// reconnects shows its new streams; a subscriber that freezes loses its
+// stream from the view as soon as the agent, connected again elsewhere,
+// says so, with the agent connected all along; subscribers that all stop
+// reporting make the agent unhealthy without any disconnect event; and the
+// view matches the subscribers within a heartbeat period after each.
 func TestRegistryFollowsTheAgents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	waitFor(t, 2*e2eHeartbeatTimeout, func() bool { return registryMatches(t) })
 	a := agentOf(t, "dev")
-	if a.GetState() != tetherv1.AgentState_AGENT_STATE_CONNECTED || len(a.GetStreams()) != 1 || a.GetStreams()[0].GetSubscriberId() != "subscriber-0" {
+	if a.GetState() != tetherv1.AgentState_AGENT_STATE_CONNECTED || len(a.GetStreams()) != 2 {
 		t.Fatalf("dev's agent: %v", a)
 	}
-	oldSession, connects := a.GetStreams()[0].GetSessionId(), a.GetConnects()
+	old := map[string]bool{}
+	for _, s := range a.GetStreams() {
+		old[s.GetSessionId()] = true
+	}
+	connects := a.GetConnects()
 
-	// The agent restarts: a disconnect, then a connect on a new stream.
+	// The agent restarts: disconnects, then connects on new streams.
 	if err := env.stack.Restart(ctx, "agent"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 2*e2eHeartbeatTimeout, func() bool {
 		a = agentOf(t, "dev")
-		return len(a.GetStreams()) == 1 && a.GetStreams()[0].GetSessionId() != oldSession && a.GetConnects() == connects+1
+		for _, s := range a.GetStreams() {
+			if old[s.GetSessionId()] {
+				return false
+			}
+		}
+		return len(a.GetStreams()) == 2 && a.GetConnects() >= connects+2 && registryMatches(t)
 	})
-	if !registryMatches(t) {
-		t.Fatal("after the agent's restart the registry and the subscriber disagree")
-	}
 
-	// The subscriber freezes: no disconnect is ever reported, the
-	// heartbeats stop, and the registry calls the agent unhealthy.
+	// subscriber-0 freezes: it never reports its stream's end. The agent
+	// finds the stream dead, connects again elsewhere and says which
+	// stream ended; the registry drops it, and the agent was connected
+	// throughout, served by subscriber-1.
 	sub := env.stack.Process("subscriber")
 	if err := sub.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	stopped := true
+	frozen := []string{"subscriber"}
 	defer func() {
-		if stopped {
-			_ = sub.Signal(syscall.SIGCONT)
+		for _, name := range frozen {
+			_ = env.stack.Process(name).Signal(syscall.SIGCONT)
 		}
 	}()
+	waitFor(t, 30*time.Second, func() bool {
+		a := agentOf(t, "dev")
+		if a.GetState() != tetherv1.AgentState_AGENT_STATE_CONNECTED {
+			t.Fatalf("with one subscriber frozen the agent is %v", a.GetState())
+		}
+		for _, s := range a.GetStreams() {
+			if s.GetSubscriberId() == "subscriber-0" {
+				return false
+			}
+		}
+		return true
+	})
+	devStillServed(t)
+
+	// Both subscribers freeze: nobody reports, the heartbeats stop, and
+	// the registry calls the agent unhealthy.
+	if err := env.stack.Process("subscriber-1").Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen = append(frozen, "subscriber-1")
 	waitFor(t, 3*e2eHeartbeatTimeout, func() bool {
 		return agentOf(t, "dev").GetState() == tetherv1.AgentState_AGENT_STATE_UNHEALTHY
 	})
-	if err := sub.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
+	for _, name := range frozen {
+		if err := env.stack.Process(name).Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
 	}
-	stopped = false
-	// Back: the agent's stream (new or the old one) is reported again,
-	// and the view matches the subscriber.
+	frozen = nil
+	// Back: the agent's streams are reported again, and the view matches
+	// the subscribers.
 	waitFor(t, 30*time.Second, func() bool {
 		return agentOf(t, "dev").GetState() == tetherv1.AgentState_AGENT_STATE_CONNECTED && registryMatches(t)
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -66,24 +67,36 @@ func TestDeadRouterLeavesNothingAtTheAgent(t *testing.T) {
 	must(t, kubeconfig(t, "admin"), "", "get", "ns", "default")
 }
 
-// A subscriber that dies ends its watches at the client (which then
-// reconnects, as client-go does), and the agent comes back through the new
-// subscriber.
+// A subscriber that dies ends the watches it carried that cannot go on
+// from a known point (these start from the current state, which comes as
+// synthetic events in no order) at the client, which then watches again
+// as client-go does; watches on the agent's other stream carry on. The
+// agent comes back through the new subscriber.
 func TestDeadSubscriberEndsWatchesAndTheAgentReconnects(t *testing.T) {
-	w := openWatch(t, context.Background())
-	defer w.Close()
-	ended := make(chan error, 1)
-	go func() { _, err := io.Copy(io.Discard, w); ended <- err }()
+	before := gauge(t, "subscriber", "tether_subscriber_requests_in_flight")
+	var ended atomic.Int32
+	for range 6 {
+		w := openWatch(t, context.Background())
+		defer w.Close()
+		go func() {
+			_, _ = io.Copy(io.Discard, w)
+			ended.Add(1)
+		}()
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		return gauge(t, "subscriber", "tether_subscriber_requests_in_flight")+gauge(t, "subscriber-1", "tether_subscriber_requests_in_flight") >= before+6
+	})
+	onIt := int32(gauge(t, "subscriber", "tether_subscriber_requests_in_flight") - before)
 	kill(t, "subscriber")
-	select {
-	case <-ended:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the watch outlived its subscriber by 30s")
+	waitFor(t, 30*time.Second, func() bool { return ended.Load() >= onIt })
+	time.Sleep(2 * time.Second) // the routers' peer probe has run: no more end
+	if n := ended.Load(); n != onIt {
+		t.Fatalf("%d watches ended; %d were on the subscriber that died", n, onIt)
 	}
 	restart(t, "subscriber")
 	waitFor(t, 60*time.Second, func() bool {
 		_, _, err := kubectl(t, kubeconfig(t, "admin"), "", "get", "ns", "default")
-		return err == nil
+		return err == nil && gauge(t, "agent", "tether_agent_stream_connected") >= 2
 	})
 }
 

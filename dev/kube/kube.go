@@ -71,6 +71,9 @@ type ControlPlane struct {
 	CAFile          string // CA that signed the serving certificate
 	AdminKubeconfig string // kubeconfig for the admin (system:masters) user
 	AdminToken      string
+	// AuditLog is the kube-apiserver's audit log: every mutating request,
+	// one JSON event a line (Audit reads it).
+	AuditLog string
 
 	dir    string
 	log    io.Writer
@@ -143,6 +146,13 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 
+	auditPolicyFile := filepath.Join(cfg.Dir, "audit-policy.yaml")
+	if err := os.WriteFile(auditPolicyFile, []byte(auditPolicy), 0o600); err != nil {
+		return nil, fmt.Errorf("write audit policy: %w", err)
+	}
+	auditLog := filepath.Join(logDir, "audit.log")
+	_ = os.Remove(auditLog) // a new cluster, a new record
+
 	admin := User{Name: adminName, UID: adminName, Groups: []string{"system:masters"}, Token: randomToken()}
 	tokenFile := filepath.Join(cfg.Dir, "tokens.csv")
 	if err := writeTokenFile(tokenFile, append([]User{admin}, cfg.Users...)); err != nil {
@@ -153,6 +163,7 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		URL:        "https://127.0.0.1:" + strconv.Itoa(ports[2]),
 		CAFile:     certs.caCert,
 		AdminToken: admin.Token,
+		AuditLog:   auditLog,
 		dir:        cfg.Dir,
 		log:        cfg.Log,
 		client: &http.Client{
@@ -208,6 +219,9 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		"--kubelet-preferred-address-types=InternalIP",
 		// There are no nodes to route the kubernetes Service to.
 		"--endpoint-reconciler-type=none",
+		"--audit-policy-file="+auditPolicyFile,
+		"--audit-log-path="+auditLog,
+		"--audit-log-maxsize=0", // one file for the cluster's life
 	)
 	if err != nil {
 		return nil, err

@@ -43,6 +43,24 @@ func TestControlPlane(t *testing.T) {
 	if out, errOut, err := run(cp.AdminKubeconfig, "create", "namespace", "tether-e2e"); err != nil {
 		t.Fatalf("admin: kubectl create namespace: %v\n%s%s", err, out, errOut)
 	}
+	// The audit log has the creation, and none of the reads.
+	events, err := cp.Audit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created int
+	for _, ev := range events {
+		if ev.Verb == "get" || ev.Verb == "list" {
+			t.Errorf("a read in the audit log: %+v", ev)
+		}
+		if ev.Verb == "create" && ev.ObjectRef != nil && ev.ObjectRef.Resource == "namespaces" && ev.ObjectRef.Name == "tether-e2e" &&
+			ev.User.Username == "admin" && ev.ResponseStatus != nil && ev.ResponseStatus.Code == 201 && ev.Stage == "ResponseComplete" {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Fatalf("the audit log holds the namespace's creation %d times, want once", created)
+	}
 
 	aliceConfig, err := cp.KubeconfigFor(alice)
 	if err != nil {

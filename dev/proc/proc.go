@@ -31,7 +31,8 @@ type Process struct {
 }
 
 // Start runs path with args. Its stdout and stderr go to logDir/<name>.log,
-// which is created or truncated; logDir is created if missing. env, if
+// appended after a line that marks the start, so a restarted service's
+// log still holds what its predecessor said; logDir is created if missing. env, if
 // non-nil, is the child's full environment; nil inherits ours.
 //
 // The child leads its own process group, so Stop and Signal reach everything
@@ -42,10 +43,11 @@ func Start(name, path, logDir string, env []string, args ...string) (*Process, e
 		return nil, fmt.Errorf("create log folder for %s: %w", name, err)
 	}
 	logPath := filepath.Join(logDir, name+".log")
-	f, err := os.Create(logPath)
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create log for %s: %w", name, err)
 	}
+	fmt.Fprintf(f, "---- %s started %s\n", name, time.Now().UTC().Format(time.RFC3339Nano))
 	cmd := exec.Command(path, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f

@@ -34,7 +34,7 @@ func TestProcess(t *testing.T) {
 				t.Errorf("LogPath = %s, want %s/sh.log", p.LogPath, logDir)
 			}
 			if tc.stop {
-				waitFor(t, func() bool { b, _ := os.ReadFile(p.LogPath); return len(b) > 0 })
+				waitFor(t, func() bool { return output(t, p) != "" })
 				if p.Exited() || p.ExitCode() != -1 {
 					t.Fatalf("Exited = %v, ExitCode = %d before Stop", p.Exited(), p.ExitCode())
 				}
@@ -60,8 +60,8 @@ func TestProcess(t *testing.T) {
 			if got := p.ExitCode(); got != tc.code {
 				t.Errorf("ExitCode = %d, want %d", got, tc.code)
 			}
-			if b, _ := os.ReadFile(p.LogPath); string(b) != tc.logLines {
-				t.Errorf("log = %q, want %q", b, tc.logLines)
+			if got := output(t, p); got != tc.logLines {
+				t.Errorf("log = %q, want %q", got, tc.logLines)
 			}
 			if tc.exitErr != "" {
 				err := p.ExitError()
@@ -87,13 +87,47 @@ func TestStopKills(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { b, _ := os.ReadFile(p.LogPath); return len(b) > 0 })
+	waitFor(t, func() bool { return output(t, p) != "" })
 	start := time.Now()
 	if err := p.Stop(200 * time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	if !p.Exited() || p.ExitCode() != -1 || time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("Exited = %v, ExitCode = %d after %v", p.Exited(), p.ExitCode(), time.Since(start))
+	}
+}
+
+// output is what the process wrote, after the line Start wrote first.
+func output(t *testing.T, p *Process) string {
+	t.Helper()
+	b, err := os.ReadFile(p.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, rest, _ := strings.Cut(string(b), "\n")
+	if !strings.HasPrefix(head, "---- "+p.Name+" started ") {
+		t.Fatalf("log does not begin with the start line: %q", b)
+	}
+	return rest
+}
+
+// A process started again under the same name appends to the log, so
+// what its predecessor said is kept.
+func TestRestartAppendsToTheLog(t *testing.T) {
+	dir := t.TempDir()
+	for _, word := range []string{"first", "second"} {
+		p, err := Start("sh", "/bin/sh", dir, nil, "-c", "echo "+word)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-p.Done()
+	}
+	b, err := os.ReadFile(dir + "/sh.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 4 || lines[1] != "first" || lines[3] != "second" {
+		t.Fatalf("log after two runs: %q", b)
 	}
 }
 

@@ -112,15 +112,16 @@ func (s *Stack) NATSArgs(service string) []string {
 		"--nats-ca-file", s.CAFile}
 }
 
-// waitNATS waits until a NATS client can log in, over TLS, as a user with
-// no permissions: a bare TCP probe would leave a TLS error in its log.
-func (s *Stack) waitNATS(ctx context.Context, p *proc.Process) error {
+// waitNATS waits until a NATS client can log in at url, over TLS, as a
+// user with no permissions: a bare TCP probe would leave a TLS error in
+// its log.
+func (s *Stack) waitNATS(ctx context.Context, p *proc.Process, url string) error {
 	pw, err := os.ReadFile(filepath.Join(s.opts.StateDir, "nats-users", "audit"))
 	if err != nil {
 		return fmt.Errorf("stack: %w", err)
 	}
 	return poll(ctx, p, 30*time.Second, func() bool {
-		nc, err := nats.Connect(s.NATSURL, nats.RootCAs(s.CAFile), nats.UserInfo("audit", string(pw)), nats.Timeout(time.Second), nats.Name("stack-probe"))
+		nc, err := nats.Connect(url, nats.RootCAs(s.CAFile), nats.UserInfo("audit", string(pw)), nats.Timeout(time.Second), nats.Name("stack-probe"))
 		if err != nil {
 			return false
 		}

@@ -11,9 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -86,10 +89,26 @@ type Options struct {
 	// Args adds flags per service, e.g. shorter keepalives in tests; a
 	// service's flags apply to its replicas too.
 	Args map[string][]string
-	// Replicas of gateway, router and subscriber (default 1). Replica 0 is
-	// "gateway", "router", "subscriber"; replica i is "gateway-i" and so on,
-	// each gateway calling its own router.
+	// Replicas of gateway and router (default 1). Replica 0 is "gateway",
+	// "router"; replica i is "gateway-i" and so on, each gateway calling
+	// its own router first and the others when that one fails.
 	Replicas int
+	// Subscribers is how many subscribers run: "subscriber",
+	// "subscriber-1", ... (default Replicas).
+	Subscribers int
+	// NATSNodes is how many NATS servers run ("natsd", "natsd-1", ...):
+	// more than one make a cluster, with every JetStream stream replicated
+	// on each (make run CLUSTER=3).
+	NATSNodes int
+	// AgentClusters are more clusters of tenant acme, each served by an
+	// agent of its own ("agent-<id>"), all of them backed by the same
+	// kube-apiserver.
+	AgentClusters []string
+	// TestHost names services (subscriber replicas) that run on a test
+	// host: a network namespace with its own address, which Partition can
+	// cut off from NATS. NATS and agent-registry then listen on this
+	// machine's address toward it. Needs root and iptables.
+	TestHost []string
 	Log      io.Writer
 }
 
@@ -111,7 +130,12 @@ type Stack struct {
 	// every replica's, SubscriberURL first.
 	SubscriberURL  string
 	SubscriberURLs []string
-	Kube           *kube.ControlPlane // nil with AgentKubeconfig
+	// NATSURLs are every NATS node's client URL; NATSURL lists them all.
+	NATSURLs []string
+	// HostIP is where NATS and agent-registry listen: loopback, or this
+	// machine's address toward the test host.
+	HostIP string
+	Kube   *kube.ControlPlane // nil with AgentKubeconfig
 	// NodeName is the development node running pods as host processes;
 	// empty with AgentKubeconfig.
 	NodeName string
@@ -126,6 +150,9 @@ type Stack struct {
 	byName map[string]*proc.Process
 	args   map[string][]string
 	ca     *pki.CA
+	host   *testHost
+	// natsPorts are the NATS nodes' client ports, which a partition cuts.
+	natsPorts []int
 }
 
 // Up starts everything and waits until each service is ready. On error it
@@ -140,17 +167,29 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	if len(o.Users) == 0 {
 		o.Users = DefaultUsers()
 	}
+	o.Replicas = max(o.Replicas, 1)
+	if o.Subscribers <= 0 {
+		o.Subscribers = o.Replicas
+	}
+	o.NATSNodes = max(o.NATSNodes, 1)
 	for _, d := range []string{"logs", "pki", "nats"} {
 		if err := os.MkdirAll(filepath.Join(o.StateDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("stack: %w", err)
 		}
 	}
-	s := &Stack{opts: o, Users: map[string]User{}, Admin: map[string]string{}, byName: map[string]*proc.Process{}, args: map[string][]string{}}
+	s := &Stack{opts: o, Users: map[string]User{}, Admin: map[string]string{}, byName: map[string]*proc.Process{}, args: map[string][]string{}, HostIP: "127.0.0.1"}
 	defer func() {
 		if err != nil {
 			_ = s.Down()
 		}
 	}()
+	if len(o.TestHost) > 0 {
+		if s.host, err = newTestHost(); err != nil {
+			return nil, err
+		}
+		s.HostIP = s.host.hostIP
+		fmt.Fprintf(o.Log, "stack: test host %s at %s (this machine %s) for %s\n", s.host.name, s.host.ip, s.host.hostIP, strings.Join(o.TestHost, ", "))
+	}
 
 	// The dev CA outlives restarts, so a kubeconfig printed once keeps working.
 	s.ca, err = pki.LoadOrCreateCA(filepath.Join(o.StateDir, "pki"), "tether-dev-ca")
@@ -175,17 +214,13 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
-	ports, err := proc.FreePorts(12)
+	ports, err := proc.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
-	natsPort, subPort, routerPort, gwPort, regPort := ports[0], ports[1], ports[2], ports[3], ports[9]
-	admin := map[string]int{"subscriber": ports[4], "router": ports[5], "gateway": ports[6], "agent": ports[7], "agent-registry": ports[10]}
-	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
-	s.GatewayURL = fmt.Sprintf("https://127.0.0.1:%d", gwPort)
-	s.RegistryURL = "https://" + addr(regPort)
-	s.IssuerURL = "https://" + addr(ports[11])
-	s.SubscriberURL = "http://" + addr(subPort)
+	regPort := ports[0]
+	s.RegistryURL = "https://" + net.JoinHostPort(s.HostIP, strconv.Itoa(regPort))
+	s.IssuerURL = "https://" + addr(ports[1])
 
 	tokens, err := s.writeTokens()
 	if err != nil {
@@ -207,105 +242,203 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	// Every internal hop as in production: each service has a
 	// certificate of the stack's CA, NATS speaks TLS.
+	hosts := []string{"127.0.0.1", "localhost", s.HostIP}
+	if s.host != nil {
+		hosts = append(hosts, s.host.ip)
+	}
 	for _, name := range []string{"natsd", "agent-registry", "subscriber", "router", "gateway", operator} {
-		if _, _, err := s.ca.IssueService(s.pkiDir(), name, []string{"127.0.0.1", "localhost"}); err != nil {
+		if _, _, err := s.ca.IssueService(s.pkiDir(), name, hosts); err != nil {
 			return nil, err
 		}
 	}
-	if _, err := s.start(ctx, "natsd", "--port", strconv.Itoa(natsPort), "--store-dir", filepath.Join(o.StateDir, "nats"), "--auth", auth,
-		"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd")); err != nil {
-		return nil, err
-	}
-	if err := s.waitNATS(ctx, s.byName["natsd"]); err != nil {
+	if err := s.startNATS(ctx, auth); err != nil {
 		return nil, err
 	}
 	if err := s.startIdP(ctx); err != nil {
 		return nil, err
 	}
-	services := []struct {
-		name string
-		args []string
-	}{
-		{"agent-registry", append([]string{"--listen", addr(regPort), "--signing-key", signingKey, "--agent-endpoint", s.SubscriberURL,
-			"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)},
-		{"subscriber", append([]string{"--listen", addr(subPort), "--id", "subscriber-0", "--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)},
-		{"router", append([]string{"--listen", addr(routerPort), "--id", "router-0"}, s.internalArgs("router")...)},
-		{"gateway", s.gatewayArgs(gwPort, routerPort, tokens, cert, key)},
+
+	// The subscribers' addresses come first: agent-registry writes where
+	// agents connect into their install manifests.
+	subs := make([]subscriberAt, o.Subscribers)
+	for i := range subs {
+		if subs[i], err = s.subscriberAt(i); err != nil {
+			return nil, err
+		}
+		s.SubscriberURLs = append(s.SubscriberURLs, subs[i].url)
 	}
-	for _, svc := range services {
-		if err := s.startService(ctx, svc.name, admin[svc.name], svc.args...); err != nil {
+	s.SubscriberURL = s.SubscriberURLs[0]
+	regAdmin, err := proc.FreePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.startService(ctx, "agent-registry", addr(regAdmin[0]), append([]string{"--listen", net.JoinHostPort(s.HostIP, strconv.Itoa(regPort)),
+		"--signing-key", signingKey, "--agent-endpoint", s.SubscriberURL, "--stream-replicas", strconv.Itoa(o.NATSNodes),
+		"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)...); err != nil {
+		return nil, err
+	}
+	for i, sub := range subs {
+		if err := s.startService(ctx, sub.name, sub.admin, append([]string{"--listen", sub.listen, "--id", fmt.Sprintf("subscriber-%d", i),
+			"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)...); err != nil {
 			return nil, err
 		}
 	}
-
-	s.GatewayURLs, s.SubscriberURLs = []string{s.GatewayURL}, []string{s.SubscriberURL}
-	for i := 1; i < o.Replicas; i++ {
-		if err := s.startReplica(ctx, i, tokens, cert, key, publicKey); err != nil {
+	routerURLs := make([]string, o.Replicas)
+	for i := range o.Replicas {
+		ports, err := proc.FreePorts(2)
+		if err != nil {
+			return nil, err
+		}
+		name := replicaName("router", i)
+		routerURLs[i] = "https://" + addr(ports[0])
+		if err := s.startService(ctx, name, addr(ports[1]), append([]string{"--listen", addr(ports[0]), "--id", fmt.Sprintf("router-%d", i)}, s.internalArgs("router")...)...); err != nil {
 			return nil, err
 		}
 	}
+	for i := range o.Replicas {
+		ports, err := proc.FreePorts(2)
+		if err != nil {
+			return nil, err
+		}
+		// Its own router first, then the others: a gateway whose router
+		// died sends new requests on to another.
+		own := append([]string{routerURLs[i]}, append(append([]string{}, routerURLs[:i]...), routerURLs[i+1:]...)...)
+		if err := s.startService(ctx, replicaName("gateway", i), addr(ports[1]), s.gatewayArgs(ports[0], own, tokens, cert, key)...); err != nil {
+			return nil, err
+		}
+		s.GatewayURLs = append(s.GatewayURLs, "https://"+addr(ports[0]))
+	}
+	s.GatewayURL = s.GatewayURLs[0]
 
-	// The clusters, created as an operator would with tetherctl; the dev
-	// cluster's bootstrap token goes to its agent.
-	var bootstrap string
-	for i, id := range append([]string{ClusterID}, o.NoAgentClusters...) {
+	// The clusters, created as an operator would with tetherctl; each
+	// bootstrap token goes to its agent.
+	bootstrap := map[string]string{}
+	for _, id := range append(append([]string{ClusterID}, o.NoAgentClusters...), o.AgentClusters...) {
 		bt, err := s.EnsureCluster(ctx, id, "acme")
 		if err != nil {
 			return nil, err
 		}
-		if i == 0 {
-			bootstrap = bt
+		bootstrap[id] = bt
+	}
+	for i, id := range append([]string{ClusterID}, o.AgentClusters...) {
+		if err := s.startAgent(ctx, i, id, bootstrap[id]); err != nil {
+			return nil, err
 		}
-	}
-	btFile := filepath.Join(o.StateDir, "agent-bootstrap-token")
-	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
-		return nil, fmt.Errorf("stack: %w", err)
-	}
-	// Every subscriber: told to move (a subscriber's planned restart), the
-	// agent connects to the next.
-	if err := s.startService(ctx, "agent", admin["agent"], "--cluster-id", ClusterID, "--subscriber-url", strings.Join(s.SubscriberURLs, ","),
-		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(o.StateDir, "agent-credential")); err != nil {
-		return nil, err
 	}
 	return s, nil
 }
 
+// subscriberAt is where subscriber i listens: on loopback, or on the test
+// host.
+type subscriberAt struct {
+	name, listen, admin, url string
+}
+
+func (s *Stack) subscriberAt(i int) (subscriberAt, error) {
+	ports, err := proc.FreePorts(2)
+	if err != nil {
+		return subscriberAt{}, err
+	}
+	name := replicaName("subscriber", i)
+	ip := "127.0.0.1"
+	if s.onTestHost(name) {
+		ip = s.host.ip
+	}
+	listen := net.JoinHostPort(ip, strconv.Itoa(ports[0]))
+	return subscriberAt{name: name, listen: listen, admin: net.JoinHostPort(ip, strconv.Itoa(ports[1])), url: "http://" + listen}, nil
+}
+
+func (s *Stack) onTestHost(name string) bool {
+	return s.host != nil && slices.Contains(s.opts.TestHost, name)
+}
+
+// replicaName is "router" for replica 0, "router-i" for replica i.
+func replicaName(service string, i int) string {
+	if i == 0 {
+		return service
+	}
+	return fmt.Sprintf("%s-%d", service, i)
+}
+
+// AgentName is the process serving cluster id: "agent" for dev.
+func AgentName(id string) string {
+	if id == ClusterID {
+		return "agent"
+	}
+	return "agent-" + id
+}
+
+// startAgent starts the agent of cluster id, the i-th, with its bootstrap
+// token. Its list of subscribers starts at the i-th, so the agents' streams
+// spread over all of them: told to move (a subscriber's planned restart),
+// a stream connects to the next.
+func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) error {
+	btFile := filepath.Join(s.opts.StateDir, "bootstrap-token-"+id)
+	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	urls := append(append([]string{}, s.SubscriberURLs[i%len(s.SubscriberURLs):]...), s.SubscriberURLs[:i%len(s.SubscriberURLs)]...)
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	return s.startService(ctx, AgentName(id), addr(ports[0]), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
+		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
+}
+
+// startNATS starts the NATS nodes, each listening on HostIP, as one
+// cluster when there are several, and waits until clients can log in.
+func (s *Stack) startNATS(ctx context.Context, auth string) error {
+	n := s.opts.NATSNodes
+	ports, err := proc.FreePorts(2 * n)
+	if err != nil {
+		return err
+	}
+	client, cluster := ports[:n], ports[n:]
+	s.natsPorts = client
+	for i := range n {
+		s.NATSURLs = append(s.NATSURLs, "nats://"+net.JoinHostPort(s.HostIP, strconv.Itoa(client[i])))
+	}
+	s.NATSURL = strings.Join(s.NATSURLs, ",")
+	for i := range n {
+		name := replicaName("natsd", i)
+		dir := filepath.Join(s.opts.StateDir, "nats", fmt.Sprintf("node-%d", i))
+		args := []string{"--server-name", name, "--host", s.HostIP, "--port", strconv.Itoa(client[i]), "--store-dir", dir, "--auth", auth,
+			"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd")}
+		if n > 1 {
+			var routes []string
+			for j := range n {
+				if j != i {
+					routes = append(routes, net.JoinHostPort(s.HostIP, strconv.Itoa(cluster[j])))
+				}
+			}
+			args = append(args, "--cluster-port", strconv.Itoa(cluster[i]), "--routes", strings.Join(routes, ","), "--cluster-ca", s.CAFile)
+		}
+		if _, err := s.start(ctx, name, append(args, s.opts.Args["natsd"]...)...); err != nil {
+			return err
+		}
+	}
+	for i := range n {
+		if err := s.waitNATS(ctx, s.byName[replicaName("natsd", i)], s.NATSURLs[i]); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(s.opts.Log, "stack: NATS ready (%d node(s): %s)\n", n, s.NATSURL)
+	return nil
+}
+
 // gatewayArgs are a gateway's flags: its port, its router's, its
 // credentials and both ways of authenticating users.
-func (s *Stack) gatewayArgs(port, routerPort int, tokens, cert, key string) []string {
-	return append([]string{"--listen", addr(port), "--router-url", "https://" + addr(routerPort), "--registry-url", s.RegistryURL,
+func (s *Stack) gatewayArgs(port int, routers []string, tokens, cert, key string) []string {
+	return append([]string{"--listen", addr(port), "--router-url", strings.Join(routers, ","), "--registry-url", s.RegistryURL,
 		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
 		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"},
 		s.internalArgs("gateway")...)
 }
 
-// startReplica starts replica i of subscriber, router and gateway, the
-// gateway calling that router.
-func (s *Stack) startReplica(ctx context.Context, i int, tokens, cert, key, publicKey string) error {
-	ports, err := proc.FreePorts(6)
-	if err != nil {
-		return err
-	}
-	n := func(service string) string { return fmt.Sprintf("%s-%d", service, i) }
-	if err := s.startService(ctx, n("subscriber"), ports[3], append([]string{"--listen", addr(ports[0]), "--id", n("subscriber"),
-		"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)...); err != nil {
-		return err
-	}
-	if err := s.startService(ctx, n("router"), ports[4], append([]string{"--listen", addr(ports[1]), "--id", n("router")}, s.internalArgs("router")...)...); err != nil {
-		return err
-	}
-	if err := s.startService(ctx, n("gateway"), ports[5], s.gatewayArgs(ports[2], ports[1], tokens, cert, key)...); err != nil {
-		return err
-	}
-	s.GatewayURLs = append(s.GatewayURLs, "https://"+addr(ports[2]))
-	s.SubscriberURLs = append(s.SubscriberURLs, "http://"+addr(ports[0]))
-	return nil
-}
-
 // startService starts a Tether service (or a replica, "router-1") with its
 // admin address and waits until it is ready.
-func (s *Stack) startService(ctx context.Context, name string, adminPort int, args ...string) error {
-	a := addr(adminPort)
+func (s *Stack) startService(ctx context.Context, name string, a string, args ...string) error {
 	s.Admin[name] = a
 	service, _, _ := strings.Cut(name, "-")
 	if name == "agent-registry" {
@@ -414,14 +547,22 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	// A replica "router-1" runs the binary "router".
+	// A replica "router-1" runs the binary "router", an agent
+	// "agent-c01" the binary "agent".
 	bin := name
 	if i := strings.LastIndexByte(name, '-'); i > 0 {
 		if _, err := strconv.Atoi(name[i+1:]); err == nil {
 			bin = name[:i]
 		}
 	}
-	p, err := proc.Start(name, filepath.Join(s.opts.BinDir, bin), filepath.Join(s.opts.StateDir, "logs"), nil, args...)
+	if strings.HasPrefix(name, "agent-") && name != "agent-registry" {
+		bin = "agent"
+	}
+	path, argv := filepath.Join(s.opts.BinDir, bin), args
+	if s.onTestHost(name) {
+		path, argv = s.host.command(path, args)
+	}
+	p, err := proc.Start(name, path, filepath.Join(s.opts.StateDir, "logs"), nil, argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -433,6 +574,19 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 
 // Args are the flags a service was started with.
 func (s *Stack) Args(name string) []string { return s.args[name] }
+
+// Names are every process the stack started, oldest first.
+func (s *Stack) Names() []string {
+	out := make([]string, 0, len(s.byName))
+	seen := map[string]bool{}
+	for _, p := range s.procs {
+		if !seen[p.Name] {
+			seen[p.Name] = true
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
 
 // Process returns the running process of a service, to signal or restart.
 func (s *Stack) Process(name string) *proc.Process { return s.byName[name] }
@@ -455,6 +609,11 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 	if name == "devnode" { // no admin address: its Node tells
 		return s.waitNode(ctx, p, started)
 	}
+	for i := range s.NATSURLs {
+		if name == replicaName("natsd", i) { // nor NATS: a login tells
+			return s.waitNATS(ctx, p, s.NATSURLs[i])
+		}
+	}
 	return waitReady(ctx, s.Admin[name], p)
 }
 
@@ -471,7 +630,21 @@ func (s *Stack) Down() error {
 	if s.Kube != nil {
 		errs = append(errs, s.Kube.Stop())
 	}
+	if s.host != nil {
+		errs = append(errs, s.host.close())
+		s.host = nil
+	}
 	return errors.Join(errs...)
+}
+
+// Partition cuts service, which runs on the test host, off from every NATS
+// node (on), or lets it through again (off). Nothing else it talks to is
+// cut: agents still reach it.
+func (s *Stack) Partition(service string, on bool) error {
+	if !s.onTestHost(service) {
+		return fmt.Errorf("stack: %s does not run on the test host", service)
+	}
+	return s.host.cut(s.natsPorts, on)
 }
 
 // operator is the certificate name of the stack itself, and of tests, when
@@ -621,4 +794,23 @@ func poll(ctx context.Context, p *proc.Process, limit time.Duration, ok func() b
 		}
 	}
 	return nil
+}
+
+// Metric reads one series, such as name or name{label="v"}, from a
+// service's /metrics; found is false without it, or when the service does
+// not answer within two seconds (a frozen one).
+func (s *Stack) Metric(service, series string) (v float64, found bool) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + s.Admin[service] + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		return 0, false
+	}
+	v, err = strconv.ParseFloat(string(m[1]), 64)
+	return v, err == nil
 }

@@ -3,6 +3,13 @@
 //
 //	natsd --port 4222 --store-dir .state/nats [--auth users.json] [--tls-cert F --tls-key F]
 //
+// Three of them make a cluster, JetStream replicating streams across it:
+//
+//	natsd --server-name n0 --port 4222 --cluster-port 6222 --routes 127.0.0.1:6223,127.0.0.1:6224 ...
+//
+// With --tls-cert and --cluster-ca, the nodes speak mutual TLS to each
+// other too.
+//
 // With --auth, every client must log in as one of the users in the file,
 // each allowed to publish and subscribe only to its subjects:
 //
@@ -17,8 +24,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,13 +36,19 @@ import (
 
 func main() {
 	var (
-		host     string
-		port     int
-		storeDir string
-		js       bool
-		authFile string
-		tlsCert  string
-		tlsKey   string
+		host      string
+		port      int
+		storeDir  string
+		js        bool
+		authFile  string
+		tlsCert   string
+		tlsKey    string
+		name      string
+		cport     int
+		cname     string
+		routes    string
+		clusterCA string
+		ping      time.Duration
 	)
 	flag.StringVar(&host, "host", "127.0.0.1", "address to listen on")
 	flag.IntVar(&port, "port", 4222, "client port")
@@ -42,16 +57,50 @@ func main() {
 	flag.StringVar(&authFile, "auth", "", "users and their subject permissions (JSON); empty: no authentication")
 	flag.StringVar(&tlsCert, "tls-cert", "", "serving certificate (PEM): clients must use TLS")
 	flag.StringVar(&tlsKey, "tls-key", "", "serving key (PEM)")
+	flag.StringVar(&name, "server-name", "tether-dev-nats", "this server's name, unique in a cluster")
+	flag.IntVar(&cport, "cluster-port", 0, "port other nodes of the cluster connect to; 0: no cluster")
+	flag.StringVar(&cname, "cluster-name", "tether", "the cluster's name")
+	flag.StringVar(&routes, "routes", "", "the other nodes' cluster addresses (host:port), comma-separated")
+	flag.StringVar(&clusterCA, "cluster-ca", "", "CA of the other nodes' certificates: the nodes speak mutual TLS (with --tls-cert)")
+	flag.DurationVar(&ping, "ping-interval", 2*time.Second, "ping clients after this long without traffic; two unanswered pings close the connection, so a client cut off loses its subscriptions (and its share of requests) within three of these")
 	flag.Parse()
 
 	opts := &server.Options{
-		ServerName: "tether-dev-nats",
+		ServerName: name,
 		Host:       host,
 		Port:       port,
 		JetStream:  js,
 		StoreDir:   storeDir,
 		// Frames are at most 256 KiB; leave room for headers.
-		MaxPayload: 1 << 20,
+		MaxPayload:   1 << 20,
+		PingInterval: ping,
+		MaxPingsOut:  2,
+	}
+	if cport != 0 {
+		opts.Cluster = server.ClusterOpts{Name: cname, Host: host, Port: cport}
+		for _, r := range strings.Split(routes, ",") {
+			if r = strings.TrimSpace(r); r == "" {
+				continue
+			}
+			u, err := url.Parse("nats-route://" + r)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "natsd: route %q: %v\n", r, err)
+				os.Exit(1)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+		if clusterCA != "" {
+			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: tlsCert, KeyFile: tlsKey, CaFile: clusterCA, Verify: true})
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "natsd: cluster TLS: %v\n", err)
+				os.Exit(1)
+			}
+			// Each node is the others' client too: it checks the nodes it
+			// dials against the same CA (nats-server's own configuration
+			// parser does the same).
+			tc.RootCAs = tc.ClientCAs
+			opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = tc, 5
+		}
 	}
 	if authFile != "" {
 		users, err := loadUsers(authFile)
@@ -80,7 +129,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "natsd: not ready after 30s")
 		os.Exit(1)
 	}
-	fmt.Fprintf(os.Stderr, "natsd: ready on %s (jetstream=%v)\n", ns.ClientURL(), js)
+	fmt.Fprintf(os.Stderr, "natsd: %s ready on %s (jetstream=%v, cluster port %d, routes %d)\n", name, ns.ClientURL(), js, cport, len(opts.Routes))
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

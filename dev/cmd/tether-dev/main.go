@@ -33,12 +33,13 @@ func main() {
 		return
 	}
 	var state, agentKubeconfig string
-	var replicas int
+	var replicas, natsNodes int
 	flag.StringVar(&state, "state", ".state", "folder for certificates, logs, NATS data and kubeconfigs")
 	flag.IntVar(&replicas, "replicas", envInt("REPLICAS", 1), "instances of gateway, router and subscriber")
+	flag.IntVar(&natsNodes, "nats-nodes", envInt("CLUSTER", 1), "NATS servers: 3 make a cluster with JetStream streams replicated three times")
 	flag.StringVar(&agentKubeconfig, "agent-kubeconfig", os.Getenv("AGENT_KUBECONFIG"), "kubeconfig of a cluster for the agent; empty starts a local kube-apiserver")
 	flag.Parse()
-	if err := run(state, agentKubeconfig, replicas); err != nil {
+	if err := run(state, agentKubeconfig, replicas, natsNodes); err != nil {
 		fmt.Fprintf(os.Stderr, "tether-dev: %v\n", err)
 		os.Exit(1)
 	}
@@ -51,7 +52,7 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func run(state, agentKubeconfig string, replicas int) error {
+func run(state, agentKubeconfig string, replicas, natsNodes int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	root, err := stack.RepoRoot(".")
@@ -66,7 +67,7 @@ func run(state, agentKubeconfig string, replicas int) error {
 	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
 		return err
 	}
-	opts := stack.Options{Root: root, BinDir: bin, StateDir: state, AgentKubeconfig: agentKubeconfig, Log: os.Stderr, Replicas: replicas}
+	opts := stack.Options{Root: root, BinDir: bin, StateDir: state, AgentKubeconfig: agentKubeconfig, Log: os.Stderr, Replicas: replicas, NATSNodes: natsNodes}
 	if agentKubeconfig == "" {
 		fmt.Fprintln(os.Stderr, "tether-dev: no AGENT_KUBECONFIG: starting a local kube-apiserver (the first build takes several minutes)")
 		if opts.KubeBinDir, err = kube.EnsureBinaries(ctx, root, os.Stderr); err != nil {
@@ -130,10 +131,11 @@ Clusters (admin may create and delete; everyone lists their tenants'):
   %s cluster list --kubeconfig %s
   %s cluster create prod-1 --tenant acme --kubeconfig %s > agent.yaml
 Gateways (any of them reaches any cluster): %s
+NATS: %s
 Logs: %s    Metrics: http://%s/metrics (gateway)
 Ctrl-C stops everything.
 `, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, s.IssuerURL, ada, grace,
-		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, strings.Join(s.GatewayURLs, " "), filepath.Join(state, "logs"), s.Admin["gateway"])
+		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, strings.Join(s.GatewayURLs, " "), s.NATSURL, filepath.Join(state, "logs"), s.Admin["gateway"])
 
 	// Report a service that dies instead of leaving a half stack up.
 	for {
@@ -142,7 +144,7 @@ Ctrl-C stops everything.
 			return nil
 		case <-time.After(time.Second):
 		}
-		for _, name := range []string{"natsd", "devidp", "agent-registry", "subscriber", "router", "gateway", "agent", "devnode"} {
+		for _, name := range s.Names() {
 			if p := s.Process(name); p != nil && p.Exited() {
 				return fmt.Errorf("%s exited: %v", name, p.ExitError())
 			}
