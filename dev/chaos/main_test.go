@@ -1,0 +1,103 @@
+// Package chaos runs Tether as a fleet (three NATS nodes, two gateways and
+// routers, three subscribers, twenty agents) in front of a real
+// kube-apiserver, kills and cuts off its parts one at a time under a steady
+// mixed load, and checks against the kube-apiserver itself that nothing was
+// lost, nothing ran twice, and every failure was a Kubernetes Status.
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tether-dev/tether/dev/kube"
+	"github.com/tether-dev/tether/dev/stack"
+)
+
+// fleet is the stack every test here shares.
+var fleet struct {
+	stack *stack.Stack
+	// clusters are the 20 clusters, each with its agent; dev is one.
+	clusters []string
+	dir      string
+	kubeBin  string
+}
+
+// partitioned is the subscriber on the test host, which the test cuts off
+// from NATS.
+const partitioned = "subscriber-2"
+
+// Short liveness settings, so each fault is found and healed in seconds;
+// the heartbeat period is what the registry's view is held to.
+const (
+	heartbeat        = 2 * time.Second
+	heartbeatTimeout = 6 * time.Second
+)
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	root, err := stack.RepoRoot(".")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	kubeBin, err := kube.EnsureBinaries(ctx, root, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "tether-chaos-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	fleet.dir, fleet.kubeBin = dir, kubeBin
+	bin := filepath.Join(dir, "bin")
+	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fleet.clusters = []string{stack.ClusterID}
+	var more []string
+	for i := 1; i < 20; i++ {
+		id := fmt.Sprintf("c%02d", i)
+		more = append(more, id)
+		fleet.clusters = append(fleet.clusters, id)
+	}
+	fleet.stack, err = stack.Up(ctx, stack.Options{
+		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin, Log: os.Stderr,
+		NATSNodes: 3, Replicas: 2, Subscribers: 3, AgentClusters: more, TestHost: []string{partitioned},
+		Args: map[string][]string{
+			"natsd":          {"--ping-interval=1s"},
+			"router":         {"--peer-probe=1s", "--ack-timeout=3s", "--idle-probe=5s", "--pprof"},
+			"subscriber":     {"--ping-interval=1s", "--ping-timeout=5s", "--idle-probe=5s", "--heartbeat-interval=" + heartbeat.String(), "--nats-grace=2s", "--pprof", "--log-level=debug"},
+			"agent":          {"--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
+			"gateway":        {"--pprof"},
+			"agent-registry": {"--heartbeat-timeout=" + heartbeatTimeout.String()},
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() {
+		if err := fleet.stack.Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the stack:", err)
+		}
+	}()
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "service logs are in %s (kept: set TETHER_CHAOS_KEEP=1)\n", filepath.Join(dir, "state", "logs"))
+		if os.Getenv("TETHER_CHAOS_KEEP") != "" {
+			select {}
+		}
+	}
+	return code
+}
