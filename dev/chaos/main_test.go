@@ -77,7 +77,7 @@ func run(m *testing.M) int {
 		Args: map[string][]string{
 			"natsd":          {"--ping-interval=1s"},
 			"router":         {"--peer-probe=1s", "--ack-timeout=3s", "--idle-probe=5s", "--pprof"},
-			"subscriber":     {"--ping-interval=1s", "--ping-timeout=5s", "--idle-probe=5s", "--heartbeat-interval=" + heartbeat.String(), "--nats-grace=2s", "--pprof", "--log-level=debug"},
+			"subscriber":     {"--ping-interval=1s", "--ping-timeout=5s", "--idle-probe=5s", "--heartbeat-interval=" + heartbeat.String(), "--nats-grace=2s", "--pprof"},
 			"agent":          {"--ping-interval=1s", "--ping-timeout=5s", "--pprof"},
 			"gateway":        {"--pprof"},
 			"agent-registry": {"--heartbeat-timeout=" + heartbeatTimeout.String()},
