@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -104,6 +105,20 @@ func TestChaos(t *testing.T) {
 				settle(t, "the restart of "+name)
 			}
 		}},
+	}
+	if only := os.Getenv("TETHER_CHAOS_FAULTS"); only != "" {
+		// To look at some faults alone: a comma-separated list of
+		// prefixes of their names.
+		var keep []fault
+		for _, f := range faults {
+			for _, p := range strings.Split(only, ",") {
+				if strings.HasPrefix(f.name, p) {
+					keep = append(keep, f)
+					break
+				}
+			}
+		}
+		faults = keep
 	}
 	var report []string
 	for i := range faults {

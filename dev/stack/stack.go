@@ -131,7 +131,10 @@ type Stack struct {
 	SubscriberURL  string
 	SubscriberURLs []string
 	// NATSURLs are every NATS node's client URL; NATSURL lists them all.
-	NATSURLs []string
+	// NATSMonitor are their monitoring endpoints (/varz, /connz, /routez,
+	// /jsz).
+	NATSURLs    []string
+	NATSMonitor []string
 	// HostIP is where NATS and agent-registry listen: loopback, or this
 	// machine's address toward the test host.
 	HostIP string
@@ -390,11 +393,11 @@ func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) err
 // cluster when there are several, and waits until clients can log in.
 func (s *Stack) startNATS(ctx context.Context, auth string) error {
 	n := s.opts.NATSNodes
-	ports, err := proc.FreePorts(2 * n)
+	ports, err := proc.FreePorts(3 * n)
 	if err != nil {
 		return err
 	}
-	client, cluster := ports[:n], ports[n:]
+	client, cluster, monitor := ports[:n], ports[n:2*n], ports[2*n:]
 	s.natsPorts = client
 	for i := range n {
 		s.NATSURLs = append(s.NATSURLs, "nats://"+net.JoinHostPort(s.HostIP, strconv.Itoa(client[i])))
@@ -404,7 +407,8 @@ func (s *Stack) startNATS(ctx context.Context, auth string) error {
 		name := replicaName("natsd", i)
 		dir := filepath.Join(s.opts.StateDir, "nats", fmt.Sprintf("node-%d", i))
 		args := []string{"--server-name", name, "--host", s.HostIP, "--port", strconv.Itoa(client[i]), "--store-dir", dir, "--auth", auth,
-			"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd")}
+			"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd"), "--http-port", strconv.Itoa(monitor[i])}
+		s.NATSMonitor = append(s.NATSMonitor, "http://"+net.JoinHostPort(s.HostIP, strconv.Itoa(monitor[i])))
 		if n > 1 {
 			var routes []string
 			for j := range n {

@@ -49,6 +49,7 @@ func main() {
 		routes    string
 		clusterCA string
 		ping      time.Duration
+		httpPort  int
 	)
 	flag.StringVar(&host, "host", "127.0.0.1", "address to listen on")
 	flag.IntVar(&port, "port", 4222, "client port")
@@ -62,6 +63,7 @@ func main() {
 	flag.StringVar(&cname, "cluster-name", "tether", "the cluster's name")
 	flag.StringVar(&routes, "routes", "", "the other nodes' cluster addresses (host:port), comma-separated")
 	flag.StringVar(&clusterCA, "cluster-ca", "", "CA of the other nodes' certificates: the nodes speak mutual TLS (with --tls-cert)")
+	flag.IntVar(&httpPort, "http-port", 0, "port of NATS' own monitoring endpoints (/varz, /connz, /routez, /jsz) on --host; 0: none")
 	flag.DurationVar(&ping, "ping-interval", 2*time.Second, "ping clients after this long without traffic; two unanswered pings close the connection, so a client cut off loses its subscriptions (and its share of requests) within three of these")
 	flag.Parse()
 
@@ -75,6 +77,8 @@ func main() {
 		MaxPayload:   1 << 20,
 		PingInterval: ping,
 		MaxPingsOut:  2,
+		HTTPHost:     host,
+		HTTPPort:     httpPort,
 	}
 	if cport != 0 {
 		opts.Cluster = server.ClusterOpts{Name: cname, Host: host, Port: cport}

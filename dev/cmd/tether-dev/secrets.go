@@ -87,6 +87,10 @@ func internalTLS(dir, ns string) (map[string]string, error) {
 	out["ca.crt"] = string(b)
 	for _, name := range []string{"nats", "agent-registry", "subscriber", "router", "gateway"} {
 		hosts := []string{name + "." + ns, name + "." + ns + ".svc", name + "." + ns + ".svc.cluster.local"}
+		if name == "nats" {
+			// Each server by its own name too, for the routes between them.
+			hosts = append(hosts, "*.nats-cluster."+ns+".svc", "*.nats-cluster."+ns+".svc.cluster.local")
+		}
 		certPath, keyPath, err := ca.IssueService(dir, name, hosts)
 		if err != nil {
 			return nil, err

@@ -90,12 +90,30 @@ func (v *AgentView) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	if err := v.apply(ctx, &ev); err != nil {
+	// A revision that moved between read and write is tried again at
+	// once: on a NATS cluster the read may come from a replica a moment
+	// behind (KV reads are direct), and the consumer holds every other
+	// event until this one is acknowledged.
+	var err error
+	for range 5 {
+		if err = v.apply(ctx, &ev); err == nil || !wrongRevision(err) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
 		v.log.Warn("projecting an agent event; it comes again", "cluster_id", ev.GetClusterId(), "err", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
 	_ = msg.Ack()
+}
+
+// wrongRevision: a KV write that expected a revision the entry no longer
+// has.
+func wrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // apply folds one event into the cluster's entry, with the entry's
@@ -192,11 +210,18 @@ func State(st *tetherv1.AgentStatus, now time.Time, timeout time.Duration) tethe
 		return tetherv1.AgentState_AGENT_STATE_DISCONNECTED
 	}
 	for _, s := range st.GetStreams() {
-		if now.Sub(time.Unix(s.GetLastHeartbeatUnix(), 0)) <= timeout {
+		if Fresh(s, now, timeout) {
 			return tetherv1.AgentState_AGENT_STATE_CONNECTED
 		}
 	}
 	return tetherv1.AgentState_AGENT_STATE_UNHEALTHY
+}
+
+// Fresh reports whether a stream's last heartbeat is within timeout of
+// now. Heartbeats are kept to the second, rounded down: the heartbeat may
+// be up to a second newer than recorded, and is given that second.
+func Fresh(s *tetherv1.AgentStream, now time.Time, timeout time.Duration) bool {
+	return now.Sub(time.Unix(s.GetLastHeartbeatUnix()+1, 0)) <= timeout
 }
 
 // Get returns a cluster's projection, or nil if no agent ever reported.

@@ -42,7 +42,10 @@ func TestFoldAndState(t *testing.T) {
 		want tetherv1.AgentState
 	}{
 		{"fresh heartbeat", t0.Add(20 * time.Second), tetherv1.AgentState_AGENT_STATE_CONNECTED},
-		{"heartbeats stopped, no disconnect", t0.Add(41 * time.Second), tetherv1.AgentState_AGENT_STATE_UNHEALTHY},
+		// Kept to the second: the heartbeat of second 10 may have come at
+		// 10.9.
+		{"within a second's rounding", t0.Add(41 * time.Second), tetherv1.AgentState_AGENT_STATE_CONNECTED},
+		{"heartbeats stopped, no disconnect", t0.Add(42 * time.Second), tetherv1.AgentState_AGENT_STATE_UNHEALTHY},
 	}
 	for _, tt := range tests {
 		if got := State(st, tt.at, timeout); got != tt.want {

@@ -123,8 +123,13 @@ func (s *Server) again(r *request, c *call, err error) bool {
 	}
 	switch tunnel.CodeOf(err) {
 	case tetherv1.ResetCode_RESET_CODE_REFUSED:
-		// Nothing ran: an agent that is draining, a subscriber that lost it.
-		return time.Since(r.start) < s.cfg.NoAgentWait
+		// Nothing ran: an agent that is draining, a subscriber that lost
+		// it. A new request is given up as one with no agent would be; one
+		// sent again has the retry window.
+		if r.open.Attempt == 0 {
+			return time.Since(r.start) < s.cfg.NoAgentWait
+		}
+		return time.Since(r.start) < s.cfg.RetryWindow
 	case tetherv1.ResetCode_RESET_CODE_UNAVAILABLE:
 		if time.Since(r.start) >= s.cfg.RetryWindow {
 			return false

@@ -79,6 +79,8 @@ type Server struct {
 	// stays away.
 	orphans  []orphan
 	moveAway *time.Timer
+	// listeners take each cluster's requests for its streams here.
+	listeners *listeners
 }
 
 type metrics struct {
@@ -127,7 +129,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("subscriber: registering metrics: %w", err)
 		}
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}, listeners: newListeners(cfg.NATS)}
 	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
 	natsconn.OnReconnect(cfg.NATS, s.natsBack)
 	return s, nil

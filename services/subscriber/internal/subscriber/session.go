@@ -42,14 +42,12 @@ type session struct {
 	mu sync.Mutex
 	// claims are of the latest credential the agent presented; expiry
 	// closes the stream when it passes without a renewal.
-	claims agentcred.Claims
-	expiry *time.Timer
-	relays map[uint64]*relay
-	// stoppedListening: no new requests are taken (draining or moved).
-	stoppedListening bool
-	nextID           uint64
-	subs             []*nats.Subscription
-	closing          bool
+	claims  agentcred.Claims
+	expiry  *time.Timer
+	relays  map[uint64]*relay
+	nextID  uint64
+	data    *nats.Subscription // the session's own frames
+	closing bool
 }
 
 // relay is one request: where its router listens, and which halves ended.
@@ -164,52 +162,28 @@ func (s *session) renew(token string) error {
 	return nil
 }
 
-// listen subscribes for this session's frames, then for new requests to its
-// cluster, and flushes so that routers see the interest before the agent
-// is told it is connected.
+// listen subscribes for this session's frames, then takes its cluster's
+// requests (listeners.join, which flushes, so routers see the interest
+// before the agent is told it is connected).
 func (s *session) listen() error {
-	nc := s.srv.cfg.NATS
-	data, err := nc.Subscribe(subject.SessionWildcard(s.id), s.fromRouter)
+	data, err := s.srv.cfg.NATS.Subscribe(subject.SessionWildcard(s.id), s.fromRouter)
 	if err != nil {
 		return fmt.Errorf("subscribing to session frames: %w", err)
 	}
-	reqSubj, err := subject.Requests(s.cluster)
-	if err != nil {
+	_ = data.SetPendingLimits(-1, 256<<20)
+	s.mu.Lock()
+	s.data = data
+	s.mu.Unlock()
+	if err := s.srv.listeners.join(s); err != nil {
 		_ = data.Unsubscribe()
 		return err
-	}
-	opens, err := nc.QueueSubscribe(reqSubj, subject.QueueGroup, s.open)
-	if err != nil {
-		_ = data.Unsubscribe()
-		return fmt.Errorf("subscribing to %s: %w", reqSubj, err)
-	}
-	for _, sub := range []*nats.Subscription{data, opens} {
-		// A slow agent holds up only its own subscriptions; the windows bound
-		// what can pile up here.
-		_ = sub.SetPendingLimits(-1, 256<<20)
-	}
-	s.mu.Lock()
-	s.subs = []*nats.Subscription{opens, data}
-	s.mu.Unlock()
-	if err := nc.FlushTimeout(5 * time.Second); err != nil {
-		return fmt.Errorf("flushing subscriptions: %w", err)
 	}
 	return nil
 }
 
 // stopListening takes no new requests; frames of open ones still flow.
 func (s *session) stopListening() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	// Only the first call: subs[0] is the requests' subscription until
-	// then (the session's own frames keep flowing).
-	if len(s.subs) > 0 && !s.stoppedListening {
-		// Drain, not Unsubscribe: Opens already delivered to us are still
-		// served rather than dropped.
-		_ = s.subs[0].Drain()
-		s.subs = s.subs[1:]
-		s.stoppedListening = true
-	}
+	s.srv.listeners.leave(s)
 }
 
 // close ends the session: routers of open requests hear why at once.
@@ -222,13 +196,15 @@ func (s *session) close(why string) {
 	s.closing = true
 	close(s.done)
 	s.expiry.Stop()
-	for _, sub := range s.subs {
-		_ = sub.Unsubscribe()
-	}
-	s.subs = nil
+	data := s.data
+	s.data = nil
 	relays := s.relays
 	s.relays = map[uint64]*relay{}
 	s.mu.Unlock()
+	s.srv.listeners.leave(s)
+	if data != nil {
+		_ = data.Unsubscribe()
+	}
 	for id, r := range relays {
 		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}})
 		s.finish(r, "agent_lost")
