@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -531,8 +530,5 @@ func metric(service, series string) (float64, bool) { return fleet.stack.Metric(
 // kubectl is the one a user has, or the one built with the control plane.
 func kubectl(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("kubectl"); err == nil {
-		return p
-	}
-	return filepath.Join(fleet.kubeBin, "kubectl")
+	return fleet.kubectl
 }

@@ -3,6 +3,11 @@
 // kube-apiserver, kills and cuts off its parts one at a time under a steady
 // mixed load, and checks against the kube-apiserver itself that nothing was
 // lost, nothing ran twice, and every failure was a Kubernetes Status.
+//
+// It needs root, iproute2 and iptables: one subscriber runs on a test host
+// of its own (a network namespace). TETHER_CHAOS_FAULTS=prefix,prefix runs
+// only the faults whose names begin so; TETHER_CHAOS_KEEP=1 keeps the fleet
+// and its logs after a failure.
 package chaos
 
 import (
@@ -13,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-dev/tether/dev/kube"
 	"github.com/tether-dev/tether/dev/stack"
 )
 
@@ -23,7 +27,7 @@ var fleet struct {
 	// clusters are the 20 clusters, each with its agent; dev is one.
 	clusters []string
 	dir      string
-	kubeBin  string
+	kubectl  string
 }
 
 // partitioned is the subscriber on the test host, which the test cuts off
@@ -42,28 +46,14 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	root, err := stack.RepoRoot(".")
+	ws, err := stack.NewWorkspace(ctx, "tether-chaos-", os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	kubeBin, err := kube.EnsureBinaries(ctx, root, os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "tether-chaos-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	fleet.dir, fleet.kubeBin = dir, kubeBin
-	bin := filepath.Join(dir, "bin")
-	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
+	defer ws.Close()
+	fleet.dir, fleet.kubectl = ws.Dir, ws.Kubectl()
+	root, bin, dir, kubeBin := ws.Root, ws.BinDir, ws.Dir, ws.KubeBin
 	fleet.clusters = []string{stack.ClusterID}
 	var more []string
 	for i := 1; i < 20; i++ {

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-dev/tether/dev/kube"
 	"github.com/tether-dev/tether/dev/stack"
 )
 
@@ -38,37 +37,19 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	root, err := stack.RepoRoot(".")
+	ws, err := stack.NewWorkspace(ctx, "tether-e2e-", os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	kubeBin, err := kube.EnsureBinaries(ctx, root, os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	// The kubectl a user has; the one built with the control plane otherwise.
-	env.kubectl, err = exec.LookPath("kubectl")
-	if err != nil {
-		env.kubectl = filepath.Join(kubeBin, "kubectl")
-	}
-	dir, err := os.MkdirTemp("", "tether-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
+	defer ws.Close()
+	env.kubectl = ws.Kubectl()
 	if env.collector, err = startCollector(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	bin := filepath.Join(dir, "bin")
+	root, bin, dir, kubeBin := ws.Root, ws.BinDir, ws.Dir, ws.KubeBin
 	env.bin, env.dir, env.root = bin, dir, root
-	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	env.stack, err = stack.Up(ctx, stack.Options{
 		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin,
 		NoAgentClusters: []string{noAgentCluster}, Log: os.Stderr,

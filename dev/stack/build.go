@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/tether-dev/tether/dev/kube"
 )
 
 // Binaries are the programs of the stack: Tether's services, the embedded
@@ -66,3 +68,49 @@ func RepoRoot(dir string) (string, error) {
 		dir = parent
 	}
 }
+
+// Workspace is what a test package needs before Up: the repository, the
+// Kubernetes binaries (built on first use), and a scratch folder with every
+// binary of the stack built into it.
+type Workspace struct {
+	Root    string
+	KubeBin string
+	// Dir is the scratch folder; BinDir holds the built binaries.
+	Dir    string
+	BinDir string
+}
+
+// NewWorkspace prepares a Workspace in a new folder named after prefix;
+// Close removes it.
+func NewWorkspace(ctx context.Context, prefix string, progress io.Writer) (*Workspace, error) {
+	root, err := RepoRoot(".")
+	if err != nil {
+		return nil, err
+	}
+	kubeBin, err := kube.EnsureBinaries(ctx, root, progress)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	w := &Workspace{Root: root, KubeBin: kubeBin, Dir: dir, BinDir: filepath.Join(dir, "bin")}
+	if err := Build(ctx, root, w.BinDir, progress); err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Kubectl is the kubectl a user has, or the one built with the control
+// plane.
+func (w *Workspace) Kubectl() string {
+	if p, err := exec.LookPath("kubectl"); err == nil {
+		return p
+	}
+	return filepath.Join(w.KubeBin, "kubectl")
+}
+
+// Close removes the scratch folder.
+func (w *Workspace) Close() error { return os.RemoveAll(w.Dir) }
