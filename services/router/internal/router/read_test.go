@@ -9,6 +9,7 @@ import (
 	"time"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/tunnel"
 )
 
 func TestKindOf(t *testing.T) {
@@ -135,5 +136,53 @@ func TestReplayBodyWaits(t *testing.T) {
 	close(stop)
 	if _, err := rd.next(context.Background(), stop); err == nil {
 		t.Fatal("a reader whose attempt ended still waits")
+	}
+}
+
+// The router's rule for a request whose attempt failed before its head.
+func TestAgain(t *testing.T) {
+	s := &Server{cfg: Config{NoAgentWait: time.Second, RetryWindow: 15 * time.Second}}
+	s.epoch.Store(2)
+	now := time.Now()
+	get := &tetherv1.Open{Method: "GET", Path: "/api", End: true}
+	post := &tetherv1.Open{Method: "POST", Path: "/api/v1/namespaces/d/configmaps"}
+	exec := &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/exec", Upgrade: "websocket"}
+	lost := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE}
+	refused := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_REFUSED}
+	canceled := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_CANCELED}
+	acked := func(epoch uint64) *call {
+		c := &call{epoch: epoch, answered: make(chan struct{})}
+		c.answer("tether.sess.s1.3")
+		return c
+	}
+	unacked := func(epoch uint64) *call { return &call{epoch: epoch, answered: make(chan struct{})} }
+	tests := []struct {
+		name    string
+		open    *tetherv1.Open
+		attempt uint32
+		age     time.Duration
+		c       *call
+		err     error
+		want    bool
+	}{
+		{"a read that lost its hop", get, 0, time.Second, unacked(2), lost, true},
+		{"a read past the retry window", get, 0, 16 * time.Second, unacked(2), lost, false},
+		{"a read the client gave up", get, 0, time.Second, unacked(2), canceled, false},
+		{"refused: nothing ran", post, 0, 500 * time.Millisecond, acked(2), refused, true},
+		{"refused, past the wait for an agent", post, 0, 2 * time.Second, acked(2), refused, false},
+		{"refused again, within the retry window", post, 2, 10 * time.Second, acked(2), refused, true},
+		{"a mutation whose stream is known", post, 0, time.Second, acked(2), lost, true},
+		{"a mutation nobody took, link steady", post, 0, time.Second, unacked(2), lost, true},
+		{"a mutation nobody took while the link dropped", post, 0, time.Second, unacked(1), lost, false},
+		{"exec that lost its hop: it may have started", exec, 0, time.Second, acked(2), lost, false},
+		{"exec refused", exec, 0, 500 * time.Millisecond, acked(2), refused, true},
+	}
+	for _, tt := range tests {
+		open := *tt.open
+		open.Attempt = tt.attempt
+		r := &request{open: &open, kind: kindOf(&open), start: now.Add(-tt.age)}
+		if got := s.again(r, tt.c, tt.err); got != tt.want {
+			t.Errorf("%s: again = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
