@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
@@ -178,9 +180,9 @@ func TestAgain(t *testing.T) {
 		{"exec refused", exec, 0, 500 * time.Millisecond, acked(2), refused, true},
 	}
 	for _, tt := range tests {
-		open := *tt.open
+		open := proto.Clone(tt.open).(*tetherv1.Open)
 		open.Attempt = tt.attempt
-		r := &request{open: &open, kind: kindOf(&open), start: now.Add(-tt.age)}
+		r := &request{open: open, kind: kindOf(open), start: now.Add(-tt.age)}
 		if got := s.again(r, tt.c, tt.err); got != tt.want {
 			t.Errorf("%s: again = %v, want %v", tt.name, got, tt.want)
 		}
