@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tether-dev/tether/dev/kube"
 )
 
 // load is the steady mixed load: clients creating uniquely named
@@ -335,23 +337,18 @@ func (w *watcher) watch(gw int) (broke bool, err error) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 4<<20)
 	for sc.Scan() {
-		var ev struct {
-			Type   string `json:"type"`
-			Object struct {
-				Metadata struct{ Name, ResourceVersion string } `json:"metadata"`
-			} `json:"object"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return false, fmt.Errorf("a broken event %.200q: %w", sc.Text(), err)
+		ev, err := kube.DecodeWatchEvent(sc.Bytes())
+		if err != nil {
+			return false, err
 		}
 		if ev.Type == "ERROR" {
 			return false, fmt.Errorf("error event: %s", sc.Text())
 		}
 		w.mu.Lock()
 		if ev.Type != "BOOKMARK" {
-			w.events = append(w.events, event{ev.Type, ev.Object.Metadata.Name, ev.Object.Metadata.ResourceVersion})
+			w.events = append(w.events, event{ev.Type, ev.Name, ev.ResourceVersion})
 		}
-		w.lastRV = ev.Object.Metadata.ResourceVersion
+		w.lastRV = ev.ResourceVersion
 		w.mu.Unlock()
 	}
 	select {

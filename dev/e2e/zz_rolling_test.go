@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-dev/tether/dev/kube"
 )
 
 // A planned restart of each subscriber in turn fails no request: the
@@ -262,20 +264,15 @@ func (l *load) openWatch(t *testing.T) {
 		sc := bufio.NewScanner(wresp.Body)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var ev struct {
-				Type   string `json:"type"`
-				Object struct {
-					Metadata struct{ Name, ResourceVersion string } `json:"metadata"`
-				} `json:"object"`
-			}
-			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			ev, err := kube.DecodeWatchEvent(sc.Bytes())
+			if err != nil {
 				l.mu.Lock()
-				l.watchErr = fmt.Errorf("a broken event %q: %w", sc.Text(), err)
+				l.watchErr = err
 				l.mu.Unlock()
 				return
 			}
 			l.mu.Lock()
-			l.events = append(l.events, watched{ev.Type, ev.Object.Metadata.Name, ev.Object.Metadata.ResourceVersion})
+			l.events = append(l.events, watched{ev.Type, ev.Name, ev.ResourceVersion})
 			l.mu.Unlock()
 		}
 		select {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"connectrpc.com/connect"
 
+	"github.com/tether-dev/tether/dev/proc"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 )
@@ -47,4 +51,30 @@ func (s *Stack) EnsureCluster(ctx context.Context, id, tenant string) (string, e
 		return "", fmt.Errorf("stack: new bootstrap token for %s: %w", id, err)
 	}
 	return issued.Msg.GetBootstrap().GetToken(), nil
+}
+
+// AgentName is the process serving cluster id: "agent" for dev.
+func AgentName(id string) string {
+	if id == ClusterID {
+		return "agent"
+	}
+	return "agent-" + id
+}
+
+// startAgent starts the agent of cluster id, the i-th, with its bootstrap
+// token. Its list of subscribers starts at the i-th, so the agents' streams
+// spread over all of them: told to move (a subscriber's planned restart),
+// a stream connects to the next.
+func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) error {
+	btFile := filepath.Join(s.opts.StateDir, "bootstrap-token-"+id)
+	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	urls := append(append([]string{}, s.SubscriberURLs[i%len(s.SubscriberURLs):]...), s.SubscriberURLs[:i%len(s.SubscriberURLs)]...)
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	return s.startService(ctx, AgentName(id), addr(ports[0]), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
+		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
 }

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -128,4 +131,46 @@ func (s *Stack) waitNATS(ctx context.Context, p *proc.Process, url string) error
 		nc.Close()
 		return true
 	})
+}
+
+// startNATS starts the NATS nodes, each listening on HostIP, as one
+// cluster when there are several, and waits until clients can log in.
+func (s *Stack) startNATS(ctx context.Context, auth string) error {
+	n := s.opts.NATSNodes
+	ports, err := proc.FreePorts(3 * n)
+	if err != nil {
+		return err
+	}
+	client, cluster, monitor := ports[:n], ports[n:2*n], ports[2*n:]
+	s.natsPorts = client
+	for i := range n {
+		s.NATSURLs = append(s.NATSURLs, "nats://"+net.JoinHostPort(s.HostIP, strconv.Itoa(client[i])))
+	}
+	s.NATSURL = strings.Join(s.NATSURLs, ",")
+	for i := range n {
+		name := replicaName("natsd", i)
+		dir := filepath.Join(s.opts.StateDir, "nats", fmt.Sprintf("node-%d", i))
+		args := []string{"--server-name", name, "--host", s.HostIP, "--port", strconv.Itoa(client[i]), "--store-dir", dir, "--auth", auth,
+			"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd"), "--http-port", strconv.Itoa(monitor[i])}
+		s.NATSMonitor = append(s.NATSMonitor, "http://"+net.JoinHostPort(s.HostIP, strconv.Itoa(monitor[i])))
+		if n > 1 {
+			var routes []string
+			for j := range n {
+				if j != i {
+					routes = append(routes, net.JoinHostPort(s.HostIP, strconv.Itoa(cluster[j])))
+				}
+			}
+			args = append(args, "--cluster-port", strconv.Itoa(cluster[i]), "--routes", strings.Join(routes, ","), "--cluster-ca", s.CAFile)
+		}
+		if _, err := s.start(ctx, name, append(args, s.opts.Args["natsd"]...)...); err != nil {
+			return err
+		}
+	}
+	for i := range n {
+		if err := s.waitNATS(ctx, s.byName[replicaName("natsd", i)], s.NATSURLs[i]); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(s.opts.Log, "stack: NATS ready (%d node(s): %s)\n", n, s.NATSURL)
+	return nil
 }

@@ -16,14 +16,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tether-dev/tether/dev/idp"
 	"github.com/tether-dev/tether/dev/kube"
-	"github.com/tether-dev/tether/dev/kubelet"
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/lib/agentcred"
@@ -331,104 +329,12 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	return s, nil
 }
 
-// subscriberAt is where subscriber i listens: on loopback, or on the test
-// host.
-type subscriberAt struct {
-	name, listen, admin, url string
-}
-
-func (s *Stack) subscriberAt(i int) (subscriberAt, error) {
-	ports, err := proc.FreePorts(2)
-	if err != nil {
-		return subscriberAt{}, err
-	}
-	name := replicaName("subscriber", i)
-	ip := "127.0.0.1"
-	if s.onTestHost(name) {
-		ip = s.host.ip
-	}
-	listen := net.JoinHostPort(ip, strconv.Itoa(ports[0]))
-	return subscriberAt{name: name, listen: listen, admin: net.JoinHostPort(ip, strconv.Itoa(ports[1])), url: "http://" + listen}, nil
-}
-
-func (s *Stack) onTestHost(name string) bool {
-	return s.host != nil && slices.Contains(s.opts.TestHost, name)
-}
-
 // replicaName is "router" for replica 0, "router-i" for replica i.
 func replicaName(service string, i int) string {
 	if i == 0 {
 		return service
 	}
 	return fmt.Sprintf("%s-%d", service, i)
-}
-
-// AgentName is the process serving cluster id: "agent" for dev.
-func AgentName(id string) string {
-	if id == ClusterID {
-		return "agent"
-	}
-	return "agent-" + id
-}
-
-// startAgent starts the agent of cluster id, the i-th, with its bootstrap
-// token. Its list of subscribers starts at the i-th, so the agents' streams
-// spread over all of them: told to move (a subscriber's planned restart),
-// a stream connects to the next.
-func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) error {
-	btFile := filepath.Join(s.opts.StateDir, "bootstrap-token-"+id)
-	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
-		return fmt.Errorf("stack: %w", err)
-	}
-	urls := append(append([]string{}, s.SubscriberURLs[i%len(s.SubscriberURLs):]...), s.SubscriberURLs[:i%len(s.SubscriberURLs)]...)
-	ports, err := proc.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	return s.startService(ctx, AgentName(id), addr(ports[0]), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
-		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
-}
-
-// startNATS starts the NATS nodes, each listening on HostIP, as one
-// cluster when there are several, and waits until clients can log in.
-func (s *Stack) startNATS(ctx context.Context, auth string) error {
-	n := s.opts.NATSNodes
-	ports, err := proc.FreePorts(3 * n)
-	if err != nil {
-		return err
-	}
-	client, cluster, monitor := ports[:n], ports[n:2*n], ports[2*n:]
-	s.natsPorts = client
-	for i := range n {
-		s.NATSURLs = append(s.NATSURLs, "nats://"+net.JoinHostPort(s.HostIP, strconv.Itoa(client[i])))
-	}
-	s.NATSURL = strings.Join(s.NATSURLs, ",")
-	for i := range n {
-		name := replicaName("natsd", i)
-		dir := filepath.Join(s.opts.StateDir, "nats", fmt.Sprintf("node-%d", i))
-		args := []string{"--server-name", name, "--host", s.HostIP, "--port", strconv.Itoa(client[i]), "--store-dir", dir, "--auth", auth,
-			"--tls-cert", s.certFile("natsd"), "--tls-key", s.keyFile("natsd"), "--http-port", strconv.Itoa(monitor[i])}
-		s.NATSMonitor = append(s.NATSMonitor, "http://"+net.JoinHostPort(s.HostIP, strconv.Itoa(monitor[i])))
-		if n > 1 {
-			var routes []string
-			for j := range n {
-				if j != i {
-					routes = append(routes, net.JoinHostPort(s.HostIP, strconv.Itoa(cluster[j])))
-				}
-			}
-			args = append(args, "--cluster-port", strconv.Itoa(cluster[i]), "--routes", strings.Join(routes, ","), "--cluster-ca", s.CAFile)
-		}
-		if _, err := s.start(ctx, name, append(args, s.opts.Args["natsd"]...)...); err != nil {
-			return err
-		}
-	}
-	for i := range n {
-		if err := s.waitNATS(ctx, s.byName[replicaName("natsd", i)], s.NATSURLs[i]); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(s.opts.Log, "stack: NATS ready (%d node(s): %s)\n", n, s.NATSURL)
-	return nil
 }
 
 // gatewayArgs are a gateway's flags: its port, its router's, its
@@ -457,83 +363,6 @@ func (s *Stack) startService(ctx context.Context, name string, a string, args ..
 	}
 	fmt.Fprintf(s.opts.Log, "stack: %s ready (admin http://%s)\n", name, a)
 	return nil
-}
-
-// NodeName is the development node's name: pods that set it as their
-// spec.nodeName run on this machine as host processes.
-const NodeName = "tether-dev-node"
-
-// startNode starts the development node (dev/kubelet) against the stack's
-// own control plane, and waits until its Node is Ready.
-func (s *Stack) startNode(ctx context.Context) error {
-	pkiDir := filepath.Join(s.opts.StateDir, "pki")
-	cert, key, err := s.ca.IssueServer(pkiDir, "devnode", []string{"127.0.0.1"})
-	if err != nil {
-		return err
-	}
-	ports, err := proc.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	started := time.Now()
-	p, err := s.start(ctx, "devnode", "--kubeconfig", s.Kube.AdminKubeconfig, "--name", NodeName, "--listen", addr(ports[0]),
-		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"),
-		"--pod-cidr", kubelet.RandomPodCIDR().String())
-	if err != nil {
-		return err
-	}
-	if err := s.waitNode(ctx, p, started); err != nil {
-		return err
-	}
-	s.NodeName = NodeName
-	fmt.Fprintf(s.opts.Log, "stack: development node %s ready\n", NodeName)
-	return nil
-}
-
-// waitNode waits until the Node is Ready by a heartbeat of p, which
-// started at started: a Node left Ready by a node that was stopped a
-// moment ago says nothing about p.
-func (s *Stack) waitNode(ctx context.Context, p *proc.Process, started time.Time) error {
-	caPEM, err := os.ReadFile(s.Kube.CAFile)
-	if err != nil {
-		return fmt.Errorf("stack: %w", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	// Heartbeats are kept to the second.
-	since := started.Truncate(time.Second)
-	return poll(ctx, p, time.Minute, func() bool { return nodeReady(ctx, client, s.Kube.URL, s.Kube.AdminToken, since) })
-}
-
-func nodeReady(ctx context.Context, client *http.Client, base, token string, since time.Time) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/nodes/"+NodeName, nil)
-	if err != nil {
-		return false
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	var node struct {
-		Status struct {
-			Conditions []struct {
-				Type, Status      string
-				LastHeartbeatTime time.Time
-			}
-		}
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&node) != nil {
-		return false
-	}
-	for _, c := range node.Status.Conditions {
-		if c.Type == "Ready" {
-			return c.Status == "True" && !c.LastHeartbeatTime.Before(since)
-		}
-	}
-	return false
 }
 
 // Bin is the path of a built binary, such as "podtool" for test pods.
@@ -639,16 +468,6 @@ func (s *Stack) Down() error {
 		s.host = nil
 	}
 	return errors.Join(errs...)
-}
-
-// Partition cuts service, which runs on the test host, off from every NATS
-// node (on), or lets it through again (off). Nothing else it talks to is
-// cut: agents still reach it.
-func (s *Stack) Partition(service string, on bool) error {
-	if !s.onTestHost(service) {
-		return fmt.Errorf("stack: %s does not run on the test host", service)
-	}
-	return s.host.cut(s.natsPorts, on)
 }
 
 // operator is the certificate name of the stack itself, and of tests, when

@@ -5,9 +5,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tether-dev/tether/dev/proc"
 )
 
 // testHost is a network namespace with an address of its own, joined to
@@ -98,4 +102,38 @@ func run(args ...string) error {
 		return fmt.Errorf("stack: %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// subscriberAt is where subscriber i listens: on loopback, or on the test
+// host.
+type subscriberAt struct {
+	name, listen, admin, url string
+}
+
+func (s *Stack) subscriberAt(i int) (subscriberAt, error) {
+	ports, err := proc.FreePorts(2)
+	if err != nil {
+		return subscriberAt{}, err
+	}
+	name := replicaName("subscriber", i)
+	ip := "127.0.0.1"
+	if s.onTestHost(name) {
+		ip = s.host.ip
+	}
+	listen := net.JoinHostPort(ip, strconv.Itoa(ports[0]))
+	return subscriberAt{name: name, listen: listen, admin: net.JoinHostPort(ip, strconv.Itoa(ports[1])), url: "http://" + listen}, nil
+}
+
+func (s *Stack) onTestHost(name string) bool {
+	return s.host != nil && slices.Contains(s.opts.TestHost, name)
+}
+
+// Partition cuts service, which runs on the test host, off from every NATS
+// node (on), or lets it through again (off). Nothing else it talks to is
+// cut: agents still reach it.
+func (s *Stack) Partition(service string, on bool) error {
+	if !s.onTestHost(service) {
+		return fmt.Errorf("stack: %s does not run on the test host", service)
+	}
+	return s.host.cut(s.natsPorts, on)
 }
