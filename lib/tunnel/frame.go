@@ -32,6 +32,7 @@ const (
 	maxGroups    = 4096
 	maxTraceKeys = 16
 	maxIDs       = 64
+	maxIDBytes   = 64
 )
 
 // Decode parses and validates one encoded frame.
@@ -199,8 +200,8 @@ func checkList(what string, ids []string) error {
 		return fmt.Errorf("%d of %s exceed %d", len(ids), what, maxIDs)
 	}
 	for _, id := range ids {
-		if len(id) > 64 {
-			return fmt.Errorf("%s of %d bytes exceeds 64", what, len(id))
+		if len(id) > maxIDBytes {
+			return fmt.Errorf("%s of %d bytes exceeds %d", what, len(id), maxIDBytes)
 		}
 		if err := checkString(what, id); err != nil {
 			return err

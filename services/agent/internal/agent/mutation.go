@@ -34,7 +34,7 @@ func (a *Agent) serveMutation(ctx context.Context, log *slog.Logger, s *tunnel.S
 			if open.Attempt > 0 && !a.sessions.own(open.PreviousSessions) {
 				a.memory.abandon(o)
 				a.metrics.mutations.WithLabelValues("outcome_unknown").Inc()
-				a.failRetryAfter(s, log, http.StatusServiceUnavailable, "an earlier attempt of this request reached another agent process, so whether it ran is unknown; it was not run again")
+				a.failWith(s, log, kstatus.New(http.StatusServiceUnavailable, "an earlier attempt of this request reached another agent process, so whether it ran is unknown; it was not run again").WithRetryAfter(time.Second))
 				return
 			}
 			a.runMutation(ctx, log, s, open, o)
@@ -189,21 +189,6 @@ func (a *Agent) streamResponse(ctx context.Context, log *slog.Logger, s *tunnel.
 	defer tunnel.PutChunk(buf)
 	if err := copyBody(ctx, s, resp.Body, -1, *buf); err != nil && ctx.Err() == nil {
 		s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
-	}
-}
-
-// failRetryAfter is fail with a Retry-After, for answers a client may try
-// again.
-func (a *Agent) failRetryAfter(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
-	log.Warn("request failed at the agent", "code", code, "err", msg)
-	a.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
-	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
-		Status:  uint32(code),
-		Headers: []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}, {Name: "Retry-After", Values: []string{"1"}}},
-		Body:    kstatus.New(code, msg).WithRetryAfter(time.Second).Body(),
-		End:     true,
-	}}}); err != nil {
-		s.Reset(tetherv1.ResetCode_RESET_CODE_INTERNAL, msg)
 	}
 }
 

@@ -246,15 +246,21 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 // fail answers with a Kubernetes Status, or resets the stream if the answer
 // cannot be sent.
 func (a *Agent) fail(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
-	log.Warn("request failed at the agent", "code", code, "err", msg)
-	a.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	a.failWith(s, log, kstatus.New(code, msg))
+}
+
+// failWith answers with st, and its Retry-After if it has one.
+func (a *Agent) failWith(s *tunnel.Stream, log *slog.Logger, st kstatus.Status) {
+	log.Warn("request failed at the agent", "code", st.Code, "err", st.Message)
+	a.metrics.requests.WithLabelValues(strconv.Itoa(st.Code)).Inc()
+	headers := []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}}
+	if st.Details != nil && st.Details.RetryAfterSeconds > 0 {
+		headers = append(headers, &tetherv1.Header{Name: "Retry-After", Values: []string{strconv.Itoa(st.Details.RetryAfterSeconds)}})
+	}
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
-		Status:  uint32(code),
-		Headers: []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}},
-		Body:    kstatus.New(code, msg).Body(),
-		End:     true,
+		Status: uint32(st.Code), Headers: headers, Body: st.Body(), End: true,
 	}}}); err != nil {
-		s.Reset(tetherv1.ResetCode_RESET_CODE_INTERNAL, msg)
+		s.Reset(tetherv1.ResetCode_RESET_CODE_INTERNAL, st.Message)
 	}
 }
 

@@ -333,13 +333,8 @@ func protobufEvent(b []byte) (watchEvent, error) {
 	if err != nil || ev.typ == "" {
 		return ev, fmt.Errorf("%w: %v", errNotEvents, err)
 	}
-	var raw []byte
-	if err := fields(ext, func(num protowire.Number, v []byte) error {
-		if num == 1 {
-			raw = v
-		}
-		return nil
-	}); err != nil {
+	raw, err := field(ext, 1)
+	if err != nil {
 		return ev, err
 	}
 	if !bytes.HasPrefix(raw, protobufMagic) {
@@ -359,13 +354,8 @@ func protobufEvent(b []byte) (watchEvent, error) {
 	}); err != nil {
 		return ev, err
 	}
-	var meta []byte
-	if err := fields(obj, func(num protowire.Number, v []byte) error {
-		if num == 1 {
-			meta = v
-		}
-		return nil
-	}); err != nil {
+	meta, err := field(obj, 1)
+	if err != nil {
 		return ev, err
 	}
 	err = fields(meta, func(num protowire.Number, v []byte) error {
@@ -433,4 +423,17 @@ func sendChunks(gw sender, b []byte) error {
 		b = b[n:]
 	}
 	return nil
+}
+
+// field is the last value of the length-delimited field num in b, as
+// protobuf's own decoding keeps the last of a repeated singular field.
+func field(b []byte, num protowire.Number) ([]byte, error) {
+	var out []byte
+	err := fields(b, func(n protowire.Number, v []byte) error {
+		if n == num {
+			out = v
+		}
+		return nil
+	})
+	return out, err
 }

@@ -57,7 +57,7 @@ func (s *Server) Heartbeats(ctx context.Context, interval time.Duration) {
 		sessions := s.sessionList()
 		s.mu.Unlock()
 		for _, sess := range sessions {
-			if sess.welcomed.Load() {
+			if sess.welcomed() {
 				s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Heartbeat{Heartbeat: &tetherv1.AgentHeartbeat{}}})
 			}
 		}

@@ -23,10 +23,9 @@ import (
 
 // listeners are the queue subscriptions of one subscriber, by cluster.
 type listeners struct {
-	mu     sync.Mutex
-	byID   map[string]*listener
-	nc     *nats.Conn
-	refuse func(m *nats.Msg, why string)
+	mu   sync.Mutex
+	byID map[string]*listener
+	nc   *nats.Conn
 }
 
 // listener is one cluster's subscription and the streams that take its
@@ -38,7 +37,7 @@ type listener struct {
 }
 
 func newListeners(nc *nats.Conn) *listeners {
-	return &listeners{byID: map[string]*listener{}, nc: nc, refuse: func(m *nats.Msg, why string) { natslink.Refuse(nc, m, why) }}
+	return &listeners{byID: map[string]*listener{}, nc: nc}
 }
 
 // join makes s take requests for its cluster: subscribed, and flushed so
@@ -108,7 +107,7 @@ func (ls *listeners) dispatch(cluster string, m *nats.Msg) {
 	}
 	ls.mu.Unlock()
 	if s == nil {
-		ls.refuse(m, "no agent stream here takes requests now")
+		natslink.Refuse(ls.nc, m, "no agent stream here takes requests now")
 		return
 	}
 	s.open(m)

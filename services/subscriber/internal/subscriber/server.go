@@ -339,7 +339,6 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 		return err
 	}
 	log.Info("agent connected", "agent_version", hello.AgentVersion, "kubernetes_version", hello.KubernetesVersion)
-	sess.welcomed.Store(true)
 	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Connected{Connected: &tetherv1.AgentConnected{
 		AgentVersion: hello.AgentVersion, KubernetesVersion: hello.KubernetesVersion}}})
 	s.reportEnded(sess, hello.EndedSessions)

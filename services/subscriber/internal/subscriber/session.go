@@ -28,11 +28,9 @@ type session struct {
 	cluster string
 	conn    *tunnel.Conn
 	log     *slog.Logger
-	// welcomed: the agent was told it is connected, and reported; hello
-	// is closed once the Welcome is on its way, before which no request
-	// may go to the agent (it waits for the Welcome first).
-	welcomed atomic.Bool
-	hello    chan struct{}
+	// hello is closed once the agent was told it is connected (Welcome),
+	// before which no request may go to it (it waits for the Welcome).
+	hello chan struct{}
 	// moved is closed when the agent says it has a stream elsewhere (its
 	// GoAway); done when the session is closed.
 	moved     chan struct{}
@@ -74,6 +72,9 @@ func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims ag
 	s.expiry = time.AfterFunc(claims.Expires.Sub(srv.cfg.Now()), s.expired)
 	return s
 }
+
+// welcomed reports whether the agent was told it is connected.
+func (s *session) welcomed() bool { return isClosed(s.hello) }
 
 func (s *session) uid() string {
 	s.mu.Lock()
@@ -119,23 +120,29 @@ func (s *session) agentMoved() {
 // ever, and a router resumes it on the agent's other stream (the reset is
 // UNAVAILABLE). The agent waits for that.
 func (s *session) closeWhenIdle() {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	deadline := time.After(s.srv.cfg.MoveTimeout)
-	for s.len() > 0 {
-		select {
-		case <-s.done:
-			return
-		case <-deadline:
-			s.log.Info("closing the stream the agent left, with requests still open", "in_flight", s.len())
-			s.close("the agent moved to another stream")
-			s.conn.Abort()
-			return
-		case <-t.C:
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.MoveTimeout)
+	defer cancel()
+	err := waitFor(ctx, func() bool { return s.closed() || s.len() == 0 })
+	if s.closed() {
+		return
+	}
+	if err != nil {
+		s.log.Info("closing the stream the agent left, with requests still open", "in_flight", s.len())
 	}
 	s.close("the agent moved to another stream")
 	s.conn.Abort()
+}
+
+// closed reports whether the session was closed.
+func (s *session) closed() bool { return isClosed(s.done) }
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // renew takes a fresh credential on the open stream. One that does not
