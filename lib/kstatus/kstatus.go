@@ -91,13 +91,21 @@ func (s Status) WithRetryAfter(d time.Duration) Status {
 	return s
 }
 
+// Header is the header that goes with s: its content type, and the
+// Retry-After it asks for, if any.
+func (s Status) Header() http.Header {
+	h := http.Header{"Content-Type": {"application/json"}, "X-Content-Type-Options": {"nosniff"}}
+	if s.Details != nil && s.Details.RetryAfterSeconds > 0 {
+		h.Set("Retry-After", strconv.Itoa(s.Details.RetryAfterSeconds))
+	}
+	return h
+}
+
 // Write sends s as the response.
 func Write(w http.ResponseWriter, s Status) {
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("X-Content-Type-Options", "nosniff")
-	if s.Details != nil && s.Details.RetryAfterSeconds > 0 {
-		h.Set("Retry-After", strconv.Itoa(s.Details.RetryAfterSeconds))
+	for k, v := range s.Header() {
+		h[k] = v
 	}
 	w.WriteHeader(s.Code)
 	_, _ = w.Write(s.Body())

@@ -101,7 +101,7 @@ func (a *Agent) runMutation(ctx context.Context, log *slog.Logger, s *tunnel.Str
 		// answer to every attempt of it.
 		msg := fmt.Sprintf("agent of cluster %q lost its kube-apiserver during the request, which may or may not have run: %v", a.cfg.ClusterID, err)
 		st := kstatus.New(http.StatusServiceUnavailable, msg)
-		a.memory.finish(o, st.Code, http.Header{"Content-Type": {"application/json"}}, st.Body())
+		a.memory.finish(o, st.Code, st.Header(), st.Body())
 		a.metrics.requests.WithLabelValues(strconv.Itoa(st.Code)).Inc()
 		log.Warn("mutation without an answer from the kube-apiserver", "err", err)
 		a.respond(ctx, log, s, o, false)
@@ -146,8 +146,7 @@ func (a *Agent) respond(ctx context.Context, log *slog.Logger, s *tunnel.Stream,
 		if o.status < 400 {
 			st.Status, st.Reason = "Success", ""
 		}
-		header = http.Header{"Content-Type": {"application/json"}}
-		body = st.Body()
+		header, body = st.Header(), st.Body()
 	}
 	if replayed {
 		header.Set("X-Tether-Replayed", "true")

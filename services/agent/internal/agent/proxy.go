@@ -249,16 +249,12 @@ func (a *Agent) fail(s *tunnel.Stream, log *slog.Logger, code int, msg string) {
 	a.failWith(s, log, kstatus.New(code, msg))
 }
 
-// failWith answers with st, and its Retry-After if it has one.
+// failWith answers with st.
 func (a *Agent) failWith(s *tunnel.Stream, log *slog.Logger, st kstatus.Status) {
 	log.Warn("request failed at the agent", "code", st.Code, "err", st.Message)
 	a.metrics.requests.WithLabelValues(strconv.Itoa(st.Code)).Inc()
-	headers := []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}}
-	if st.Details != nil && st.Details.RetryAfterSeconds > 0 {
-		headers = append(headers, &tetherv1.Header{Name: "Retry-After", Values: []string{strconv.Itoa(st.Details.RetryAfterSeconds)}})
-	}
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
-		Status: uint32(st.Code), Headers: headers, Body: st.Body(), End: true,
+		Status: uint32(st.Code), Headers: tunnel.FromHTTP(st.Header(), nil), Body: st.Body(), End: true,
 	}}}); err != nil {
 		s.Reset(tetherv1.ResetCode_RESET_CODE_INTERNAL, st.Message)
 	}

@@ -19,9 +19,15 @@ import (
 
 func newTestAgent(t *testing.T) *Agent {
 	t.Helper()
+	return newTestAgentWith(t, http.DefaultTransport)
+}
+
+// newTestAgentWith is an agent whose kube-apiserver calls go to api.
+func newTestAgentWith(t *testing.T, api http.RoundTripper) *Agent {
+	t.Helper()
 	a, err := New(Config{
 		ClusterID: "dev", SubscriberURLs: []string{"http://127.0.0.1:1"}, Subscriber: http.DefaultClient,
-		APIServer: "https://127.0.0.1:6443/prefix", APITransport: http.DefaultTransport, Credentials: &Credentials{},
+		APIServer: "https://127.0.0.1:6443/prefix", APITransport: api, Credentials: &Credentials{},
 		Instruments: telemetry.Instruments{
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
 			Tracer: noop.NewTracerProvider().Tracer(""), Propagator: propagation.TraceContext{},

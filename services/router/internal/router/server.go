@@ -528,11 +528,7 @@ func statusFor(cluster string, err error) kstatus.Status {
 
 // sendStatus answers the gateway with a Kubernetes Status.
 func sendStatus(gw sender, st kstatus.Status) error {
-	headers := []*tetherv1.Header{{Name: "Content-Type", Values: []string{"application/json"}}}
-	if st.Details != nil && st.Details.RetryAfterSeconds > 0 {
-		headers = append(headers, &tetherv1.Header{Name: "Retry-After", Values: []string{strconv.Itoa(st.Details.RetryAfterSeconds)}})
-	}
 	return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{
-		Status: uint32(st.Code), Headers: headers, Body: st.Body(), End: true,
+		Status: uint32(st.Code), Headers: tunnel.FromHTTP(st.Header(), nil), Body: st.Body(), End: true,
 	}}})
 }
