@@ -27,11 +27,14 @@ const (
 	// to buffer without limit.
 	MaxWindow = 16 << 20
 
+	// MaxIDs is the most agent session ids a frame lists (Hello's ended
+	// sessions and held subscribers, Open's previous sessions).
+	MaxIDs = 64
+
 	maxHeaders   = 512
 	maxString    = 16 << 10
 	maxGroups    = 4096
 	maxTraceKeys = 16
-	maxIDs       = 64
 	maxIDBytes   = 64
 )
 
@@ -196,8 +199,8 @@ func checkHeaders(hs []*tetherv1.Header) error {
 
 // checkList bounds a list of ids (agent sessions) a frame carries.
 func checkList(what string, ids []string) error {
-	if len(ids) > maxIDs {
-		return fmt.Errorf("%d of %s exceed %d", len(ids), what, maxIDs)
+	if len(ids) > MaxIDs {
+		return fmt.Errorf("%d of %s exceed %d", len(ids), what, MaxIDs)
 	}
 	for _, id := range ids {
 		if len(id) > maxIDBytes {

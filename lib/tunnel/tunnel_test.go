@@ -325,14 +325,14 @@ func TestValidate(t *testing.T) {
 		{"101 that ends", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 101, Upgrade: "websocket", End: true}}}, true},
 		{"protocol on a 200", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200, Upgrade: "websocket"}}}, true},
 		{"hello with ended sessions", &tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{ClusterId: "c", EndedSessions: []string{"s1", "s2"}, HeldSubscribers: []string{"sub-1"}}}}, false},
-		{"hello with too many ended sessions", &tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{ClusterId: "c", EndedSessions: ids(maxIDs+1, 8)}}}, true},
+		{"hello with too many ended sessions", &tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{ClusterId: "c", EndedSessions: ids(MaxIDs+1, 8)}}}, true},
 		{"hello with a held subscriber too long", &tetherv1.Frame{Kind: &tetherv1.Frame_Hello{Hello: &tetherv1.Hello{ClusterId: "c", HeldSubscribers: ids(1, maxIDBytes+1)}}}, true},
 		{"open with previous sessions", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
 			o := okOpen()
-			o.Attempt, o.PreviousSessions = 1, ids(maxIDs, maxIDBytes)
+			o.Attempt, o.PreviousSessions = 1, ids(MaxIDs, maxIDBytes)
 			return o
 		}()}}, false},
-		{"open with too many previous sessions", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.PreviousSessions = ids(maxIDs+1, 8); return o }()}}, true},
+		{"open with too many previous sessions", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.PreviousSessions = ids(MaxIDs+1, 8); return o }()}}, true},
 		{"previous session not UTF-8", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.PreviousSessions = []string{"\xff"}; return o }()}}, true},
 		{"invalid utf-8 user", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
 			o := okOpen()

@@ -65,11 +65,23 @@ func (m *memory) begin(id string) (o *outcome, first bool) {
 // finish records the result of a mutation that ran; body is kept only
 // while the memory has room for it.
 func (m *memory) finish(o *outcome, status int, header http.Header, body []byte) {
+	m.record(o, status, header, body, true)
+}
+
+// finishWithoutBody records a mutation that ran whose response body is
+// not kept: it broke off, or was too large to hold.
+func (m *memory) finishWithoutBody(o *outcome, status int, header http.Header) {
+	m.record(o, status, header, nil, false)
+}
+
+// record sets o's fields under the lock and before done is closed, so
+// that an attempt waiting on done reads them whole.
+func (m *memory) record(o *outcome, status int, header http.Header, body []byte, keep bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	o.ran, o.status, o.header = true, status, header
 	o.size = len(body) + 512
-	if o.size > m.maxBytes/8 {
+	if !keep || o.size > m.maxBytes/8 {
 		o.bodyDropped, o.size = true, 512
 	} else {
 		o.body = append([]byte(nil), body...)

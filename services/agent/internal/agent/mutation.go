@@ -114,16 +114,14 @@ func (a *Agent) runMutation(ctx context.Context, log *slog.Logger, s *tunnel.Str
 	switch {
 	case err != nil:
 		// It ran; its answer broke off. The status stands, the body is lost.
-		a.memory.finish(o, resp.StatusCode, resp.Header, nil)
-		o.bodyDropped = true
+		a.memory.finishWithoutBody(o, resp.StatusCode, resp.Header)
 		log.Warn("mutation response broken off", "err", err)
 		s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
 		return
 	case len(data) > keepBody:
 		// Too large to keep: the status is kept for a retry, and the
 		// body streamed to this attempt.
-		a.memory.finish(o, resp.StatusCode, resp.Header, nil)
-		o.bodyDropped = true
+		a.memory.finishWithoutBody(o, resp.StatusCode, resp.Header)
 		a.streamResponse(ctx, log, s, resp, data)
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -60,8 +61,6 @@ type request struct {
 	// body is the request body, kept for another attempt while it fits;
 	// nil without one.
 	body *replayBody
-	// sessions are the agent streams earlier attempts reached.
-	sessions []string
 	// uncertain: an earlier attempt may have reached an agent without the
 	// router learning which; a mutation then never goes out again.
 	uncertain bool
@@ -94,16 +93,8 @@ func (s *Server) exchange(ctx context.Context, r *request) (*call, *tetherv1.Fra
 		if ctx.Err() != nil || !s.again(r, c, err) {
 			return c, nil, err
 		}
-		if sess := c.session(); sess != "" {
-			r.sessions = append(r.sessions, sess)
-		}
-		// The subscriber, if it is there, stops its part; the agent lets a
-		// mutation finish and keeps its result for the next attempt.
-		c.abandon(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "the router sends the request again")
-		s.forget(c)
+		s.letGo(r, c, "the router sends the request again")
 		s.metrics.retries.Inc()
-		r.open.Attempt++
-		r.open.PreviousSessions = append([]string(nil), r.sessions...)
 		s.log.Info("sending a request again", "request_id", r.open.RequestId, "cluster_id", r.open.ClusterId, "attempt", r.open.Attempt, "err", err,
 			"nats_server", s.cfg.NATS.ConnectedServerName())
 		select {
@@ -113,6 +104,19 @@ func (s *Server) exchange(ctx context.Context, r *request) (*call, *tetherv1.Fra
 		}
 		delay = min(2*delay, 400*time.Millisecond)
 	}
+}
+
+// letGo ends attempt c of r before the next: the subscriber, if it is
+// there, stops its part; the agent lets a mutation finish and keeps its
+// result, and the next attempt of a mutation names the agent stream c
+// reached, so that an agent runs it only if it held every stream named.
+func (s *Server) letGo(r *request, c *call, why string) {
+	if sess := c.session(); r.kind == mutation && sess != "" && !slices.Contains(r.open.PreviousSessions, sess) {
+		r.open.PreviousSessions = append(r.open.PreviousSessions, sess)
+	}
+	c.abandon(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, why)
+	s.forget(c)
+	r.open.Attempt++
 }
 
 // again reports whether a request whose attempt c failed with err before
@@ -144,7 +148,9 @@ func (s *Server) again(r *request, c *call, err error) bool {
 				// agent stream it reached.
 				r.uncertain = true
 			}
-			return !r.uncertain
+			// An Open names at most MaxIDs streams; a mutation that
+			// reached more is not sent again rather than name fewer.
+			return !r.uncertain && len(r.open.PreviousSessions) < tunnel.MaxIDs
 		}
 	}
 	return false

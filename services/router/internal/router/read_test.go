@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -149,6 +151,10 @@ func TestAgain(t *testing.T) {
 	get := &tetherv1.Open{Method: "GET", Path: "/api", End: true}
 	post := &tetherv1.Open{Method: "POST", Path: "/api/v1/namespaces/d/configmaps"}
 	exec := &tetherv1.Open{Method: "GET", Path: "/api/v1/namespaces/d/pods/p/exec", Upgrade: "websocket"}
+	postFar := proto.Clone(post).(*tetherv1.Open)
+	for i := range tunnel.MaxIDs {
+		postFar.PreviousSessions = append(postFar.PreviousSessions, fmt.Sprintf("s%d", i))
+	}
 	lost := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE}
 	refused := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_REFUSED}
 	canceled := &tunnel.ResetError{Code: tetherv1.ResetCode_RESET_CODE_CANCELED}
@@ -176,6 +182,7 @@ func TestAgain(t *testing.T) {
 		{"a mutation whose stream is known", post, 0, time.Second, acked(2), lost, true},
 		{"a mutation nobody took, link steady", post, 0, time.Second, unacked(2), lost, true},
 		{"a mutation nobody took while the link dropped", post, 0, time.Second, unacked(1), lost, false},
+		{"a mutation that reached as many streams as an Open can name", postFar, 64, time.Second, acked(2), lost, false},
 		{"exec that lost its hop: it may have started", exec, 0, time.Second, acked(2), lost, false},
 		{"exec refused", exec, 0, 500 * time.Millisecond, acked(2), refused, true},
 	}
@@ -185,6 +192,38 @@ func TestAgain(t *testing.T) {
 		r := &request{open: open, kind: kindOf(open), start: now.Add(-tt.age)}
 		if got := s.again(r, tt.c, tt.err); got != tt.want {
 			t.Errorf("%s: again = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestLetGo: the next attempt of a mutation names each agent stream an
+// earlier one reached, once; other requests name none, as the agent reads
+// them only for a mutation.
+func TestLetGo(t *testing.T) {
+	s := &Server{}
+	attempt := func(session string) *call {
+		c := &call{s: tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0), answered: make(chan struct{})}
+		if session != "" {
+			c.answer("tether.sess." + session + ".3")
+		}
+		return c
+	}
+	tests := []struct {
+		name     string
+		open     *tetherv1.Open
+		sessions []string // the stream each attempt reached; "" if none answered
+		want     []string
+	}{
+		{"mutation", &tetherv1.Open{Method: "POST", Path: "/api"}, []string{"a", "", "b", "a"}, []string{"a", "b"}},
+		{"read", &tetherv1.Open{Method: "GET", Path: "/api", End: true}, []string{"a", "b"}, nil},
+	}
+	for _, tt := range tests {
+		r := &request{open: tt.open, kind: kindOf(tt.open)}
+		for _, sess := range tt.sessions {
+			s.letGo(r, attempt(sess), "again")
+		}
+		if !slices.Equal(r.open.PreviousSessions, tt.want) || r.open.Attempt != uint32(len(tt.sessions)) {
+			t.Errorf("%s: previous sessions %v, attempt %d; want %v, %d", tt.name, r.open.PreviousSessions, r.open.Attempt, tt.want, len(tt.sessions))
 		}
 	}
 }

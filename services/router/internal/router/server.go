@@ -480,21 +480,15 @@ func (s *Server) relayWatch(ctx context.Context, log *slog.Logger, r *request, c
 // resume asks again for a watch that lost its hop, from plan.rv; the old
 // attempt c is let go. The new response must be the same kind of stream.
 func (s *Server) resume(ctx context.Context, r *request, c *call, query string, plan *watchPlan) (*call, error) {
-	if sess := c.session(); sess != "" {
-		r.sessions = append(r.sessions, sess)
-	}
-	c.abandon(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "the router resumes the watch elsewhere")
-	s.forget(c)
+	s.letGo(r, c, "the router resumes the watch elsewhere")
 	r.open.Query = query
-	r.open.Attempt++
-	r.open.PreviousSessions = nil
 	// Each resume has the retry window anew: a watch may lose several
 	// hops over its life.
 	r.start = time.Now()
 	next, head, err := s.exchange(ctx, r)
 	if err != nil {
 		if next != nil {
-			s.forget(next)
+			s.end(next)
 		}
 		return nil, err
 	}

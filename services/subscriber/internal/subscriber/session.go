@@ -53,8 +53,8 @@ type relay struct {
 	router    string // subject of the router's call
 	seq       natslink.Seq
 	lastRecv  atomic.Int64
-	answered  atomic.Bool // the agent sent something back
-	ack       *time.Timer
+	answered  atomic.Bool // the router knows we hold it: the agent answered, or the mutation was acked
+	ack       *time.Timer // acks a slow answer; nil for a mutation, acked at once
 	span      trace.Span
 	agentDone bool // the agent sent its end, or a Reset
 	routerEnd bool // the router sent its end
@@ -270,9 +270,11 @@ func (s *session) open(m *nats.Msg) {
 	s.srv.cfg.Propagator.Inject(trace.ContextWithSpan(ctx, span), propagation.MapCarrier(open.Trace))
 	open.Tenants = nil // the agent has no use for them
 
+	mutates := tunnel.Mutates(open)
 	r := &relay{router: m.Reply, span: span, routerEnd: open.End, start: time.Now()}
 	r.seq.Expect(f.Seq)
 	r.lastRecv.Store(time.Now().UnixNano())
+	r.answered.Store(mutates) // acked below, before the agent has it
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -282,16 +284,26 @@ func (s *session) open(m *nats.Msg) {
 	}
 	id := s.nextID
 	s.nextID += 2
+	if !mutates {
+		// Tell the router we hold the request if the agent is slow to
+		// answer, so the router can probe for us and never waits on a
+		// lost request. Set before the relay is in the map, where
+		// finish may find it.
+		r.ack = time.AfterFunc(natslink.AckDelay, func() {
+			if !r.answered.Load() {
+				_ = natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id))
+			}
+		})
+	}
 	s.relays[id] = r
 	s.mu.Unlock()
 	s.srv.metrics.inflight.Inc()
-	if tunnel.Mutates(open) {
+	if mutates {
 		// The router must know which agent stream a mutation reached
 		// before the agent can run it: a retry names this stream, and an
 		// agent runs a mutation it does not remember only when every
 		// stream named is its own (ADR 006). So the ack is at the NATS
 		// server before the Open goes on.
-		r.answered.Store(true)
 		if err := natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id)); err == nil {
 			err = s.srv.cfg.NATS.FlushTimeout(time.Second)
 		}
@@ -302,13 +314,6 @@ func (s *session) open(m *nats.Msg) {
 			return
 		}
 	}
-	// Tell the router we hold the request if the agent is slow to answer,
-	// so the router can probe for us and never waits on a lost request.
-	r.ack = time.AfterFunc(natslink.AckDelay, func() {
-		if !r.answered.Load() {
-			_ = natslink.Ack(s.srv.cfg.NATS, r.router, subject.Session(s.id, id))
-		}
-	})
 	f.StreamId, f.Seq = id, 0
 	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
 	select {
@@ -463,7 +468,9 @@ func (s *session) forget(id uint64) bool {
 }
 
 func (s *session) finish(r *relay, outcome string) {
-	r.ack.Stop()
+	if r.ack != nil {
+		r.ack.Stop()
+	}
 	s.srv.metrics.inflight.Dec()
 	s.srv.metrics.requests.WithLabelValues(s.cluster, outcome).Inc()
 	r.span.SetAttributes(attribute.String("tether.outcome", outcome))
