@@ -210,17 +210,17 @@ func State(st *tetherv1.AgentStatus, now time.Time, timeout time.Duration) tethe
 		return tetherv1.AgentState_AGENT_STATE_DISCONNECTED
 	}
 	for _, s := range st.GetStreams() {
-		if Fresh(s, now, timeout) {
+		if fresh(s, now, timeout) {
 			return tetherv1.AgentState_AGENT_STATE_CONNECTED
 		}
 	}
 	return tetherv1.AgentState_AGENT_STATE_UNHEALTHY
 }
 
-// Fresh reports whether a stream's last heartbeat is within timeout of
+// fresh reports whether a stream's last heartbeat is within timeout of
 // now. Heartbeats are kept to the second, rounded down: the heartbeat may
 // be up to a second newer than recorded, and is given that second.
-func Fresh(s *tetherv1.AgentStream, now time.Time, timeout time.Duration) bool {
+func fresh(s *tetherv1.AgentStream, now time.Time, timeout time.Duration) bool {
 	return now.Sub(time.Unix(s.GetLastHeartbeatUnix()+1, 0)) <= timeout
 }
 

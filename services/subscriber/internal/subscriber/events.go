@@ -20,7 +20,13 @@ type Events interface {
 }
 
 func (s *Server) event(sess *session, ev *tetherv1.AgentEvent) {
-	ev.ClusterId, ev.SessionId, ev.SubscriberId = sess.cluster, sess.id, s.cfg.ID
+	s.report(sess.cluster, sess.id, ev)
+}
+
+// report stamps ev as this subscriber's, now, about session sessionID of
+// cluster, and sends it.
+func (s *Server) report(cluster, sessionID string, ev *tetherv1.AgentEvent) {
+	ev.ClusterId, ev.SessionId, ev.SubscriberId = cluster, sessionID, s.cfg.ID
 	ev.TimeUnixNano = s.cfg.Now().UnixNano()
 	s.cfg.Events.Report(ev)
 }
@@ -34,10 +40,7 @@ func (s *Server) reportEnded(sess *session, ended []string) {
 		if id == sess.id || !subject.ValidToken(id) {
 			continue
 		}
-		ev := &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{Reason: "the agent reports the stream ended"}}}
-		ev.ClusterId, ev.SessionId, ev.SubscriberId = sess.cluster, id, s.cfg.ID
-		ev.TimeUnixNano = s.cfg.Now().UnixNano()
-		s.cfg.Events.Report(ev)
+		s.report(sess.cluster, id, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{Reason: "the agent reports the stream ended"}}})
 	}
 }
 

@@ -73,13 +73,13 @@ func (ls *listeners) join(s *session) error {
 }
 
 // leave stops s taking requests; the last stream of a cluster to leave
-// ends the subscription. It reports whether s was taking them.
-func (ls *listeners) leave(s *session) bool {
+// ends the subscription.
+func (ls *listeners) leave(s *session) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	l := ls.byID[s.cluster]
 	if l == nil {
-		return false
+		return
 	}
 	for i, t := range l.sessions {
 		if t == s {
@@ -88,10 +88,9 @@ func (ls *listeners) leave(s *session) bool {
 				_ = l.sub.Unsubscribe()
 				delete(ls.byID, s.cluster)
 			}
-			return true
+			return
 		}
 	}
-	return false
 }
 
 // dispatch hands a request to the cluster's streams in turn; with none
