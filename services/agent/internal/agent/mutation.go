@@ -156,11 +156,7 @@ func (a *Agent) respond(ctx context.Context, log *slog.Logger, s *tunnel.Stream,
 	} else if len(body) <= tunnel.MaxChunk && len(body) <= s.Credit() {
 		rh.Body, rh.End = body, true
 	}
-	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
-		a.fail(s, log, http.StatusBadGateway, "the kube-apiserver's response cannot be carried: "+err.Error())
-		return
-	}
-	if rh.End {
+	if !a.sendHead(s, log, rh) || rh.End {
 		return
 	}
 	if _, err := s.WriteLast(ctx, body); err != nil && ctx.Err() == nil {
@@ -175,17 +171,8 @@ func (a *Agent) streamResponse(ctx context.Context, log *slog.Logger, s *tunnel.
 		return
 	}
 	rh := &tetherv1.Response{Status: uint32(resp.StatusCode), Headers: tunnel.FromHTTP(resp.Header, nil)}
-	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
-		a.fail(s, log, http.StatusBadGateway, "the kube-apiserver's response cannot be carried: "+err.Error())
-		return
-	}
-	if _, err := s.WriteContext(ctx, read); err != nil {
-		return
-	}
-	buf := tunnel.GetChunk()
-	defer tunnel.PutChunk(buf)
-	if err := copyBody(ctx, s, resp.Body, -1, *buf); err != nil && ctx.Err() == nil {
-		s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
+	if a.sendHead(s, log, rh) {
+		a.sendRest(ctx, log, s, read, resp.Body, -1)
 	}
 }
 

@@ -148,30 +148,45 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 			read = (*buf)[:k]
 		}
 	}
+	if !a.sendHead(s, log, rh) || rh.End {
+		return
+	}
+	// read is there only when the length is not known.
+	if a.sendRest(ctx, log, s, read, resp.Body, resp.ContentLength) {
+		log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
+	}
+}
+
+// sendHead sends a response head, or, when the tunnel cannot carry it (a
+// header that is not UTF-8, a status out of range), says so instead of
+// leaving the caller waiting.
+func (a *Agent) sendHead(s *tunnel.Stream, log *slog.Logger, rh *tetherv1.Response) bool {
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
-		// A head the tunnel cannot carry (a header that is not UTF-8, a
-		// status out of range): say so instead of leaving the caller waiting.
 		a.fail(s, log, http.StatusBadGateway, "the kube-apiserver's response cannot be carried: "+err.Error())
-		return
+		return false
 	}
-	if rh.End {
-		return
-	}
+	return true
+}
+
+// sendRest sends the body after its head: what was read already, then
+// the rest as it comes (length, if known, counts only the rest). A body
+// that breaks off resets the stream. It reports whether all of it went.
+func (a *Agent) sendRest(ctx context.Context, log *slog.Logger, s *tunnel.Stream, read []byte, body io.Reader, length int64) bool {
 	if len(read) > 0 {
 		if _, err := s.WriteContext(ctx, read); err != nil {
-			return
+			return false
 		}
 	}
-	more := tunnel.GetChunk()
-	defer tunnel.PutChunk(more)
-	if err := copyBody(ctx, s, resp.Body, resp.ContentLength-int64(len(read)), *more); err != nil {
+	buf := tunnel.GetChunk()
+	defer tunnel.PutChunk(buf)
+	if err := copyBody(ctx, s, body, length, *buf); err != nil {
 		if ctx.Err() == nil {
 			log.Warn("response body broken off", "err", err)
 			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+err.Error())
 		}
-		return
+		return false
 	}
-	log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
+	return true
 }
 
 // request builds the call to the kube-apiserver: the client's method, path,
