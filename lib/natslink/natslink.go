@@ -97,7 +97,7 @@ func Reset(nc *nats.Conn, m *nats.Msg, f *tetherv1.Frame, reply, why string) {
 	if m.Reply == "" || f.GetReset_() != nil {
 		return
 	}
-	_ = Publish(nc, m.Reply, reply, &tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}}, nil)
+	_ = Publish(nc, m.Reply, reply, tunnel.ResetFrame(f.StreamId, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, why), nil)
 }
 
 // Refuse answers an Open that will not be served (malformed, wrong
@@ -107,7 +107,7 @@ func Refuse(nc *nats.Conn, m *nats.Msg, why string) {
 	if m.Reply == "" {
 		return
 	}
-	_ = Publish(nc, m.Reply, "", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_REFUSED, Message: why}}}, nil)
+	_ = Publish(nc, m.Reply, "", tunnel.ResetFrame(1, tetherv1.ResetCode_RESET_CODE_REFUSED, why), nil)
 }
 
 // AnswerPing replies to a liveness ping for a request: Pong if known.
@@ -117,7 +117,7 @@ func AnswerPing(nc *nats.Conn, m *nats.Msg, known bool) {
 	}
 	f := &tetherv1.Frame{Kind: &tetherv1.Frame_Pong{Pong: &tetherv1.Pong{}}}
 	if !known {
-		f = &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "unknown request"}}}
+		f = tunnel.ResetFrame(1, tetherv1.ResetCode_RESET_CODE_CANCELED, "unknown request")
 	}
 	b, err := tunnel.Encode(f)
 	if err == nil {

@@ -248,3 +248,8 @@ func Mutates(open *tetherv1.Open) bool {
 	}
 	return open.Upgrade == ""
 }
+
+// ResetFrame is the frame that resets stream id with code and why.
+func ResetFrame(id uint64, code tetherv1.ResetCode, why string) *tetherv1.Frame {
+	return &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: code, Message: why}}}
+}

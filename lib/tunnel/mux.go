@@ -134,7 +134,7 @@ func (m *Mux) handle(ctx context.Context, f *tetherv1.Frame) error {
 		if m.accept == nil {
 			msg = errNoAccept.Error()
 		}
-		return m.conn.Send(&tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: msg}}})
+		return m.conn.Send(ResetFrame(f.StreamId, tetherv1.ResetCode_RESET_CODE_CANCELED, msg))
 	}
 	// A protocol error resets just that stream; the connection goes on.
 	_ = s.Deliver(f)

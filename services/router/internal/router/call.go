@@ -132,7 +132,7 @@ func (c *call) abandon(code tetherv1.ResetCode, msg string) {
 	if errors.As(err, &re) && re.Remote {
 		return
 	}
-	_ = c.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: code, Message: msg}}})
+	_ = c.Send(tunnel.ResetFrame(1, code, msg))
 }
 
 func (c *call) peerSubject() string {

@@ -184,7 +184,7 @@ func (s *Server) natsBack() {
 	}
 	s.mu.Unlock()
 	for _, o := range orphans {
-		o.sess.toRouter(o.id, o.r, &tetherv1.Frame{StreamId: o.id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "subscriber lost its NATS connection"}}})
+		o.sess.toRouter(o.id, o.r, tunnel.ResetFrame(o.id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "subscriber lost its NATS connection"))
 	}
 	s.log.Info("NATS connection back", "routers_told", len(orphans))
 }

@@ -213,7 +213,7 @@ func (s *session) close(why string) {
 		_ = data.Unsubscribe()
 	}
 	for id, r := range relays {
-		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}})
+		s.toRouter(id, r, tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, why))
 		s.finish(r, "agent_lost")
 	}
 }
@@ -228,7 +228,7 @@ func (s *session) dropRelays(why string) []orphan {
 	s.mu.Unlock()
 	out := make([]orphan, 0, len(relays))
 	for id, r := range relays {
-		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: why}}})
+		_ = s.conn.Send(tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, why))
 		s.finish(r, "nats_lost")
 		out = append(out, orphan{sess: s, id: id, r: r})
 	}
@@ -309,7 +309,7 @@ func (s *session) open(m *nats.Msg) {
 		}
 		if err != nil {
 			s.forget(id)
-			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_REFUSED, Message: "subscriber could not reach NATS"}}})
+			s.toRouter(id, r, tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_REFUSED, "subscriber could not reach NATS"))
 			s.finish(r, "refused")
 			return
 		}
@@ -322,7 +322,7 @@ func (s *session) open(m *nats.Msg) {
 	}
 	if err := s.conn.Send(f); err != nil {
 		s.forget(id)
-		s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "agent stream broke"}}})
+		s.toRouter(id, r, tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "agent stream broke"))
 		s.finish(r, "agent_lost")
 	}
 }
@@ -370,8 +370,8 @@ func (s *session) fromRouter(m *nats.Msg) {
 		// A frame from the router was lost: the request cannot go on.
 		if s.forget(id) {
 			s.log.Warn("frames from a router lost on NATS; resetting the request", "stream", id)
-			_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: natslink.ErrFramesLost}}})
-			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: natslink.ErrFramesLost}}})
+			_ = s.conn.Send(tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, natslink.ErrFramesLost))
+			s.toRouter(id, r, tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, natslink.ErrFramesLost))
 			s.finish(r, "frames_lost")
 		}
 		return
@@ -393,7 +393,7 @@ func (s *session) fromRouter(m *nats.Msg) {
 	s.srv.metrics.frames.WithLabelValues("to_agent").Inc()
 	if err := s.conn.Send(f); err != nil {
 		if s.forget(id) {
-			s.toRouter(id, r, &tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "agent stream broke"}}})
+			s.toRouter(id, r, tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "agent stream broke"))
 			s.finish(r, "agent_lost")
 		}
 		return
@@ -414,7 +414,7 @@ func (s *session) fromAgent(f *tetherv1.Frame) error {
 		case *tetherv1.Frame_Reset_, *tetherv1.Frame_Window:
 			return nil
 		}
-		return s.conn.Send(&tetherv1.Frame{StreamId: f.StreamId, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_CANCELED, Message: "request is gone"}}})
+		return s.conn.Send(tunnel.ResetFrame(f.StreamId, tetherv1.ResetCode_RESET_CODE_CANCELED, "request is gone"))
 	}
 	r.answered.Store(true)
 	done := false
@@ -449,7 +449,7 @@ func (s *session) toRouter(id uint64, r *relay, f *tetherv1.Frame) {
 	if err := r.seq.Publish(s.srv.cfg.NATS, r.router, subject.Session(s.id, id), f, nil); err != nil && f.GetReset_() == nil {
 		// The router cannot hear us: stop the agent's work too.
 		s.log.Warn("relaying to router failed", "err", err)
-		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "router unreachable"}}})
+		_ = s.conn.Send(tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "router unreachable"))
 		if s.forget(id) {
 			s.finish(r, "router_lost")
 		}
@@ -495,7 +495,7 @@ func (s *session) routerGone(id uint64) {
 	s.mu.Unlock()
 	if ok && s.forget(id) {
 		s.log.Info("router gone; stopping its request at the agent", "stream", id)
-		_ = s.conn.Send(&tetherv1.Frame{StreamId: id, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, Message: "router gone"}}})
+		_ = s.conn.Send(tunnel.ResetFrame(id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "router gone"))
 		s.finish(r, "router_lost")
 	}
 }
