@@ -69,12 +69,17 @@ clean:
 
 ## images: FROM-scratch images of every binary (tether/<name>:dev), for docker compose and deploy/
 IMAGES := gateway router subscriber agent agent-registry audit autoscaler natsd tetherctl
+# Each image carries the build machine's CA roots (Debian's ca-certificates),
+# where Go looks for them: agents trust public subscriber certificates.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
 images:
+	@test -s $(CA_BUNDLE) || { echo "no CA bundle at $(CA_BUNDLE) (apt-get install ca-certificates, or CA_BUNDLE=FILE)"; exit 1; }
 	@mkdir -p .state/images
 	@for n in $(IMAGES); do \
 	  pkg=./services/$$n/cmd/$$n; [ $$n = natsd ] && pkg=./dev/cmd/natsd; [ $$n = tetherctl ] && pkg=./cmd/tetherctl; \
 	  mkdir -p .state/images/$$n && CGO_ENABLED=0 $(GO) build -trimpath -o .state/images/$$n/$$n $$pkg || exit 1; \
-	  printf 'FROM scratch\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
+	  cp $(CA_BUNDLE) .state/images/$$n/ca-certificates.crt || exit 1; \
+	  printf 'FROM scratch\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
 	  docker build -q -t tether/$$n:dev .state/images/$$n || exit 1; \
 	done
 
@@ -84,7 +89,7 @@ compose-config:
 	@mkdir -p .state/compose
 	cp .state/tokens.csv .state/pki/gateway.crt .state/pki/gateway.key .state/pki/agent-signing.key .state/pki/agent-signing.pub .state/compose/
 	cp .state/pki/tether-dev-ca.crt .state/compose/ca.crt
-	for n in natsd agent-registry subscriber router gateway; do cp .state/pki/$$n.crt .state/pki/$$n.key .state/compose/ || exit 1; done
+	for n in natsd agent-registry subscriber subscriber-agents router gateway; do cp .state/pki/$$n.crt .state/pki/$$n.key .state/compose/ || exit 1; done
 	cp -r .state/nats-users .state/compose/
 	@# The admin's static token, for the one-shot service that creates cluster dev.
 	awk -F, '$$2 == "admin" { printf "%s", $$1 }' .state/tokens.csv > .state/compose/admin-token

@@ -18,7 +18,6 @@ import (
 	"github.com/tether-dev/tether/dev/proc"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
-	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
@@ -38,19 +37,19 @@ type fakeAgent struct {
 
 func (a *fakeAgent) close() { a.cancel(); _ = a.stream.CloseRequest(); _ = a.stream.CloseResponse() }
 
-// agentsClient is the one HTTP/2 client of the fake agents: one connection
-// to the subscriber, closed after the test, so what the subscriber holds
-// afterwards is its own.
-var agentsClient = &http.Client{Transport: svc.H2CTransport()}
+// agentsClient is the one HTTP/2 client of the fake agents, TLS as an
+// agent's: one connection to the subscriber, closed after the test, so
+// what the subscriber holds afterwards is its own.
+var agentsClient = &http.Client{} // its transport is set once the stack is up
 
-func h2c() *http.Client { return agentsClient }
+func agentClient() *http.Client { return agentsClient }
 
 // dialAgent connects with credential (none if empty), says Hello for
 // cluster and waits for Welcome: the error is the subscriber's answer.
 func dialAgent(t *testing.T, credential, cluster string) (*fakeAgent, error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stream := tetherv1connect.NewTunnelServiceClient(h2c(), env.stack.SubscriberURL, tunnel.ClientOptions()).Connect(ctx)
+	stream := tetherv1connect.NewTunnelServiceClient(agentClient(), env.stack.SubscriberURL, tunnel.ClientOptions()).Connect(ctx)
 	if credential != "" {
 		stream.RequestHeader().Set("Authorization", "Bearer "+credential)
 	}
@@ -93,7 +92,7 @@ func (a *fakeAgent) ended(limit time.Duration) bool {
 }
 
 func enrollment() tetherv1connect.EnrollmentServiceClient {
-	return tetherv1connect.NewEnrollmentServiceClient(h2c(), env.stack.SubscriberURL)
+	return tetherv1connect.NewEnrollmentServiceClient(agentClient(), env.stack.SubscriberURL)
 }
 
 func createCluster(t *testing.T, id, tenant string) string {
@@ -285,7 +284,7 @@ func TestAgentCredentials(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, env.stack.SubscriberURL+tetherv1connect.TunnelServiceConnectProcedure, bytes.NewReader([]byte("\xff\xff\xff\xff\xffgarbage")))
 		req.Header.Set("Content-Type", "application/connect+proto")
 		req.Header.Set("Authorization", "Bearer "+cred)
-		if resp, err := h2c().Do(req); err == nil {
+		if resp, err := agentClient().Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
@@ -393,7 +392,7 @@ func TestAgentKeepsItsCredentialInASecret(t *testing.T) {
 	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	start := func() *proc.Process {
 		p, err := proc.Start("agent-"+cluster, env.stack.Bin("agent"), filepath.Join(env.dir, "logs"), nil,
-			"--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--kubeconfig", env.stack.AgentKubeconfig,
+			"--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--subscriber-ca", env.stack.CAFile, "--kubeconfig", env.stack.AgentKubeconfig,
 			"--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret, "--admin-addr", admin)
 		if err != nil {
 			t.Fatal(err)

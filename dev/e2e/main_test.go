@@ -82,6 +82,10 @@ func run(m *testing.M) int {
 		}
 	}()
 	env.direct = env.stack.Kube.AdminKubeconfig
+	if agentsClient.Transport, err = env.stack.AgentTransport(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	code := m.Run()
 	if v := natsViolations(); v != "" {
 		fmt.Fprintf(os.Stderr, "NATS refused what the services sent during the run:\n%s\n", v)

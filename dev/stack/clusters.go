@@ -76,5 +76,5 @@ func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) err
 		return err
 	}
 	return s.startService(ctx, AgentName(id), addr(ports[0]), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
-		"--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
+		"--subscriber-ca", s.CAFile, "--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
 }

@@ -252,6 +252,11 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
+	// The agents' endpoint, public in production: a server certificate
+	// of its own, also for the name agents behind a proxy use.
+	if _, _, err := s.ca.IssueServer(s.pkiDir(), subscriberTLS, append(hosts, SubscriberHost)); err != nil {
+		return nil, err
+	}
 	if err := s.startNATS(ctx, auth); err != nil {
 		return nil, err
 	}
@@ -280,6 +285,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	for i, sub := range subs {
 		if err := s.startService(ctx, sub.name, sub.admin, append([]string{"--listen", sub.listen, "--id", fmt.Sprintf("subscriber-%d", i),
+			"--tls-cert", s.certFile(subscriberTLS), "--tls-key", s.keyFile(subscriberTLS),
 			"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)...); err != nil {
 			return nil, err
 		}
@@ -470,6 +476,14 @@ func (s *Stack) Down() error {
 	return errors.Join(errs...)
 }
 
+// subscriberTLS names the certificate subscribers serve agents with.
+const subscriberTLS = "subscriber-agents"
+
+// SubscriberHost is a name the subscribers' certificate covers besides
+// their addresses, for agents that reach them by name (through a proxy
+// that resolves it).
+const SubscriberHost = "subscriber.tether.test"
+
 // operator is the certificate name of the stack itself, and of tests, when
 // they call agent-registry as the platform operator would through a
 // gateway.
@@ -555,6 +569,33 @@ func (s *Stack) writeKubeconfig(name, cluster string, user map[string]any) (stri
 
 // HTTPClient trusts the gateway's CA.
 func (s *Stack) HTTPClient() (*http.Client, error) {
+	pool, err := s.roots()
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 256,
+	}}, nil
+}
+
+// AgentTransport reaches the subscribers as an agent does: HTTP/2 over
+// TLS, trusting the stack's CA; for tests that play an agent.
+func (s *Stack) AgentTransport() (*http.Transport, error) {
+	pool, err := s.roots()
+	if err != nil {
+		return nil, err
+	}
+	t := svc.H2CTransport()
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP2(true)
+	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return t, nil
+}
+
+// roots are the stack's CA alone.
+func (s *Stack) roots() (*x509.CertPool, error) {
 	pem, err := os.ReadFile(s.CAFile)
 	if err != nil {
 		return nil, err
@@ -563,11 +604,7 @@ func (s *Stack) HTTPClient() (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, errors.New("stack: no certificate in " + s.CAFile)
 	}
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool},
-		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 256,
-	}}, nil
+	return pool, nil
 }
 
 // waitHTTPS waits until url answers over TLS trusting the stack's CA.

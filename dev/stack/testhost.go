@@ -121,7 +121,7 @@ func (s *Stack) subscriberAt(i int) (subscriberAt, error) {
 		ip = s.host.ip
 	}
 	listen := net.JoinHostPort(ip, strconv.Itoa(ports[0]))
-	return subscriberAt{name: name, listen: listen, admin: net.JoinHostPort(ip, strconv.Itoa(ports[1])), url: "http://" + listen}, nil
+	return subscriberAt{name: name, listen: listen, admin: net.JoinHostPort(ip, strconv.Itoa(ports[1])), url: "https://" + listen}, nil
 }
 
 func (s *Stack) onTestHost(name string) bool {

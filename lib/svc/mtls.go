@@ -161,7 +161,7 @@ func (k *keyPair) get() (*tls.Certificate, error) {
 		if k.cert != nil {
 			return k.cert, nil // keep serving with what was loaded
 		}
-		return nil, fmt.Errorf("mtls: %w", err)
+		return nil, fmt.Errorf("reading certificate: %w", err)
 	}
 	if k.cert != nil && fi.ModTime().Equal(k.modTime) {
 		return k.cert, nil
@@ -171,7 +171,7 @@ func (k *keyPair) get() (*tls.Certificate, error) {
 		if k.cert != nil {
 			return k.cert, nil // half-written during a rotation: next time
 		}
-		return nil, fmt.Errorf("mtls: loading %s: %w", k.certFile, err)
+		return nil, fmt.Errorf("loading certificate %s: %w", k.certFile, err)
 	}
 	k.cert, k.modTime = &c, fi.ModTime()
 	return k.cert, nil

@@ -3,7 +3,12 @@
 // the local kube-apiserver as the end user.
 //
 //	agent --cluster-id prod-eu-1 --subscriber-url https://tether.example:8443 \
-//	  --bootstrap-token-file /etc/tether/bootstrap-token [--kubeconfig FILE] [--credential-file FILE]
+//	  --bootstrap-token-file /etc/tether/bootstrap-token [--subscriber-ca ca.crt] \
+//	  [--kubeconfig FILE] [--credential-file FILE]
+//
+// It reaches the subscribers over TLS (HTTP/2), through the proxy that
+// HTTPS_PROXY names unless NO_PROXY exempts them, trusting the system's
+// roots and --subscriber-ca.
 //
 // Without --kubeconfig it uses the pod's in-cluster service account, which
 // needs RBAC to impersonate users and groups. On first start it exchanges
@@ -30,6 +35,7 @@ import (
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
 	"github.com/tether-dev/tether/services/agent/internal/agent"
+	"github.com/tether-dev/tether/services/agent/internal/dial"
 )
 
 func main() {
@@ -45,6 +51,8 @@ func main() {
 		credSecret string
 		streams    int
 		remember   time.Duration
+		caFile     string
+		cleartext  bool
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -56,6 +64,8 @@ func main() {
 	fs.DurationVar(&remember, "remember-mutations", 5*time.Minute, "how long the result of each mutation is kept, so a retry of it (a hop was lost) gets the first result instead of running twice")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping the subscriber after this long without traffic")
 	fs.DurationVar(&ka.Timeout, "ping-timeout", tunnel.DefaultKeepalive.Timeout, "declare the subscriber dead after this long without traffic")
+	fs.StringVar(&caFile, "subscriber-ca", os.Getenv("TETHER_SUBSCRIBER_CA"), "PEM file of CAs trusted for the subscribers' certificates, beside the system's roots")
+	fs.BoolVar(&cleartext, "insecure-cleartext", false, "allow http:// subscriber URLs (HTTP/2 without TLS): for debugging on one machine only")
 	fs.StringVar(&bootstrap, "bootstrap-token-file", os.Getenv("TETHER_BOOTSTRAP_TOKEN_FILE"), "file holding the one-time bootstrap token from `tetherctl cluster create`")
 	fs.StringVar(&credFile, "credential-file", os.Getenv("TETHER_CREDENTIAL_FILE"), "file keeping the agent's credential (outside a cluster)")
 	fs.StringVar(&credSecret, "credential-secret", os.Getenv("TETHER_CREDENTIAL_SECRET"), "NAMESPACE/NAME of the Secret keeping the credential; default in a cluster: the agent's namespace/tether-agent-credential")
@@ -77,13 +87,18 @@ func main() {
 		if err != nil {
 			return err
 		}
-		subscriber := &http.Client{Transport: svc.H2CTransport()}
+		urls := strings.Split(subURL, ",")
+		out, err := dial.Transport(dial.Config{URLs: urls, CAFile: caFile, InsecureCleartext: cleartext})
+		if err != nil {
+			return err
+		}
+		subscriber := &http.Client{Transport: out}
 		store, err := credentialStore(cfg, kubeconfig, credFile, credSecret)
 		if err != nil {
 			return err
 		}
 		var enrollers []tetherv1connect.EnrollmentServiceClient
-		for _, u := range strings.Split(subURL, ",") {
+		for _, u := range urls {
 			enrollers = append(enrollers, tetherv1connect.NewEnrollmentServiceClient(&http.Client{Transport: subscriber.Transport, Timeout: 30 * time.Second}, u))
 		}
 		enrollment, err := agent.NewEnrollment(enrollers...)
@@ -96,7 +111,7 @@ func main() {
 		}
 		a, err := agent.New(agent.Config{
 			ClusterID:        clusterID,
-			SubscriberURLs:   strings.Split(subURL, ","),
+			SubscriberURLs:   urls,
 			Subscriber:       subscriber,
 			Credentials:      creds,
 			APIServer:        cfg.Host,

@@ -28,7 +28,7 @@ func main() {
 	var (
 		common            svc.Common
 		listen            string
-		certFile, keyFile string
+		serving           svc.ServingCert
 		tokensFile        string
 		routerURL         string
 		oidcCfg           identity.OIDCConfig
@@ -43,8 +43,7 @@ func main() {
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8443", "HTTPS address for clients")
-	fs.StringVar(&certFile, "tls-cert", "", "serving certificate (PEM)")
-	fs.StringVar(&keyFile, "tls-key", "", "serving key (PEM)")
+	serving.Register(fs, "clients")
 	fs.StringVar(&tokensFile, "tokens", os.Getenv("TETHER_TOKENS_FILE"), `static tokens, CSV: token,user,uid,"groups","tenants"`)
 	fs.StringVar(&oidcCfg.IssuerURL, "oidc-issuer-url", "", "OpenID Connect issuer whose ID tokens are accepted (https); empty: static tokens only")
 	fs.StringVar(&oidcCfg.ClientID, "oidc-client-id", "", "audience ID tokens must be issued for")
@@ -71,10 +70,10 @@ func main() {
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("gateway", common, func(ctx context.Context, env *svc.Env) error {
-		if certFile == "" || keyFile == "" {
+		if !serving.Enabled() {
 			return errors.New("--tls-cert and --tls-key are required")
 		}
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		tlsConfig, err := serving.Config()
 		if err != nil {
 			return fmt.Errorf("loading the serving certificate: %w", err)
 		}
@@ -158,7 +157,7 @@ func main() {
 			MaxHeaderBytes: 2 * limits.MaxHeaderBytes,
 			IdleTimeout:    5 * time.Minute,
 			// No read or write timeout: watches and streams last hours.
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+			TLSConfig: tlsConfig,
 			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		}
 		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded,

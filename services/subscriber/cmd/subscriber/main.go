@@ -5,8 +5,12 @@
 // and renew through the subscriber, which passes those calls on to the
 // registry.
 //
-//	subscriber --listen :8443 --nats-url nats://127.0.0.1:4222 \
-//	  --credential-keys agent-signing.pub --registry-url http://agent-registry:8083
+//	subscriber --listen :8443 --tls-cert tls.crt --tls-key tls.key --nats-url nats://127.0.0.1:4222 \
+//	  --credential-keys agent-signing.pub --registry-url https://agent-registry:8083
+//
+// Agents reach it over the network of their cluster, often through a proxy
+// or a load balancer that passes TLS through: it serves TLS itself, HTTP/2
+// by ALPN. Cleartext is for debugging on one machine (--insecure-cleartext).
 package main
 
 import (
@@ -45,10 +49,14 @@ func main() {
 		heartbeat time.Duration
 		moveWait  time.Duration
 		natsGrace time.Duration
+		serving   svc.ServingCert
+		cleartext bool
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "address agents connect to")
+	serving.Register(fs, "agents")
+	fs.BoolVar(&cleartext, "insecure-cleartext", false, "serve agents HTTP/2 without TLS: for debugging on one machine only")
 	natsFlags.Register(fs)
 	fs.StringVar(&id, "id", svc.EnvOr("TETHER_SUBSCRIBER_ID", ""), "instance id; default: host name and pid")
 	fs.DurationVar(&ka.Interval, "ping-interval", tunnel.DefaultKeepalive.Interval, "ping an agent after this long without traffic")
@@ -66,6 +74,19 @@ func main() {
 	os.Exit(svc.Run("subscriber", common, func(ctx context.Context, env *svc.Env) error {
 		if keys == "" {
 			return errors.New("--credential-keys is required")
+		}
+		if serving.Enabled() == cleartext {
+			return errors.New("give --tls-cert and --tls-key (agents connect over TLS), or --insecure-cleartext for a development machine, not both")
+		}
+		listener := svc.Listener{What: "agents", Addr: listen}
+		if serving.Enabled() {
+			server, err := tlsServer(&serving)
+			if err != nil {
+				return err
+			}
+			listener.Server, listener.TLS = server, true
+		} else {
+			env.Log.Warn("serving agents without TLS (--insecure-cleartext): credentials and requests cross the network readable")
 		}
 		verifier, err := agentcred.LoadVerifier(strings.Split(keys, ",")...)
 		if err != nil {
@@ -122,9 +143,27 @@ func main() {
 		mux.Handle(tetherv1connect.NewEnrollmentServiceHandler(relay, connect.WithReadMaxBytes(16<<10)))
 		// On SIGTERM: stop taking requests, let those in flight finish, then
 		// close the agents' streams so they reconnect to another subscriber.
-		if err := env.Serve(ctx, svc.Listener{What: "agents", Addr: listen, Server: svc.H2CServer(mux), Drain: srv.Drain}); err != nil {
+		if listener.Server == nil {
+			listener.Server = svc.H2CServer(mux)
+		}
+		listener.Server.Handler, listener.Drain = mux, srv.Drain
+		if err := env.Serve(ctx, listener); err != nil {
 			return err
 		}
 		return natsconn.Drain(nc, 5*time.Second)
 	}))
+}
+
+// tlsServer serves agents over TLS with the HTTP/2 settings of the
+// cleartext server: agents' streams are many and long, and a dead peer is
+// found by pings.
+func tlsServer(c *svc.ServingCert) (*http.Server, error) {
+	cfg, err := c.Config()
+	if err != nil {
+		return nil, err
+	}
+	s := svc.H2CServer(nil)
+	s.Protocols = nil
+	s.TLSConfig = cfg
+	return s, nil
 }
