@@ -31,10 +31,10 @@ test: vet
 test-short:
 	$(GO) test -short -count=1 $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
 
-## chaos: the chaos test alone, printing what it counted
+## chaos: the chaos test alone, printing what it counted and writing it to bench/results/chaos.md
 chaos:
 	bash hack/kube/build.sh >/dev/null
-	$(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
+	TETHER_CHAOS_REPORT=$(CURDIR)/bench/results/chaos.md $(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
 
 ## bench: latency, throughput and memory through Tether vs direct; writes bench/results/
 bench:

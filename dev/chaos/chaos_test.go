@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,10 +35,12 @@ type fault struct {
 	began, ended time.Time
 }
 
-// during is the fault whose window holds at, if any.
-func during(faults []fault, at time.Time) *fault {
+// during is the fault whose window overlaps a request that was in
+// flight from start to end, if any: a request sent during a fault that
+// failed just after the fleet settled is that fault's.
+func during(faults []fault, start, end time.Time) *fault {
 	for i := range faults {
-		if !at.Before(faults[i].began) && !at.After(faults[i].ended) {
+		if !end.Before(faults[i].began) && !start.After(faults[i].ended) {
 			return &faults[i]
 		}
 	}
@@ -120,6 +123,8 @@ func TestChaos(t *testing.T) {
 		faults = keep
 	}
 	var report []string
+	started := time.Now()
+	caughtUp := make([]time.Duration, len(faults))
 	for i := range faults {
 		f := &faults[i]
 		l.setPhase(f.name)
@@ -127,6 +132,7 @@ func TestChaos(t *testing.T) {
 		f.run(t)
 		f.ended = settle(t, f.name)
 		took := registryCatchesUp(t)
+		caughtUp[i] = took
 		report = append(report, fmt.Sprintf("%-42s healed in %5.1fs; the registry matched the subscribers %.1fs later", f.name, f.ended.Sub(f.began).Seconds(), took.Seconds()))
 		if took > heartbeat {
 			t.Errorf("after %s the registry matched the subscribers only %v after the fleet settled; want within a heartbeat period (%v)", f.name, took.Round(10*time.Millisecond), heartbeat)
@@ -172,6 +178,76 @@ func TestChaos(t *testing.T) {
 
 	t.Logf("chaos against 3 NATS nodes, 2 gateways, 2 routers, 3 subscribers, %d agents:\n  %s\n%s\n  requests sent again %v, watches resumed %v, mutations answered with their first result %v; services back to their goroutines: %d of %d",
 		len(fleet.clusters), strings.Join(report, "\n  "), c, retries, resumes, replayed, len(baseline)-len(grown), len(baseline))
+	if path := os.Getenv("TETHER_CHAOS_REPORT"); path != "" {
+		md := markdown(t, started, faults, caughtUp, c, [3]float64{retries, resumes, replayed}, len(baseline)-len(grown), len(baseline))
+		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+			t.Errorf("writing the report: %v", err)
+		}
+	}
+}
+
+// markdown is the run's report for people: what ran, each fault, and
+// every count the checks were made on.
+func markdown(t *testing.T, started time.Time, faults []fault, caughtUp []time.Duration, c summary, behind [3]float64, back, services int) string {
+	var b strings.Builder
+	commit, err := exec.Command("git", "-C", fleet.root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		commit = []byte("unknown")
+	}
+	dirty := ""
+	if out, _ := exec.Command("git", "-C", fleet.root, "status", "--porcelain", "--untracked-files=no").Output(); len(out) > 0 {
+		dirty = " (with uncommitted changes)"
+	}
+	fmt.Fprintf(&b, "# Chaos: Tether's fleet under faults\n\n")
+	fmt.Fprintf(&b, "- Date: %s\n- Tether: commit %s%s\n- Machine: %d CPUs, %s\n", started.UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(commit)), dirty, runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(&b, "- Command: `make chaos` (`go test -run TestChaos ./dev/chaos`, TETHER_CHAOS_REPORT=bench/results/chaos.md)\n")
+	fmt.Fprintf(&b, "- Fleet: 3 NATS nodes (JetStream R3), 2 gateways, 2 routers, 3 subscribers (one on a test host), %d agents with two streams each, one real kube-apiserver; TLS on every hop\n", len(fleet.clusters))
+	fmt.Fprintf(&b, "- Load: 3 clients creating uniquely named ConfigMaps, 3 getting and listing them, 50 open watches, across every cluster and both gateways\n\n")
+	fmt.Fprintf(&b, "## Faults, one at a time\n\n| fault | healed in | registry matched the subscribers after |\n|---|---:|---:|\n")
+	for i, f := range faults {
+		fmt.Fprintf(&b, "| %s | %.1f s | %.1f s |\n", f.name, f.ended.Sub(f.began).Seconds(), caughtUp[i].Seconds())
+	}
+	fmt.Fprintf(&b, "\n## Checked against the kube-apiserver\n\n| check | count |\n|---|---:|\n")
+	for _, row := range []struct {
+		what string
+		n    int
+	}{
+		{"creates that succeeded", c.created},
+		{"of them existing in the kube-apiserver", c.existing},
+		{"created more than once (objects, and the audit log by request id)", c.createdTwice},
+		{"watch events delivered", c.watchEvents},
+		{"watches broken by a killed gateway or router, watched again by the client", c.watchesAgain},
+		{"watches that missed, repeated or reordered an event", c.watchBad},
+		{"failed requests with a Status, each during a fault", c.statusFailures},
+		{"transport errors, each on a killed gateway's own connections", c.transportAllowed},
+		{"failures outside those rules (the test fails on any)", len(c.violations)},
+	} {
+		fmt.Fprintf(&b, "| %s | %d |\n", row.what, row.n)
+	}
+	keys := make([]string, 0, len(c.counts))
+	for k := range c.counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintf(&b, "\n## Requests\n\n| request | count |\n|---|---:|\n")
+	for _, k := range keys {
+		fmt.Fprintf(&b, "| %s | %d |\n", k, c.counts[k])
+	}
+	byFault := make([]string, 0, len(c.byFault))
+	for k := range c.byFault {
+		byFault = append(byFault, k)
+	}
+	sort.Strings(byFault)
+	fmt.Fprintf(&b, "\n## Failures by fault\n\n| fault: request and answer | count |\n|---|---:|\n")
+	for _, k := range byFault {
+		fmt.Fprintf(&b, "| %s | %d |\n", k, c.byFault[k])
+	}
+	fmt.Fprintf(&b, "\n## Behind the scenes\n\n| what | count |\n|---|---:|\n| requests the routers sent again | %.0f |\n| watches resumed from their last event | %.0f |\n| mutations answered with their first result | %.0f |\n| services back to their goroutines once the load stopped | %d of %d |\n",
+		behind[0], behind[1], behind[2], back, services)
+	if t.Failed() {
+		fmt.Fprintf(&b, "\n**This run failed its checks**: see the test's output.\n")
+	}
+	return b.String()
 }
 
 // summary is what check found.
@@ -309,7 +385,7 @@ func check(t *testing.T, l *load, faults []fault) summary {
 			t.Errorf("watch %d of %s saw %d events, want %d", w.id, w.cluster, len(got), len(want))
 		}
 		for _, at := range again {
-			if f := during(faults, at); f == nil || !f.breaks {
+			if f := during(faults, at, at); f == nil || !f.breaks {
 				bad = true
 				t.Errorf("watch %d of %s broke at %s, where it should have gone on (%s)", w.id, w.cluster, at.Format(time.StampMilli), faultName(f))
 			}
@@ -323,9 +399,14 @@ func check(t *testing.T, l *load, faults []fault) summary {
 	// connections; and the planned restarts failed nothing.
 	c.byFault = map[string]int{}
 	for _, f := range failures {
-		in := during(faults, f.at)
+		in := during(faults, f.start, f.at)
 		c.byFault[fmt.Sprintf("%s: %s", faultName(in), kindOf(f))]++
 		switch {
+		case in == nil:
+			// Nothing was wrong while it was in flight: a Status is no
+			// excuse then.
+			c.violations = append(c.violations, f.String())
+			t.Errorf("failed with no fault in its way: %s", f)
 		case f.code != 0:
 			c.statusFailures++
 			if in != nil && in.name == plannedRestarts {

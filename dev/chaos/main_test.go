@@ -7,7 +7,8 @@
 // It needs root, iproute2 and iptables: one subscriber runs on a test host
 // of its own (a network namespace). TETHER_CHAOS_FAULTS=prefix,prefix runs
 // only the faults whose names begin so; TETHER_CHAOS_KEEP=1 keeps the fleet
-// and its logs after a failure.
+// and its logs after a failure; TETHER_CHAOS_REPORT=FILE writes what it
+// counted there as Markdown (make chaos: bench/results/chaos.md).
 package chaos
 
 import (
@@ -28,6 +29,7 @@ var fleet struct {
 	clusters []string
 	dir      string
 	kubectl  string
+	root     string // the repository, for the report's commit
 }
 
 // partitioned is the subscriber on the test host, which the test cuts off
@@ -52,7 +54,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer ws.Close()
-	fleet.dir, fleet.kubectl = ws.Dir, ws.Kubectl()
+	fleet.dir, fleet.kubectl, fleet.root = ws.Dir, ws.Kubectl(), ws.Root
 	root, bin, dir, kubeBin := ws.Root, ws.BinDir, ws.Dir, ws.KubeBin
 	fleet.clusters = []string{stack.ClusterID}
 	var more []string
