@@ -39,7 +39,7 @@ func TestAgentThroughAProxy(t *testing.T) {
 	// (NO_PROXY), as an in-cluster Service would be.
 	apiserver := forward(t, fenced.HostIP(), strings.TrimPrefix(env.stack.Kube.URL, "https://"))
 	dir := t.TempDir()
-	proxy, err := stack.StartProxy(filepath.Join(dir, "squid"), fenced.HostIP(), map[string]string{
+	proxy, err := stack.StartProxy(fenced.HostIP(), map[string]string{
 		stack.SubscriberHost:    "127.0.0.1",
 		"elsewhere.tether.test": "127.0.0.1", // the subscribers, under a name their certificate lacks
 	})
@@ -102,16 +102,11 @@ func TestAgentThroughAProxy(t *testing.T) {
 			name, url, ca, want string
 		}{
 			{"wrong-ca", subscribers(stack.SubscriberHost), other.CertPath, "give --subscriber-ca the CA that signed it"},
-			{"wrong-name", subscribers("elsewhere.tether.test"), env.stack.CAFile, `its certificate is not for "elsewhere.tether.test"`},
+			{"wrong-name", subscribers("elsewhere.tether.test"), env.stack.CAFile, "elsewhere.tether.test" + `\": --subscriber-url must name a host the certificate covers`},
 		} {
 			p, admin := start("agent-"+tt.name, tt.url, tt.ca, bootstrap)
 			// Said more than once: it keeps trying, with backoff.
-			waitFor(t, 30*time.Second, func() bool {
-				if p.Exited() {
-					t.Fatalf("%s: agent exited: %v\n%s", tt.name, p.ExitError(), proc.Tail(p.LogPath, 20))
-				}
-				return strings.Count(readFile(t, p.LogPath), tt.want) >= 2
-			})
+			waitAgent(t, p, 30*time.Second, func() bool { return strings.Count(readFile(t, p.LogPath), tt.want) >= 2 })
 			if ready(admin) {
 				t.Fatalf("%s: agent ready without a stream it can trust", tt.name)
 			}
@@ -121,16 +116,15 @@ func TestAgentThroughAProxy(t *testing.T) {
 
 	// The refused agents never got as far as enrolling: the token is good.
 	p, admin := start("agent-"+cluster, subscribers(stack.SubscriberHost), env.stack.CAFile, bootstrap)
-	waitFor(t, 60*time.Second, func() bool {
-		if p.Exited() {
-			t.Fatalf("agent exited: %v\n%s", p.ExitError(), proc.Tail(p.LogPath, 20))
-		}
-		return ready(admin)
-	})
+	waitAgent(t, p, 60*time.Second, func() bool { return ready(admin) })
 	kc, err := env.stack.KubeconfigFor("admin-proxied", token("admin"), cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitAgent(t, p, 30*time.Second, func() bool {
+		_, _, err := kubectl(t, kc, "", "get", "ns", "default")
+		return err == nil
+	})
 	must(t, kc, "", "create", "configmap", "proxied", "-n", "default", "--from-literal=through=squid")
 	t.Cleanup(func() {
 		_, _, _ = kubectl(t, env.direct, "", "delete", "configmap", "proxied", "-n", "default", "--ignore-not-found")
@@ -201,6 +195,19 @@ func kubeconfigVia(t *testing.T, dir, addr string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// waitAgent waits until ok, failing with the agent's last words if it
+// exits or the time runs out.
+func waitAgent(t *testing.T, p *proc.Process, limit time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if p.Exited() || time.Now().After(deadline) {
+			t.Fatalf("%s: not there within %v (exited: %v); its log:\n%s", p.Name, limit, p.Exited(), proc.Tail(p.LogPath, 30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func ready(admin string) bool {

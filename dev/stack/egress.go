@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -93,21 +94,25 @@ type Proxy struct {
 	URL       string // http://IP:PORT
 	AccessLog string // squid's access.log: one line per tunnel
 	p         *proc.Process
+	dir       string
 }
 
 // StartProxy starts squid listening on ip, resolving each of hosts (name
-// to address) from a file of its own, allowing CONNECT to them alone.
-func StartProxy(dir, ip string, hosts map[string]string) (*Proxy, error) {
+// to address) from a file of its own, allowing CONNECT to them alone. Its
+// configuration and logs are in a folder of its own, which Stop removes.
+func StartProxy(ip string, hosts map[string]string) (*Proxy, error) {
 	squid, err := exec.LookPath("squid")
 	if err != nil {
 		if squid, err = exec.LookPath("/usr/sbin/squid"); err != nil {
 			return nil, fmt.Errorf("stack: the proxy test needs squid (apt-get install squid): %w", err)
 		}
 	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
+	// squid drops to its own user, which must reach and write this
+	// folder: not one under a test's private temporary folder.
+	dir, err := os.MkdirTemp("", "tether-squid-")
+	if err != nil {
 		return nil, err
 	}
-	// squid drops to its own user: it must write here.
 	if err := os.Chmod(dir, 0o777); err != nil {
 		return nil, err
 	}
@@ -146,7 +151,7 @@ http_access deny all
 	if err != nil {
 		return nil, err
 	}
-	px := &Proxy{URL: "http://" + listen, AccessLog: filepath.Join(dir, "access.log"), p: p}
+	px := &Proxy{URL: "http://" + listen, AccessLog: filepath.Join(dir, "access.log"), p: p, dir: dir}
 	// Ready when it accepts connections.
 	if err := poll(context.Background(), p, 30*time.Second, func() bool {
 		c, err := net.Dial("tcp", listen)
@@ -162,5 +167,8 @@ http_access deny all
 	return px, nil
 }
 
-// Stop ends squid.
-func (p *Proxy) Stop() error { return p.p.Stop(5 * time.Second) }
+// Stop ends squid and removes its folder.
+func (p *Proxy) Stop() error {
+	err := p.p.Stop(5 * time.Second)
+	return errors.Join(err, os.RemoveAll(p.dir))
+}
