@@ -27,7 +27,7 @@ test: vet
 	$(GO) test -count=1 -timeout 25m $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
 	$(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
 
-## test-short: the tests that need no control plane
+## test-short: the tests that need no control plane (the packages that need one skip under -short)
 test-short:
 	$(GO) test -short -count=1 $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
 

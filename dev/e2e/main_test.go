@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,6 +36,12 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		// make test-short: everything here needs the control plane.
+		fmt.Println("skipping: every end-to-end test needs a real control plane")
+		return 0
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	ws, err := stack.NewWorkspace(ctx, "tether-e2e-", os.Stderr)
