@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -202,7 +203,9 @@ func TestChartAppliesToARestrictedNamespace(t *testing.T) {
 	t.Cleanup(func() { _ = cp.Stop() })
 	k := &kubectl{bin: kubectlPath(bin), kubeconfig: cp.AdminKubeconfig, cache: t.TempDir()}
 
-	k.must(t, fmt.Sprintf(`apiVersion: v1
+	// The agent's namespace too: deploy/agent.yaml is checked below.
+	for _, ns := range []string{namespace, "tether-system"} {
+		k.must(t, fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata:
   name: %s
@@ -211,7 +214,8 @@ metadata:
     pod-security.kubernetes.io/enforce-version: latest
     pod-security.kubernetes.io/warn: restricted
     pod-security.kubernetes.io/warn-version: latest
-`, namespace), "apply", "-f", "-")
+`, ns), "apply", "-f", "-")
+	}
 	// The kinds of cert-manager and Gateway API the profiles use; this
 	// control plane has neither installed.
 	k.must(t, crds, "apply", "-f", "-")
@@ -225,13 +229,32 @@ metadata:
 			if strings.Contains(errs, "Warning") {
 				t.Errorf("the kube-apiserver warned:\n%s", errs)
 			}
-			_, pods := objectsAndPods(t, rendered)
+			objs, pods := objectsAndPods(t, rendered)
 			if len(pods) < 3 {
 				t.Fatalf("%d pods from the workloads, want at least NATS, gateway, router...", len(pods))
 			}
+			k.createServiceAccounts(t, objs)
 			k.must(t, list(t, pods), "apply", "--dry-run=server", "-f", "-")
 		})
 	}
+
+	// The agent's manifest (tetherctl's, with every option) is restricted too.
+	t.Run("agent", func(t *testing.T) {
+		manifest, err := os.ReadFile(filepath.Join(f.root, "deploy", "agent.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, errs := k.must(t, string(manifest), "apply", "--dry-run=server", "-f", "-")
+		if strings.Contains(errs, "Warning") {
+			t.Errorf("the kube-apiserver warned:\n%s", errs)
+		}
+		objs, pods := objectsAndPods(t, manifest)
+		k.createServiceAccounts(t, objs)
+		if len(pods) != 1 {
+			t.Fatalf("%d pods from deploy/agent.yaml, want the agent's", len(pods))
+		}
+		k.must(t, list(t, pods), "apply", "--dry-run=server", "-f", "-")
+	})
 
 	// The namespace does refuse a Pod that is not restricted: the test
 	// above would catch a chart that loosened its security context.
@@ -316,6 +339,19 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 }
 
 type kubectl struct{ bin, kubeconfig, cache string }
+
+// createServiceAccounts creates, for real, the ServiceAccounts among objs:
+// admission refuses a Pod whose account does not exist, even in a dry run.
+func (k *kubectl) createServiceAccounts(t *testing.T, objs []map[string]any) {
+	t.Helper()
+	var sas []map[string]any
+	for _, o := range objs {
+		if o["kind"] == "ServiceAccount" {
+			sas = append(sas, o)
+		}
+	}
+	k.must(t, list(t, sas), "apply", "-f", "-")
+}
 
 func kubectlPath(kubeBin string) string {
 	if p, err := exec.LookPath("kubectl"); err == nil {

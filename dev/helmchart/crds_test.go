@@ -87,6 +87,9 @@ apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
   name: tlsroutes.gateway.networking.k8s.io
+  annotations:
+    # *.k8s.io groups need it; Gateway API's own CRDs carry one.
+    api-approved.kubernetes.io: https://github.com/kubernetes-sigs/gateway-api
 spec:
   group: gateway.networking.k8s.io
   names: {kind: TLSRoute, listKind: TLSRouteList, plural: tlsroutes, singular: tlsroute}
