@@ -24,6 +24,7 @@ run:
 ## test: every test: unit, integration, end to end and chaos (builds kube-apiserver on first use)
 test: vet
 	bash hack/kube/build.sh >/dev/null
+	bash hack/helm/build.sh >/dev/null
 	$(GO) test -count=1 -timeout 25m $$($(GO) list $(PKGS) | grep -v '/dev/chaos$$')
 	$(GO) test -count=1 -timeout 15m -v -run TestChaos $(CHAOS)
 

@@ -141,7 +141,14 @@ func runCluster(ctx context.Context, args []string) error {
 	var conn connection
 	conn.register(fs)
 	tenant := fs.String("tenant", "", "tenant that owns the cluster (create)")
-	image := fs.String("agent-image", "tether/agent:dev", "agent image in the install manifest")
+	agent := clusters.DefaultAgentOptions()
+	fs.StringVar(&agent.Image, "agent-image", agent.Image, "agent image in the install manifest")
+	fs.StringVar(&agent.HTTPSProxy, "https-proxy", "", "HTTP proxy (http://HOST:PORT) the agent reaches the subscribers through, when it is the cluster's only way out")
+	fs.StringVar(&agent.NoProxy, "no-proxy", "", "more hosts, domains or CIDRs the agent reaches without the proxy, comma-separated (the cluster's kube-apiserver always is)")
+	caFile := fs.String("subscriber-ca", "", "PEM file of the CA of the subscribers' certificate, when it is not a public one: shipped in the manifest as a ConfigMap")
+	fs.StringVar(&agent.CPURequest, "agent-cpu-request", agent.CPURequest, "the agent's CPU request")
+	fs.StringVar(&agent.MemoryRequest, "agent-memory-request", agent.MemoryRequest, "the agent's memory request")
+	fs.StringVar(&agent.MemoryLimit, "agent-memory-limit", agent.MemoryLimit, "the agent's memory limit")
 	tokenFile := fs.String("bootstrap-token-file", "", "where ensure writes the bootstrap token (0600)")
 	// NAME may come before the flags, as with kubectl.
 	var name string
@@ -153,6 +160,13 @@ func runCluster(ctx context.Context, args []string) error {
 	}
 	if name == "" && fs.NArg() > 0 {
 		name = fs.Arg(0)
+	}
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("reading --subscriber-ca: %w", err)
+		}
+		agent.SubscriberCA = string(b)
 	}
 	c, err := conn.client()
 	if err != nil {
@@ -172,12 +186,12 @@ func runCluster(ctx context.Context, args []string) error {
 		if *tenant == "" {
 			return errors.New("--tenant is required")
 		}
-		return c.Create(ctx, os.Stdout, name, *tenant, *image)
+		return c.Create(ctx, os.Stdout, name, *tenant, agent)
 	case "token":
 		if err := needName(); err != nil {
 			return err
 		}
-		return c.Token(ctx, os.Stdout, name, *image)
+		return c.Token(ctx, os.Stdout, name, agent)
 	case "ensure":
 		if err := needName(); err != nil {
 			return err

@@ -4,8 +4,10 @@
 // as its own process, then prints how to point kubectl at it. Ctrl-C stops
 // everything.
 //
-// `tether-dev secrets --namespace tether` prints the Secrets deploy/tether.yaml
-// needs (NATS users, the agent-credential signing key).
+// `tether-dev secrets --namespace tether --release tether` prints the Secrets
+// the Helm chart (deploy/helm/tether) mounts: NATS passwords, the
+// agent-credential signing key, internal certificates, and with
+// --gateway-host/--agents-host trial public certificates.
 package main
 
 import (

@@ -6,11 +6,16 @@ package clusters
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	_ "embed"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"text/template"
@@ -25,12 +30,76 @@ import (
 //go:embed agent.yaml.tmpl
 var manifestText string
 
-var manifest = template.Must(template.New("agent").Parse(manifestText))
+var manifest = template.Must(template.New("agent").Funcs(template.FuncMap{"indent": indent}).Parse(manifestText))
+
+// indent puts n spaces before every line of s, for a block scalar.
+func indent(n int, s string) string {
+	pad := strings.Repeat(" ", n)
+	return pad + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+pad)
+}
+
+// AgentOptions are what an operator chooses about the agent's install
+// manifest, beyond the cluster and its token.
+type AgentOptions struct {
+	Image string
+	// HTTPSProxy is the HTTP proxy (CONNECT) the agent reaches the
+	// subscribers through; empty: none. NoProxy adds to the hosts reached
+	// directly (the cluster's kube-apiserver always is).
+	HTTPSProxy, NoProxy string
+	// SubscriberCA is a PEM CA the agent trusts for the subscribers,
+	// besides the system's roots; empty: the system's roots only.
+	SubscriberCA string
+	// The agent container's resources.
+	CPURequest, MemoryRequest, MemoryLimit string
+}
+
+// DefaultAgentOptions are the options of a manifest nobody tuned.
+func DefaultAgentOptions() AgentOptions {
+	return AgentOptions{Image: "tether/agent:dev", CPURequest: "50m", MemoryRequest: "64Mi", MemoryLimit: "256Mi"}
+}
+
+var quantity = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi)?$`)
+
+// Validate refuses options that would make a manifest the cluster rejects
+// or an agent that cannot connect.
+func (o AgentOptions) Validate() error {
+	if o.Image == "" || strings.ContainsAny(o.Image, " \"\n") {
+		return fmt.Errorf("agent image %q is not an image reference", o.Image)
+	}
+	if o.HTTPSProxy != "" {
+		u, err := url.Parse(o.HTTPSProxy)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--https-proxy %q: want http://HOST:PORT or https://HOST:PORT", o.HTTPSProxy)
+		}
+	}
+	if strings.ContainsAny(o.NoProxy, " \"\n") {
+		return fmt.Errorf("--no-proxy %q: want comma-separated hosts, domains or CIDRs", o.NoProxy)
+	}
+	if o.NoProxy != "" && o.HTTPSProxy == "" {
+		return errors.New("--no-proxy without --https-proxy")
+	}
+	if o.SubscriberCA != "" {
+		block, _ := pem.Decode([]byte(o.SubscriberCA))
+		if block == nil || block.Type != "CERTIFICATE" {
+			return errors.New("--subscriber-ca: no PEM CERTIFICATE in the file")
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Errorf("--subscriber-ca: %w", err)
+		}
+	}
+	for flag, q := range map[string]string{"--agent-cpu-request": o.CPURequest, "--agent-memory-request": o.MemoryRequest, "--agent-memory-limit": o.MemoryLimit} {
+		if !quantity.MatchString(q) {
+			return fmt.Errorf("%s %q is not a Kubernetes quantity", flag, q)
+		}
+	}
+	return nil
+}
 
 // ManifestValues fill the agent's install manifest.
 type ManifestValues struct {
-	ClusterID, AgentEndpoint, BootstrapToken, Image string
-	Expires                                         string
+	ClusterID, AgentEndpoint, BootstrapToken string
+	Expires                                  string
+	AgentOptions
 }
 
 // Manifest renders the agent's install manifest.
@@ -67,27 +136,33 @@ func NewClient(server string, httpClient *http.Client, token func(context.Contex
 }
 
 // Create creates a cluster and writes its agent's install manifest to w.
-func (c *Client) Create(ctx context.Context, w io.Writer, id, tenant, image string) error {
+func (c *Client) Create(ctx context.Context, w io.Writer, id, tenant string, opts AgentOptions) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
 	resp, err := c.svc.CreateCluster(ctx, connect.NewRequest(&tetherv1.CreateClusterRequest{Id: id, Tenant: tenant}))
 	if err != nil {
 		return fmt.Errorf("creating cluster %s: %w", id, err)
 	}
-	return writeManifest(w, id, resp.Msg.GetBootstrap(), image)
+	return writeManifest(w, id, resp.Msg.GetBootstrap(), opts)
 }
 
 // Token gives an existing cluster a new bootstrap token and writes the
 // manifest with it.
-func (c *Client) Token(ctx context.Context, w io.Writer, id, image string) error {
+func (c *Client) Token(ctx context.Context, w io.Writer, id string, opts AgentOptions) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
 	resp, err := c.svc.IssueBootstrapToken(ctx, connect.NewRequest(&tetherv1.IssueBootstrapTokenRequest{Id: id}))
 	if err != nil {
 		return fmt.Errorf("new bootstrap token for %s: %w", id, err)
 	}
-	return writeManifest(w, id, resp.Msg.GetBootstrap(), image)
+	return writeManifest(w, id, resp.Msg.GetBootstrap(), opts)
 }
 
-func writeManifest(w io.Writer, id string, bt *tetherv1.BootstrapToken, image string) error {
+func writeManifest(w io.Writer, id string, bt *tetherv1.BootstrapToken, opts AgentOptions) error {
 	m, err := Manifest(ManifestValues{
-		ClusterID: id, AgentEndpoint: bt.GetAgentEndpoint(), BootstrapToken: bt.GetToken(), Image: image,
+		ClusterID: id, AgentEndpoint: bt.GetAgentEndpoint(), BootstrapToken: bt.GetToken(), AgentOptions: opts,
 		Expires: time.Unix(bt.GetExpiresUnix(), 0).UTC().Format(time.RFC3339),
 	})
 	if err != nil {

@@ -1,16 +1,31 @@
 package clusters
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
-// deploy/agent.yaml is the manifest tetherctl prints, with placeholders:
-// the two cannot drift apart.
+// deploy/agent.yaml is the manifest tetherctl prints, with placeholders
+// and every option shown: the two cannot drift apart.
 func TestDeployAgentYAMLIsTheManifest(t *testing.T) {
+	opts := DefaultAgentOptions()
+	opts.HTTPSProxy, opts.NoProxy = "http://PROXY_HOST:3128", "NO_PROXY_HOSTS"
+	opts.SubscriberCA = "-----BEGIN CERTIFICATE-----\nSUBSCRIBER_CA\n-----END CERTIFICATE-----\n"
 	got, err := Manifest(ManifestValues{ClusterID: "CLUSTER_ID", AgentEndpoint: "https://SUBSCRIBER_HOST",
-		BootstrapToken: "BOOTSTRAP_TOKEN", Image: "tether/agent:dev", Expires: "EXPIRES"})
+		BootstrapToken: "BOOTSTRAP_TOKEN", Expires: "EXPIRES", AgentOptions: opts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,4 +42,98 @@ func TestDeployAgentYAMLIsTheManifest(t *testing.T) {
 	if string(got) != string(want) {
 		t.Fatalf("deploy/agent.yaml differs from the manifest tetherctl prints; regenerate with UPDATE_DEPLOY=1 go test ./cmd/tetherctl/...")
 	}
+}
+
+// Each option lands where the agent reads it, and a manifest without
+// options carries none of them.
+func TestManifestOptions(t *testing.T) {
+	ca := testCA(t)
+	for _, tc := range []struct {
+		name      string
+		opts      func(*AgentOptions)
+		want, not []string
+	}{
+		{"defaults", func(*AgentOptions) {},
+			[]string{"cpu: 50m, memory: 64Mi", "limits: {memory: 256Mi}"},
+			[]string{"name: HTTPS_PROXY", "name: NO_PROXY", "--subscriber-ca=", "kind: ConfigMap"}},
+		{"proxy", func(o *AgentOptions) { o.HTTPSProxy, o.NoProxy = "http://proxy.corp:3128", "10.0.0.0/8,.corp" },
+			[]string{`{name: HTTPS_PROXY, value: "http://proxy.corp:3128"}`, `$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local,localhost,127.0.0.1,10.0.0.0/8,.corp"`},
+			[]string{"--subscriber-ca=", "kind: ConfigMap"}},
+		{"CA", func(o *AgentOptions) { o.SubscriberCA = ca },
+			[]string{"--subscriber-ca=/etc/tether/subscriber-ca/ca.crt", "configMap: {name: tether-subscriber-ca}", "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n"},
+			[]string{"name: HTTPS_PROXY"}},
+		{"resources", func(o *AgentOptions) { o.CPURequest, o.MemoryRequest, o.MemoryLimit = "200m", "128Mi", "1Gi" },
+			[]string{"requests: {cpu: 200m, memory: 128Mi}", "limits: {memory: 1Gi}"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultAgentOptions()
+			tc.opts(&o)
+			if err := o.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			m, err := Manifest(ManifestValues{ClusterID: "c1", AgentEndpoint: "https://agents.example.com", BootstrapToken: "t", Expires: "x", AgentOptions: o})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tc.want {
+				if !bytes.Contains(m, []byte(s)) {
+					t.Errorf("manifest lacks %q:\n%s", s, m)
+				}
+			}
+			for _, s := range tc.not {
+				if bytes.Contains(m, []byte(s)) {
+					t.Errorf("manifest has %q:\n%s", s, m)
+				}
+			}
+			for i, doc := range strings.Split(string(m), "\n---\n") {
+				var v map[string]any
+				if err := yaml.Unmarshal([]byte(doc), &v); err != nil || v["kind"] == nil {
+					t.Errorf("document %d is not a Kubernetes object: %v\n%s", i, err, doc)
+				}
+			}
+		})
+	}
+}
+
+func TestAgentOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts func(*AgentOptions)
+		want string
+	}{
+		{"proxy without scheme", func(o *AgentOptions) { o.HTTPSProxy = "proxy.corp:3128" }, "--https-proxy"},
+		{"socks proxy", func(o *AgentOptions) { o.HTTPSProxy = "socks5://proxy.corp:1080" }, "--https-proxy"},
+		{"no-proxy alone", func(o *AgentOptions) { o.NoProxy = ".corp" }, "--no-proxy without --https-proxy"},
+		{"no-proxy with spaces", func(o *AgentOptions) { o.HTTPSProxy, o.NoProxy = "http://p:3128", "a, b" }, "--no-proxy"},
+		{"CA not PEM", func(o *AgentOptions) { o.SubscriberCA = "not a certificate" }, "--subscriber-ca"},
+		{"CA a key", func(o *AgentOptions) {
+			o.SubscriberCA = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+		}, "--subscriber-ca"},
+		{"memory not a quantity", func(o *AgentOptions) { o.MemoryLimit = "1 GB" }, "--agent-memory-limit"},
+		{"no image", func(o *AgentOptions) { o.Image = "" }, "agent image"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultAgentOptions()
+			tc.opts(&o)
+			err := o.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want an error about %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func testCA(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
