@@ -15,7 +15,7 @@ import (
 )
 
 // binaries are the commands Start runs from Config.BinDir.
-var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager"}
+var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 
 // EnsureBinaries runs hack/kube/build.sh under repoRoot, streaming its
 // progress to progress, and returns the folder holding the binaries. The
