@@ -399,7 +399,21 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	if err != nil {
 		return nil, err
 	}
-	s.procs = append(s.procs, p)
+	// A restarted service takes its predecessor's place, so Down still
+	// stops services in the reverse of their first start and the list
+	// holds each once however often make run restarts one.
+	replaced := false
+	if old := s.byName[name]; old != nil && old.Exited() {
+		for i := range s.procs {
+			if s.procs[i] == old {
+				s.procs[i], replaced = p, true
+				break
+			}
+		}
+	}
+	if !replaced {
+		s.procs = append(s.procs, p)
+	}
 	s.byName[name] = p
 	s.args[name] = args
 	return p, nil
@@ -441,6 +455,9 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 	}
 	if name == "devnode" { // no admin address: its Node tells
 		return s.waitNode(ctx, p, started)
+	}
+	if name == "devidp" { // nor the identity provider: it serves
+		return s.waitHTTPS(ctx, s.IssuerURL+"/healthz", p)
 	}
 	for i := range s.NATSURLs {
 		if name == replicaName("natsd", i) { // nor NATS: a login tells
