@@ -28,7 +28,7 @@ import (
 func main() {
 	var (
 		kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, standIn string
-		idle, creation                                                   time.Duration
+		idle, creation                                                            time.Duration
 	)
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of a user that may manage nodes, leases and pods")
 	flag.StringVar(&name, "name", "tether-dev-node", "name of the Node")
