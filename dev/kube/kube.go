@@ -317,6 +317,17 @@ func (cp *ControlPlane) KubeconfigFor(u User) (string, error) {
 	return path, nil
 }
 
+// Exited returns the exit of the first control plane process that has
+// died, with the end of its log, or nil while all of them run.
+func (cp *ControlPlane) Exited() error {
+	for _, p := range cp.procs {
+		if p.Exited() {
+			return p.ExitError()
+		}
+	}
+	return nil
+}
+
 // Stop terminates every process, giving each stopGrace to exit after
 // SIGTERM before SIGKILL. It is safe to call more than once.
 func (cp *ControlPlane) Stop() error {

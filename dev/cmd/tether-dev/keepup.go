@@ -35,6 +35,13 @@ func keepUp(ctx context.Context, s *stack.Stack, log io.Writer) error {
 			return nil
 		case <-time.After(time.Second):
 		}
+		// The cluster itself is not one of Tether's services: a stack
+		// whose kube-apiserver or etcd died shows nothing worth keeping.
+		if s.Kube != nil {
+			if err := s.Kube.Exited(); err != nil {
+				return fmt.Errorf("the control plane stopped: %w", err)
+			}
+		}
 		for _, name := range s.Names() {
 			p := s.Process(name)
 			if p == nil || !p.Exited() {
