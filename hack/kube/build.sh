@@ -37,7 +37,7 @@ done
 # Seconds each build took here with cold Go module and build caches, on 2
 # cores, in this order: each one reuses what the ones before it compiled.
 # With a warm Go build cache each is little more than a link.
-declare -A cold=([etcd]=60 [kube-apiserver]=600 [kube-controller-manager]=165 [kube-scheduler]=15 [kubectl]=60)
+declare -A cold=([etcd]=60 [kube-apiserver]=600 [kube-controller-manager]=165 [kube-scheduler]=15 [kubectl]=90)
 cores=$(nproc 2>/dev/null || echo 2)
 # Seconds to a short human form: 45s, 2m05s.
 human() { if (( $1 >= 60 )); then printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); else printf '%ds' "$1"; fi; }
@@ -45,7 +45,7 @@ estimate() { human $(( cold[$1] * 2 / (cores < 2 ? 2 : cores) )); }
 total=0
 for b in "${missing[@]}"; do total=$(( total + cold[$b] )); done
 log "building ${#missing[@]} binaries (${missing[*]}) into $bin"
-log "on $cores cores with cold Go caches this takes about $(human $(( total * 2 / (cores < 2 ? 2 : cores) ))) (measured: $(human "$total") on 2 cores); much less when the Go build cache is warm"
+log "on $cores cores with cold Go caches this takes about $(human $(( total * 2 / (cores < 2 ? 2 : cores) ))) (measured: $(human "$total") on 2 otherwise idle cores; more on a busy machine, much less with a warm Go build cache)"
 
 # heartbeat prints a line every 30 s while the compiler is silent. It must
 # not outlive the build holding the script's output: whoever reads that
