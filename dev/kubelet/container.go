@@ -236,12 +236,12 @@ func tcpPorts(spec corev1.Container) []string {
 
 // standInMessage says what runs in place of a container's image, and why.
 func standInMessage(spec corev1.Container) string {
-	serves := "declares no TCP port, so it only sleeps"
+	serves := "the container declares no TCP port, so the stand-in only sleeps"
 	if ports := tcpPorts(spec); len(ports) > 0 {
-		serves = "answers HTTP on port " + strings.Join(ports, ", ") + " at the pod's IP and sleeps"
+		serves = "the stand-in answers HTTP on port " + strings.Join(ports, ", ") + " at the pod's IP and sleeps"
 	}
 	return fmt.Sprintf("container %s runs a stand-in for image %q: the development node runs containers as host processes, "+
-		"not images, and the container names no command; the stand-in %s. Give the container a command to run a program of this machine.",
+		"not images, and the container names no command; %s. Give the container a command to run a program of this machine.",
 		spec.Name, spec.Image, serves)
 }
 

@@ -52,8 +52,12 @@ func keepUp(ctx context.Context, s *stack.Stack, log io.Writer) error {
 				st = &state{backoff: restartMin}
 				services[name] = st
 			}
-			fmt.Fprintf(log, "%s tether-dev: %s exited (%v); starting it again in %s (log %s)\n",
-				time.Now().Format(time.TimeOnly), name, errors.Unwrap(p.ExitError()), st.backoff, p.LogPath)
+			how := "exit status 0"
+			if err := errors.Unwrap(p.ExitError()); err != nil {
+				how = err.Error()
+			}
+			fmt.Fprintf(log, "%s tether-dev: %s exited (%s); starting it again in %s (log %s)\n",
+				time.Now().Format(time.TimeOnly), name, how, st.backoff, p.LogPath)
 			select {
 			case <-ctx.Done():
 				return nil
