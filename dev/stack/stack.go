@@ -78,7 +78,8 @@ type Options struct {
 	// AgentKubeconfig points the agent at an existing cluster. Empty: start
 	// a real etcd, kube-apiserver and controller manager under StateDir.
 	AgentKubeconfig string
-	// KubeBinDir holds etcd, kube-apiserver and kube-controller-manager.
+	// KubeBinDir holds etcd, kube-apiserver, kube-controller-manager and
+	// kube-scheduler.
 	KubeBinDir string
 	Users      []User
 	// NoAgentClusters are clusters of tenant acme with no agent, so
