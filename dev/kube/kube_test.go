@@ -233,3 +233,32 @@ printf '#!/bin/sh\n' > "$out" && chmod +x "$out"
 		t.Errorf("kube-scheduler not built: %v", err)
 	}
 }
+
+// A script that succeeded is not failed for a process it left behind
+// holding its output: EnsureBinaries waits WaitDelay, then ends it.
+func TestEnsureBinariesLeftoverHoldsOutput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out EnsureBinaries' WaitDelay")
+	}
+	root, bin := t.TempDir(), t.TempDir()
+	for _, name := range binaries {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "hack", "kube"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/usr/bin/env bash\nsleep 60 &\necho " + bin + "\n"
+	if err := os.WriteFile(filepath.Join(root, "hack", "kube", "build.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	got, err := EnsureBinaries(t.Context(), root, &progress)
+	if err != nil || got != bin {
+		t.Fatalf("EnsureBinaries = %q, %v; want %q (progress %q)", got, err, bin, progress.String())
+	}
+	if !strings.Contains(progress.String(), "still held its output") {
+		t.Errorf("progress does not say what was ended: %q", progress.String())
+	}
+}
