@@ -17,9 +17,12 @@ BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
 .PHONY: run test test-short chaos bench fuzz proto kube vet fmt clean images compose-config
 
-## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber, CLUSTER=3 for a three-node NATS cluster
+## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber, CLUSTER=3 for a three-node NATS cluster, CHECK=1 to check it through kubectl and stop
+# Built and exec'd rather than `go run`, so Ctrl-C reaches tether-dev
+# itself and its exit status is make's.
 run:
-	$(GO) run ./dev/cmd/tether-dev --state .state --replicas $(or $(REPLICAS),1) --nats-nodes $(or $(CLUSTER),1)
+	$(GO) build -o $(BIN)/tether-dev ./dev/cmd/tether-dev
+	exec $(BIN)/tether-dev --state .state --replicas $(or $(REPLICAS),1) --nats-nodes $(or $(CLUSTER),1) $(if $(CHECK),--check)
 
 ## test: every test: unit, integration, end to end and chaos (builds kube-apiserver on first use)
 test: vet
@@ -57,7 +60,7 @@ proto:
 	for t in $(PROTOC_GEN_GO) $(PROTOC_GEN_CONNECT) $(BUF); do GOBIN=$(BIN) $(GO) install $$t || exit 1; done
 	cd proto && $(BIN)/buf lint && $(BIN)/buf generate
 
-## kube: build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
+## kube: build (or find cached) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 kube:
 	bash hack/kube/build.sh
 

@@ -1,8 +1,11 @@
-// Package kube runs a real Kubernetes control plane (etcd, kube-apiserver and
-// kube-controller-manager) on loopback, for end-to-end tests and the developer
-// stack. There are no nodes: pods stay Pending, but everything the API server
-// and the controllers do (RBAC, namespaces, ServiceAccounts, Deployments to
-// ReplicaSets) behaves as in a production cluster, which fakes cannot promise.
+// Package kube runs a real Kubernetes control plane (etcd, kube-apiserver,
+// kube-controller-manager and kube-scheduler) on loopback, for end-to-end
+// tests and the developer stack. It has no nodes of its own: pods stay
+// Pending until one registers (dev/kubelet, which dev/stack starts), and
+// then the scheduler binds them to it. Everything the API server, the
+// controllers and the scheduler do (RBAC, namespaces, ServiceAccounts,
+// Deployments to ReplicaSets to pods on a node) behaves as in a production
+// cluster, which fakes cannot promise.
 //
 // The package is Unix-only: it manages process groups.
 package kube
@@ -34,6 +37,7 @@ const (
 	etcdTimeout       = 30 * time.Second
 	apiserverTimeout  = 90 * time.Second
 	controllerTimeout = 90 * time.Second
+	schedulerTimeout  = 60 * time.Second
 	pollInterval      = 100 * time.Millisecond
 )
 
@@ -50,8 +54,8 @@ type User struct {
 
 // Config describes a control plane to start.
 type Config struct {
-	// BinDir holds etcd, kube-apiserver and kube-controller-manager, as
-	// returned by EnsureBinaries.
+	// BinDir holds etcd, kube-apiserver, kube-controller-manager and
+	// kube-scheduler, as returned by EnsureBinaries.
 	BinDir string
 	// Dir holds the state: certificates, etcd data, logs and kubeconfigs. It
 	// is created if missing. Start regenerates the certificates and empties
@@ -84,9 +88,10 @@ type ControlPlane struct {
 	stopErr  error
 }
 
-// Start starts etcd, kube-apiserver and kube-controller-manager, and returns
-// once the API server is ready and the controller manager has created the
-// "default" ServiceAccount, which pods and token requests need. ctx bounds
+// Start starts etcd, kube-apiserver, kube-controller-manager and
+// kube-scheduler, and returns once the API server is ready, the controller
+// manager has created the "default" ServiceAccount, which pods and token
+// requests need, and the scheduler says it is ready. ctx bounds
 // startup only; the processes run until Stop, or until this process dies.
 //
 // On failure Start stops whatever it started, and the error quotes the end of
@@ -139,7 +144,7 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 
-	ports, err := proc.FreePorts(3)
+	ports, err := proc.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -255,6 +260,27 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		return nil, err
 	}
 	fmt.Fprintf(cp.log, "kube: kube-controller-manager ready (default ServiceAccount exists)\n")
+
+	// Its health port is served with the API server's certificate, so
+	// readiness is checked over verified TLS like the rest.
+	schedulerURL := "https://127.0.0.1:" + strconv.Itoa(ports[3])
+	scheduler, err := cp.run(cfg.BinDir, logDir, "kube-scheduler",
+		"--kubeconfig="+cp.AdminKubeconfig,
+		"--authentication-kubeconfig="+cp.AdminKubeconfig,
+		"--authorization-kubeconfig="+cp.AdminKubeconfig,
+		"--bind-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(ports[3]),
+		"--tls-cert-file="+certs.servingCert,
+		"--tls-private-key-file="+certs.servingKey,
+		"--leader-elect=false",
+	)
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.waitFor(ctx, scheduler, schedulerTimeout, schedulerURL+"/readyz", ""); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cp.log, "kube: kube-scheduler ready\n")
 	return cp, nil
 }
 
@@ -289,6 +315,17 @@ func (cp *ControlPlane) KubeconfigFor(u User) (string, error) {
 		return "", fmt.Errorf("kube: write kubeconfig for %s: %w", u.Name, err)
 	}
 	return path, nil
+}
+
+// Exited returns the exit of the first control plane process that has
+// died, with the end of its log, or nil while all of them run.
+func (cp *ControlPlane) Exited() error {
+	for _, p := range cp.procs {
+		if p.Exited() {
+			return p.ExitError()
+		}
+	}
+	return nil
 }
 
 // Stop terminates every process, giving each stopGrace to exit after

@@ -198,3 +198,67 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// The first make run once failed once the last binary was built: build.sh's
+// progress heartbeat left a sleep holding the output pipe, and
+// EnsureBinaries gave up waiting for it (exec: WaitDelay expired before I/O
+// complete). The real script runs here with a go that takes long enough
+// for a heartbeat, then builds nothing but stand-ins.
+func TestEnsureBinariesAfterHeartbeat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for build.sh's 30 s heartbeat")
+	}
+	fake := t.TempDir()
+	goScript := `#!/bin/sh
+out=
+while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+case $out in */etcd.tmp) sleep 31 ;; esac
+printf '#!/bin/sh\n' > "$out" && chmod +x "$out"
+`
+	if err := os.WriteFile(filepath.Join(fake, "go"), []byte(goScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("TETHER_CACHE", t.TempDir())
+	t.Setenv("K8S_VERSION", "v0.0.0-heartbeat-test")
+	var progress bytes.Buffer
+	bin, err := EnsureBinaries(t.Context(), repoRoot(t), &progress)
+	if err != nil {
+		t.Fatalf("EnsureBinaries: %v\nprogress:\n%s", err, progress.String())
+	}
+	if !strings.Contains(progress.String(), "still building etcd") || !strings.Contains(progress.String(), "built etcd in") {
+		t.Errorf("no heartbeat and per-step time in the progress:\n%s", progress.String())
+	}
+	if _, err := os.Stat(filepath.Join(bin, "kube-scheduler")); err != nil {
+		t.Errorf("kube-scheduler not built: %v", err)
+	}
+}
+
+// A script that succeeded is not failed for a process it left behind
+// holding its output: EnsureBinaries waits WaitDelay, then ends it.
+func TestEnsureBinariesLeftoverHoldsOutput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out EnsureBinaries' WaitDelay")
+	}
+	root, bin := t.TempDir(), t.TempDir()
+	for _, name := range binaries {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "hack", "kube"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/usr/bin/env bash\nsleep 60 &\necho " + bin + "\n"
+	if err := os.WriteFile(filepath.Join(root, "hack", "kube", "build.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	got, err := EnsureBinaries(t.Context(), root, &progress)
+	if err != nil || got != bin {
+		t.Fatalf("EnsureBinaries = %q, %v; want %q (progress %q)", got, err, bin, progress.String())
+	}
+	if !strings.Contains(progress.String(), "still held its output") {
+		t.Errorf("progress does not say what was ended: %q", progress.String())
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,9 +44,9 @@ type instance struct {
 	exitCode int
 	finished time.Time
 	err      error // why it could not start
-	// unrunnable: the spec itself cannot run here, so the container waits
-	// (CreateContainerConfigError) instead of failing and restarting.
-	unrunnable bool
+	// standIn: the container names only an image, and this instance runs
+	// the node's stand-in program in its place.
+	standIn bool
 
 	proc  *exec.Cmd
 	stdin io.WriteCloser // nil unless spec.Stdin
@@ -54,8 +55,9 @@ type instance struct {
 	out *fanout
 }
 
-// start runs a new instance of the container.
-func (c *container) start(log func(msg string, args ...any)) {
+// start runs a new instance of the container, and records an Event saying
+// how that went.
+func (c *container) start() {
 	command := append(append([]string{}, c.spec.Command...), c.spec.Args...)
 	c.mu.Lock()
 	n := c.restarts
@@ -79,14 +81,18 @@ func (c *container) start(log func(msg string, args ...any)) {
 	}()
 
 	if len(command) == 0 {
-		// Waits, rather than fails and restarts: the spec cannot change.
-		inst.unrunnable = true
-		inst.fail(errors.New("container has no command: the development node runs commands, not images"))
-		return
+		inst.standIn = true
+		command = standInCommand(c.pod.node.cfg.StandIn, c.spec)
+	}
+	// Every way this can fail, reported as a kubelet reports a container
+	// its runtime could not start.
+	fail := func(err error) {
+		inst.fail(err)
+		c.pod.event(c.spec.Name, corev1.EventTypeWarning, "Failed", "Error: "+err.Error())
 	}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		inst.fail(fmt.Errorf("creating log file: %w", err))
+		fail(fmt.Errorf("creating log file: %w", err))
 		return
 	}
 	cmd := exec.Command(command[0], command[1:]...)
@@ -122,7 +128,7 @@ func (c *container) start(log func(msg string, args ...any)) {
 		tty, err := pty.Start(cmd)
 		if err != nil {
 			logFile.Close()
-			inst.fail(fmt.Errorf("starting %q on a terminal: %w", command[0], err))
+			fail(fmt.Errorf("starting %q on a terminal: %w", command[0], err))
 			return
 		}
 		inst.tty = tty
@@ -140,7 +146,7 @@ func (c *container) start(log func(msg string, args ...any)) {
 			r, w, err := os.Pipe()
 			if err != nil {
 				logFile.Close()
-				inst.fail(err)
+				fail(err)
 				return
 			}
 			cmd.Stdin, stdinR, inst.stdin = r, r, w
@@ -150,13 +156,13 @@ func (c *container) start(log func(msg string, args ...any)) {
 		stdoutR, stdoutW, err := os.Pipe()
 		if err != nil {
 			logFile.Close()
-			inst.fail(err)
+			fail(err)
 			return
 		}
 		stderrR, stderrW, err := os.Pipe()
 		if err != nil {
 			logFile.Close()
-			inst.fail(err)
+			fail(err)
 			return
 		}
 		cmd.Stdout, cmd.Stderr = stdoutW, stderrW
@@ -171,14 +177,18 @@ func (c *container) start(log func(msg string, args ...any)) {
 			stdoutR.Close()
 			stderrR.Close()
 			logFile.Close()
-			inst.fail(fmt.Errorf("starting %q: %w", command[0], err))
+			fail(fmt.Errorf("starting %q: %w", command[0], err))
 			return
 		}
 		copyOut("stdout", stdoutR)
 		copyOut("stderr", stderrR)
 		closeOutputs = func() { stdoutR.Close(); stderrR.Close() }
 	}
-	log("container started", "container", c.spec.Name, "pid", cmd.Process.Pid)
+	c.pod.log("container started", "container", c.spec.Name, "pid", cmd.Process.Pid, "stand_in", inst.standIn)
+	c.pod.event(c.spec.Name, corev1.EventTypeNormal, "Started", "Started container "+c.spec.Name)
+	if inst.standIn {
+		c.pod.event(c.spec.Name, corev1.EventTypeNormal, "StandIn", standInMessage(c.spec))
+	}
 
 	go func() {
 		_ = cmd.Wait()
@@ -204,8 +214,35 @@ func (c *container) start(log func(msg string, args ...any)) {
 		inst.exitCode, inst.finished = code, time.Now()
 		inst.out.close()
 		close(inst.exited)
-		log("container exited", "container", c.spec.Name, "code", code)
+		c.pod.log("container exited", "container", c.spec.Name, "code", code)
 	}()
+}
+
+// standInCommand runs the stand-in program for a container that names only
+// an image, with the TCP ports the container declares.
+func standInCommand(program string, spec corev1.Container) []string {
+	return []string{program, "standin", "--image", spec.Image, "--ports", strings.Join(tcpPorts(spec), ",")}
+}
+
+func tcpPorts(spec corev1.Container) []string {
+	var ports []string
+	for _, p := range spec.Ports {
+		if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+			ports = append(ports, strconv.Itoa(int(p.ContainerPort)))
+		}
+	}
+	return ports
+}
+
+// standInMessage says what runs in place of a container's image, and why.
+func standInMessage(spec corev1.Container) string {
+	serves := "the container declares no TCP port, so the stand-in only sleeps"
+	if ports := tcpPorts(spec); len(ports) > 0 {
+		serves = "the stand-in answers HTTP on port " + strings.Join(ports, ", ") + " at the pod's IP and sleeps"
+	}
+	return fmt.Sprintf("container %s runs a stand-in for image %q: the development node runs containers as host processes, "+
+		"not images, and the container names no command; %s. Give the container a command to run a program of this machine.",
+		spec.Name, spec.Image, serves)
 }
 
 // exitCode is the code a container runtime reports: the process's own, or

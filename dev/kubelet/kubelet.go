@@ -5,7 +5,10 @@
 // library, so kubectl's interactive verbs can be tested end to end.
 //
 // It runs commands, not images, on the machine it runs on: a test fixture,
-// never something to deploy.
+// never something to deploy. A container that names only an image gets a
+// stand-in process (Config.StandIn) instead, so ordinary Deployments come
+// up; the node says so in an Event and in the pod's status, as it says why
+// a container it cannot start waits.
 package kubelet
 
 import (
@@ -21,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -34,7 +38,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 )
 
@@ -57,13 +64,22 @@ type Config struct {
 	// this long, like the kubelet's --streaming-connection-idle-timeout.
 	StreamIdleTimeout     time.Duration
 	StreamCreationTimeout time.Duration
-	Log                   *slog.Logger
+	// StandIn is the program run for a container that names no command,
+	// only an image, which a node of host processes cannot run: podtool,
+	// run as "StandIn standin --image IMAGE --ports P,...", which serves
+	// the container's declared ports and sleeps.
+	StandIn string
+	Log     *slog.Logger
 }
 
 // Node is a running development node.
 type Node struct {
 	cfg  Config
 	host string // 127.0.0.1, the node's InternalIP
+
+	// events records what happens to pods as Events, as a kubelet does; set
+	// by Run.
+	events record.EventRecorder
 
 	mu     sync.Mutex
 	pods   map[types.UID]*pod
@@ -84,8 +100,8 @@ func New(cfg Config) (*Node, error) {
 	switch {
 	case cfg.Client == nil, cfg.Listener == nil, cfg.TLS == nil, cfg.Log == nil:
 		return nil, errors.New("kubelet: client, listener, TLS and log are required")
-	case cfg.Name == "", cfg.StateDir == "":
-		return nil, errors.New("kubelet: name and state folder are required")
+	case cfg.Name == "", cfg.StateDir == "", cfg.StandIn == "":
+		return nil, errors.New("kubelet: name, state folder and stand-in program are required")
 	case !cfg.PodCIDR.IsValid() || !cfg.PodCIDR.Addr().IsLoopback():
 		return nil, fmt.Errorf("kubelet: pod CIDR %v must be a loopback range", cfg.PodCIDR)
 	}
@@ -104,6 +120,13 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.register(ctx); err != nil {
 		return err
 	}
+	// The broadcaster aggregates repeated events and drops what its queue
+	// cannot hold, so a crash-looping container cannot flood the API.
+	events := record.NewBroadcaster(record.WithContext(ctx))
+	defer events.Shutdown()
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: n.cfg.Client.CoreV1().Events("")})
+	n.events = events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: n.cfg.Name})
+
 	srv := &http.Server{Handler: n.handler(), TLSConfig: n.cfg.TLS, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(n.cfg.Listener, n.cfg.TLS)) }()
@@ -238,6 +261,8 @@ type pod struct {
 	dir       string
 	restart   corev1.RestartPolicy
 	started   metav1.Time
+	// ref is what the pod's Events are about.
+	ref corev1.ObjectReference
 
 	mu         sync.Mutex
 	containers []*container
@@ -253,7 +278,7 @@ func (p *pod) willRestart(inst *instance) bool {
 	p.mu.Lock()
 	stopping := p.stopping
 	p.mu.Unlock()
-	if stopping || inst.unrunnable {
+	if stopping {
 		return false
 	}
 	return p.restart == corev1.RestartPolicyAlways || (p.restart == corev1.RestartPolicyOnFailure && inst.exitCode != 0)
@@ -336,6 +361,14 @@ func (p *pod) log(msg string, args ...any) {
 	p.node.cfg.Log.Info(msg, append([]any{"pod", p.namespace + "/" + p.name}, args...)...)
 }
 
+// event records an Event about one of the pod's containers, with the field
+// path a kubelet gives it.
+func (p *pod) event(container, eventType, reason, message string) {
+	ref := p.ref
+	ref.FieldPath = "spec.containers{" + container + "}"
+	p.node.events.Event(&ref, eventType, reason, message)
+}
+
 // sync brings a pod from the informer to life, or to its end.
 func (n *Node) sync(ctx context.Context, obj any) {
 	kp, ok := obj.(*corev1.Pod)
@@ -348,6 +381,7 @@ func (n *Node) sync(ctx context.Context, obj any) {
 		p = &pod{
 			node: n, uid: kp.UID, namespace: kp.Namespace, name: kp.Name, ip: n.allocateIP(),
 			dir: filepath.Join(n.cfg.StateDir, "pods", string(kp.UID)), restart: kp.Spec.RestartPolicy, started: metav1.Now(),
+			ref: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: kp.Namespace, Name: kp.Name, UID: kp.UID, ResourceVersion: kp.ResourceVersion},
 		}
 		n.pods[kp.UID] = p
 		n.mu.Unlock()
@@ -398,7 +432,7 @@ func (n *Node) startPod(ctx context.Context, p *pod, kp *corev1.Pod) {
 	containers := p.containers
 	p.mu.Unlock()
 	for _, c := range containers {
-		c.start(p.log)
+		c.start()
 		go n.supervise(ctx, p, c)
 	}
 	n.updateStatus(ctx, p)
@@ -419,6 +453,7 @@ func (n *Node) supervise(ctx context.Context, p *pod, c *container) {
 		if !p.willRestart(inst) {
 			return
 		}
+		p.event(c.spec.Name, corev1.EventTypeWarning, "BackOff", backOffMessage(c, inst))
 		select {
 		case <-ctx.Done():
 			return
@@ -428,7 +463,7 @@ func (n *Node) supervise(ctx context.Context, p *pod, c *container) {
 		if !p.willRestart(inst) { // deleted during the backoff
 			return
 		}
-		c.start(p.log)
+		c.start()
 		n.updateStatus(ctx, p)
 	}
 }
@@ -472,6 +507,7 @@ func (p *pod) status() corev1.PodStatus {
 	}
 	// Counted as the kubelet's getPhase counts them.
 	var waiting, running, restarting, failed int
+	var standIns []string
 	for _, c := range containers {
 		c.mu.Lock()
 		inst, restarts := c.instance, c.restarts
@@ -487,14 +523,14 @@ func (p *pod) status() corev1.PodStatus {
 		switch {
 		case inst == nil:
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
-		case inst.unrunnable:
-			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: inst.err.Error()}
 		case inst.running():
 			cs.ContainerID, cs.Ready, *cs.Started = inst.id, true, true
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(inst.started)}
+			if inst.standIn {
+				standIns = append(standIns, standInMessage(c.spec))
+			}
 		case restartPending:
-			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
-				Message: fmt.Sprintf("back-off restarting failed container %s in pod %s", c.spec.Name, p.name)}
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: backOffMessage(c, inst)}
 		default:
 			cs.ContainerID = inst.id
 			cs.State.Terminated = inst.terminated()
@@ -523,6 +559,8 @@ func (p *pod) status() corev1.PodStatus {
 	default:
 		st.Phase = corev1.PodSucceeded
 	}
+	// Shown by kubectl describe; kubectl get still says Running.
+	st.Message = strings.Join(standIns, " ")
 	ready := corev1.ConditionFalse
 	if running == len(containers) {
 		ready = corev1.ConditionTrue
@@ -603,4 +641,14 @@ func (n *Node) lookup(namespace, name string) *pod {
 		}
 	}
 	return nil
+}
+
+// backOffMessage says why a container waits to be restarted: what ended its
+// last run, when that was a failure to start it at all.
+func backOffMessage(c *container, inst *instance) string {
+	msg := fmt.Sprintf("back-off restarting failed container %s in pod %s", c.spec.Name, c.pod.name)
+	if inst.err != nil {
+		msg += ": " + inst.err.Error()
+	}
+	return msg
 }

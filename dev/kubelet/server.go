@@ -333,13 +333,13 @@ func (n *Node) serveLogs(w http.ResponseWriter, r *http.Request) {
 	if q.Get("previous") == "true" {
 		cur := c.current()
 		prev := c.lastTerminated(cur != nil && !cur.running() && p.willRestart(cur))
-		if prev == nil || prev.unrunnable {
+		if prev == nil {
 			http.Error(w, fmt.Sprintf("previous terminated container %q in pod %q not found", c.spec.Name, p.name), http.StatusBadRequest)
 			return
 		}
 		path, follow = prev.logPath, false
 	} else {
-		if inst = c.current(); inst == nil || inst.unrunnable {
+		if inst = c.current(); inst == nil {
 			http.Error(w, fmt.Sprintf("container %q in pod %q is waiting to start", c.spec.Name, p.name), http.StatusBadRequest)
 			return
 		}

@@ -34,7 +34,7 @@ func (s *Stack) startNode(ctx context.Context) error {
 	started := time.Now()
 	p, err := s.start(ctx, "devnode", "--kubeconfig", s.Kube.AdminKubeconfig, "--name", NodeName, "--listen", addr(ports[0]),
 		"--tls-cert", cert, "--tls-key", key, "--client-ca", s.Kube.CAFile, "--state-dir", filepath.Join(s.opts.StateDir, "node"),
-		"--pod-cidr", kubelet.RandomPodCIDR().String())
+		"--pod-cidr", kubelet.RandomPodCIDR().String(), "--stand-in", s.Bin("podtool"))
 	if err != nil {
 		return err
 	}

@@ -78,7 +78,8 @@ type Options struct {
 	// AgentKubeconfig points the agent at an existing cluster. Empty: start
 	// a real etcd, kube-apiserver and controller manager under StateDir.
 	AgentKubeconfig string
-	// KubeBinDir holds etcd, kube-apiserver and kube-controller-manager.
+	// KubeBinDir holds etcd, kube-apiserver, kube-controller-manager and
+	// kube-scheduler.
 	KubeBinDir string
 	Users      []User
 	// NoAgentClusters are clusters of tenant acme with no agent, so
@@ -405,7 +406,21 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	if err != nil {
 		return nil, err
 	}
-	s.procs = append(s.procs, p)
+	// A restarted service takes its predecessor's place, so Down still
+	// stops services in the reverse of their first start and the list
+	// holds each once however often make run restarts one.
+	replaced := false
+	if old := s.byName[name]; old != nil && old.Exited() {
+		for i := range s.procs {
+			if s.procs[i] == old {
+				s.procs[i], replaced = p, true
+				break
+			}
+		}
+	}
+	if !replaced {
+		s.procs = append(s.procs, p)
+	}
 	s.byName[name] = p
 	s.args[name] = args
 	return p, nil
@@ -447,6 +462,9 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 	}
 	if name == "devnode" { // no admin address: its Node tells
 		return s.waitNode(ctx, p, started)
+	}
+	if name == "devidp" { // nor the identity provider: it serves
+		return s.waitHTTPS(ctx, s.IssuerURL+"/healthz", p)
 	}
 	for i := range s.NATSURLs {
 		if name == replicaName("natsd", i) { // nor NATS: a login tells

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -26,8 +27,8 @@ import (
 
 func main() {
 	var (
-		kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR string
-		idle, creation                                                   time.Duration
+		kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, standIn string
+		idle, creation                                                            time.Duration
 	)
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of a user that may manage nodes, leases and pods")
 	flag.StringVar(&name, "name", "tether-dev-node", "name of the Node")
@@ -37,17 +38,30 @@ func main() {
 	flag.StringVar(&clientCA, "client-ca", "", "CA of the kube-apiserver's kubelet client certificate; empty: any client")
 	flag.StringVar(&stateDir, "state-dir", "", "folder for pod working folders and container logs")
 	flag.StringVar(&podCIDR, "pod-cidr", "127.0.100.0/24", "loopback range pod addresses come from")
+	flag.StringVar(&standIn, "stand-in", "", "podtool, run in place of a container that names only an image (default: podtool next to this binary)")
 	flag.DurationVar(&idle, "stream-idle-timeout", 4*time.Hour, "close exec, attach and port-forward sessions idle this long")
 	flag.DurationVar(&creation, "stream-creation-timeout", 30*time.Second, "fail an exec, attach or port-forward whose client has not opened its streams within this")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("service", "devnode")
-	if err := run(log, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, idle, creation); err != nil {
+	if standIn == "" {
+		standIn = besideMe("podtool")
+	}
+	if err := run(log, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, standIn, idle, creation); err != nil {
 		log.Error("exiting on error", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR string, idle, creation time.Duration) error {
+// besideMe is the path of a program built into the same folder as this one.
+func besideMe(program string) string {
+	self, err := os.Executable()
+	if err != nil {
+		return program
+	}
+	return filepath.Join(filepath.Dir(self), program)
+}
+
+func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateDir, podCIDR, standIn string, idle, creation time.Duration) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
@@ -82,7 +96,7 @@ func run(log *slog.Logger, kubeconfig, name, listen, cert, key, clientCA, stateD
 	}
 	node, err := kubelet.New(kubelet.Config{
 		Client: client, Name: name, Listener: ln, TLS: tlsConfig, StateDir: stateDir, PodCIDR: prefix,
-		StreamIdleTimeout: idle, StreamCreationTimeout: creation, Log: log,
+		StreamIdleTimeout: idle, StreamCreationTimeout: creation, StandIn: standIn, Log: log,
 	})
 	if err != nil {
 		return err

@@ -1,8 +1,14 @@
 // Command tether-dev is `make run`: it builds Tether, starts a real
 // kube-apiserver (unless --agent-kubeconfig names a cluster of yours),
 // NATS with JetStream, the development identity provider and every service
-// as its own process, then prints how to point kubectl at it. Ctrl-C stops
-// everything.
+// as its own process, then prints how to point kubectl at it. A service
+// that exits is started again, with backoff, and the restart logged. Ctrl-C
+// stops everything and exits 0.
+//
+// `tether-dev --check` comes up the same way, then checks the stack through
+// Tether with the kubectl that matches the server (namespaces listed, a
+// pod and a Deployment Running on the development node), stops it and
+// exits: 0 if everything worked. CI runs it from an empty state.
 //
 // `tether-dev secrets --namespace tether --release tether` prints the Secrets
 // the Helm chart (deploy/helm/tether) mounts: NATS passwords, the
@@ -20,7 +26,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/tether-dev/tether/dev/kube"
 	"github.com/tether-dev/tether/dev/stack"
@@ -36,12 +41,17 @@ func main() {
 	}
 	var state, agentKubeconfig string
 	var replicas, natsNodes int
+	var check bool
 	flag.StringVar(&state, "state", ".state", "folder for certificates, logs, NATS data and kubeconfigs")
 	flag.IntVar(&replicas, "replicas", envInt("REPLICAS", 1), "instances of gateway, router and subscriber")
 	flag.IntVar(&natsNodes, "nats-nodes", envInt("CLUSTER", 1), "NATS servers: 3 make a cluster with JetStream streams replicated three times")
 	flag.StringVar(&agentKubeconfig, "agent-kubeconfig", os.Getenv("AGENT_KUBECONFIG"), "kubeconfig of a cluster for the agent; empty starts a local kube-apiserver")
+	flag.BoolVar(&check, "check", false, "once up, check the stack through Tether with kubectl, then stop; exit 0 if it works")
 	flag.Parse()
-	if err := run(state, agentKubeconfig, replicas, natsNodes); err != nil {
+	// Ctrl-C is for this process alone, not for make above it, which would
+	// otherwise die of it and report an error however cleanly we stop.
+	defer takeTerminal()()
+	if err := run(state, agentKubeconfig, replicas, natsNodes, check); err != nil {
 		fmt.Fprintf(os.Stderr, "tether-dev: %v\n", err)
 		os.Exit(1)
 	}
@@ -54,9 +64,19 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func run(state, agentKubeconfig string, replicas, natsNodes int) error {
+func run(state, agentKubeconfig string, replicas, natsNodes int, check bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	err := up(ctx, state, agentKubeconfig, replicas, natsNodes, check)
+	if ctx.Err() != nil && !check {
+		// Interrupted: what was cut short is what the user asked for.
+		fmt.Fprintln(os.Stderr, "tether-dev: stopped")
+		return nil
+	}
+	return err
+}
+
+func up(ctx context.Context, state, agentKubeconfig string, replicas, natsNodes int, check bool) error {
 	root, err := stack.RepoRoot(".")
 	if err != nil {
 		return err
@@ -71,7 +91,7 @@ func run(state, agentKubeconfig string, replicas, natsNodes int) error {
 	}
 	opts := stack.Options{Root: root, BinDir: bin, StateDir: state, AgentKubeconfig: agentKubeconfig, Log: os.Stderr, Replicas: replicas, NATSNodes: natsNodes}
 	if agentKubeconfig == "" {
-		fmt.Fprintln(os.Stderr, "tether-dev: no AGENT_KUBECONFIG: starting a local kube-apiserver (the first build takes several minutes)")
+		fmt.Fprintln(os.Stderr, "tether-dev: no AGENT_KUBECONFIG: starting a local control plane (its first build takes 11 to 16 minutes on 2 cores)")
 		if opts.KubeBinDir, err = kube.EnsureBinaries(ctx, root, os.Stderr); err != nil {
 			return err
 		}
@@ -106,21 +126,32 @@ func run(state, agentKubeconfig string, replicas, natsNodes int) error {
 	if err != nil {
 		return err
 	}
+	kubectl := kubectlFor(opts.KubeBinDir)
+	if check {
+		return checkStack(ctx, kubectl, admin, s.NodeName != "")
+	}
 	node := ""
 	if s.NodeName != "" {
 		node = fmt.Sprintf(`
-Pods with spec.nodeName: %s run on this machine as host processes (the
-development node), so exec, attach, logs and port-forward work:
-  kubectl run shell --image=none --overrides='{"spec":{"nodeName":"%s"}}' --command -- sleep 3600
+Pods run on this machine as host processes (the development node %s,
+where kube-scheduler puts them), so exec, attach, logs and port-forward work:
+  kubectl run shell --image=busybox -- sleep 3600
   kubectl exec -it shell -- sh
-`, s.NodeName, s.NodeName)
+A container that names only an image (kubectl create deployment web
+--image=nginx) gets a stand-in process that serves its declared ports and
+sleeps: the node runs commands, not images (kubectl describe says so).
+`, s.NodeName)
+	}
+	kubectlLine := ""
+	if opts.KubeBinDir != "" {
+		kubectlLine = fmt.Sprintf("\nkubectl of the server's version (built with the control plane):\n  %s\n", kubectl)
 	}
 	fmt.Printf(`
 Tether is up: gateway %s, cluster %q behind an agent that dialed out.
 
   export KUBECONFIG=%s
   kubectl get ns
-`+node+`
+`+kubectlLine+node+`
 Other users (static tokens):
   alice (tenant acme; the cluster's RBAC decides, nothing granted yet)   KUBECONFIG=%s
   mallory (tenant globex: cannot see cluster %q)                        KUBECONFIG=%s
@@ -135,21 +166,9 @@ Clusters (admin may create and delete; everyone lists their tenants'):
 Gateways (any of them reaches any cluster): %s
 NATS: %s
 Logs: %s    Metrics: http://%s/metrics (gateway)
-Ctrl-C stops everything.
+A service that exits is started again (see its log). Ctrl-C stops everything.
 `, s.GatewayURL, stack.ClusterID, admin, alice, stack.ClusterID, mallory, s.IssuerURL, ada, grace,
 		s.Bin("tetherctl"), admin, s.Bin("tetherctl"), admin, strings.Join(s.GatewayURLs, " "), s.NATSURL, filepath.Join(state, "logs"), s.Admin["gateway"])
 
-	// Report a service that dies instead of leaving a half stack up.
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-		for _, name := range s.Names() {
-			if p := s.Process(name); p != nil && p.Exited() {
-				return fmt.Errorf("%s exited: %v", name, p.ExitError())
-			}
-		}
-	}
+	return keepUp(ctx, s, os.Stderr)
 }
