@@ -104,6 +104,10 @@ func run(state, agentKubeconfig string, replicas, natsNodes int) error {
 	if err != nil {
 		return err
 	}
+	hostNote, err := byHost(s)
+	if err != nil {
+		return err
+	}
 	node := ""
 	if s.NodeName != "" {
 		node = fmt.Sprintf(`
@@ -118,7 +122,7 @@ Tether is up: gateway %s, cluster %q behind an agent that dialed out.
 
   export KUBECONFIG=%s
   kubectl get ns
-`+node+`
+`+node+hostNote+`
 Other users (static tokens):
   alice (tenant acme; the cluster's RBAC decides, nothing granted yet)   KUBECONFIG=%s
   mallory (tenant globex: cannot see cluster %q)                        KUBECONFIG=%s

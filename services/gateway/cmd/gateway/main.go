@@ -157,8 +157,9 @@ func main() {
 		// and double slashes, which the gateway refuses with a Status.
 		apiPath, api := clusterAPI.Handler()
 		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// On a cluster's own host every path is that cluster's.
-			if strings.HasPrefix(r.URL.Path, apiPath) && !gw.ByHost(r) {
+			// On every host, a cluster's too: no Kubernetes path starts
+			// so, and tetherctl then works from either kind of kubeconfig.
+			if strings.HasPrefix(r.URL.Path, apiPath) {
 				api.ServeHTTP(w, r)
 				return
 			}

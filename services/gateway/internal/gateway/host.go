@@ -90,9 +90,8 @@ func (h ClusterHosts) Cluster(host string) (string, error) {
 	return "", errNotClusterHost
 }
 
-// ByHost reports whether r is addressed to a cluster by its Host: to one
-// cluster's API, all of it, or refused; never to the gateway's own
-// services.
+// ByHost reports whether r is addressed to a cluster by its Host (to one
+// cluster, or refused), so that its path names no cluster.
 func (g *Gateway) ByHost(r *http.Request) bool {
 	_, err := g.cfg.Hosts.Cluster(r.Host)
 	return !errors.Is(err, errNotClusterHost)
