@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -198,7 +199,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.CAFile = s.ca.CertPath
-	cert, key, err := s.ca.IssueServer(filepath.Join(o.StateDir, "pki"), "gateway", append([]string{"127.0.0.1", "localhost"}, gatewayHostNames()...))
+	cert, key, err := s.ca.IssueServer(filepath.Join(o.StateDir, "pki"), "gateway", []string{"127.0.0.1", "localhost"})
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +249,12 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		hosts = append(hosts, s.host.ip)
 	}
 	for _, name := range []string{"natsd", "agent-registry", "subscriber", "router", "gateway", operator} {
-		if _, _, err := s.ca.IssueService(s.pkiDir(), name, hosts); err != nil {
+		names := hosts
+		if name == "gateway" {
+			// It is also the gateway's serving certificate (same files).
+			names = append(slices.Clone(hosts), gatewayHostNames()...)
+		}
+		if _, _, err := s.ca.IssueService(s.pkiDir(), name, names); err != nil {
 			return nil, err
 		}
 	}
