@@ -50,6 +50,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./lib/tunnel -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzParsePath -fuzztime $(FUZZTIME)
+	$(GO) test ./services/gateway/internal/gateway -run '^$$' -fuzz FuzzClusterHost -fuzztime $(FUZZTIME)
 	$(GO) test ./services/gateway/internal/identity -run '^$$' -fuzz FuzzClaimsMap -fuzztime $(FUZZTIME)
 	$(GO) test ./lib/agentcred -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
 	$(GO) test ./services/router/internal/router -run '^$$' -fuzz FuzzFramer -fuzztime $(FUZZTIME)

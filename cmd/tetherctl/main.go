@@ -6,6 +6,7 @@
 //	tetherctl cluster ensure NAME --tenant T --bootstrap-token-file F  # for automation: create, or a new token
 //	tetherctl cluster list
 //	tetherctl cluster delete NAME
+//	tetherctl cluster kubeconfig NAME [--address path|host]           # a kubeconfig for NAME as the current user
 //
 // The cluster commands talk to a gateway as the current kubeconfig's user
 // (or --server, --token, --ca-file): creating and deleting take a platform
@@ -20,6 +21,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,6 +42,7 @@ const usage = `usage:
   tetherctl cluster ensure NAME --tenant TENANT --bootstrap-token-file FILE [flags]
   tetherctl cluster list [flags]
   tetherctl cluster delete NAME [flags]
+  tetherctl cluster kubeconfig NAME [--address path|host] [--cluster-domain DOMAIN] [flags]
 Run a command with -h for its flags.
 `
 
@@ -134,7 +137,7 @@ func defaultBrowser() string {
 
 func runCluster(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("create, token, ensure, list or delete?")
+		return errors.New("create, token, ensure, list, delete or kubeconfig?")
 	}
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("cluster "+verb, flag.ContinueOnError)
@@ -150,6 +153,8 @@ func runCluster(ctx context.Context, args []string) error {
 	fs.StringVar(&agent.MemoryRequest, "agent-memory-request", agent.MemoryRequest, "the agent's memory request")
 	fs.StringVar(&agent.MemoryLimit, "agent-memory-limit", agent.MemoryLimit, "the agent's memory limit")
 	tokenFile := fs.String("bootstrap-token-file", "", "where ensure writes the bootstrap token (0600)")
+	address := fs.String("address", "path", "how kubeconfig names the cluster: path (https://GW/clusters/NAME) or host (https://NAME.DOMAIN, for clients that drop the server's path, such as kubectl proxy)")
+	domain := fs.String("cluster-domain", "", "the gateway's --cluster-domain, for --address host; default: from the kubeconfig's server")
 	// NAME may come before the flags, as with kubectl.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -160,6 +165,9 @@ func runCluster(ctx context.Context, args []string) error {
 	}
 	if name == "" && fs.NArg() > 0 {
 		name = fs.Arg(0)
+	}
+	if verb == "kubeconfig" {
+		return conn.writeKubeconfig(os.Stdout, name, *address, *domain)
 	}
 	if *caFile != "" {
 		b, err := os.ReadFile(*caFile)
@@ -212,7 +220,7 @@ func runCluster(ctx context.Context, args []string) error {
 	case "list":
 		return c.List(ctx, os.Stdout)
 	}
-	return fmt.Errorf("unknown verb %q: create, token, ensure, list or delete", verb)
+	return fmt.Errorf("unknown verb %q: create, token, ensure, list, delete or kubeconfig", verb)
 }
 
 // connection is how to reach the gateway: flags, or the kubeconfig's
@@ -229,6 +237,15 @@ func (c *connection) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig whose current context points at a Tether gateway")
 }
 
+// kubeconfigPath is --kubeconfig, $KUBECONFIG or ~/.kube/config.
+func (c *connection) kubeconfigPath() string {
+	if c.kubeconfig != "" {
+		return c.kubeconfig
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".kube", "config")
+}
+
 func (c *connection) client() (*clusters.Client, error) {
 	if c.tokenFile != "" {
 		b, err := os.ReadFile(c.tokenFile)
@@ -239,13 +256,8 @@ func (c *connection) client() (*clusters.Client, error) {
 	}
 	var kc kubeUser
 	if c.server == "" || c.token == "" {
-		path := c.kubeconfig
-		if path == "" {
-			home, _ := os.UserHomeDir()
-			path = filepath.Join(home, ".kube", "config")
-		}
 		var err error
-		if kc, err = readKubeconfig(path); err != nil {
+		if kc, err = readKubeconfig(c.kubeconfigPath()); err != nil {
 			return nil, err
 		}
 	}
@@ -276,6 +288,41 @@ func (c *connection) client() (*clusters.Client, error) {
 		return kc.bearer(ctx)
 	}
 	return clusters.NewClient(server, hc, token)
+}
+
+// writeKubeconfig writes a kubeconfig for cluster name with the current
+// kubeconfig's user and the gateway's CA; the gateway is not asked.
+func (c *connection) writeKubeconfig(w io.Writer, name, address, domain string) error {
+	if name == "" {
+		return errors.New("cluster kubeconfig needs a NAME")
+	}
+	kc, err := readKubeconfig(c.kubeconfigPath())
+	if err != nil {
+		return err
+	}
+	base := c.server
+	if base == "" {
+		base = gatewayBase(kc.server)
+		if domain == "" {
+			domain = clusterDomain(kc.server)
+		}
+	}
+	if domain == "" {
+		domain = clusterDomain(base + "/clusters/")
+	}
+	if c.caFile != "" {
+		if kc.caPEM, err = os.ReadFile(c.caFile); err != nil {
+			return err
+		}
+	}
+	if c.token != "" {
+		kc.rawUser = map[string]any{"token": c.token}
+	}
+	server, err := clusterServer(base, name, address, domain)
+	if err != nil {
+		return err
+	}
+	return writeClusterKubeconfig(w, kc, name, server)
 }
 
 // gatewayBase turns a kubeconfig server (https://gw/clusters/dev) into the

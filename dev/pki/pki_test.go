@@ -188,3 +188,32 @@ func write(t *testing.T, path, s string) {
 		t.Fatal(err)
 	}
 }
+
+// TestWildcardServer: the gateway's certificate covers every cluster's host
+// name, one label deep, and nothing else below the domain.
+func TestWildcardServer(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	certPath, _, err := ca.IssueServer(dir, "gateway", []string{"127.0.0.1", "tether.localhost", "*.tether.localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := readCert(certPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ok := range map[string]bool{
+		"dev.tether.localhost": true, "tether.localhost": true, "DEV.Tether.Localhost": true,
+		"a.b.tether.localhost": false, "dev.localhost": false, "devtether.localhost": false,
+	} {
+		_, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: name, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if (err == nil) != ok {
+			t.Errorf("%s: verify gave %v, want valid %v", name, err, ok)
+		}
+	}
+}

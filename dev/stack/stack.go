@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -249,7 +250,12 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		hosts = append(hosts, s.host.ip)
 	}
 	for _, name := range []string{"natsd", "agent-registry", "subscriber", "router", "gateway", operator} {
-		if _, _, err := s.ca.IssueService(s.pkiDir(), name, hosts); err != nil {
+		names := hosts
+		if name == "gateway" {
+			// It is also the gateway's serving certificate (same files).
+			names = append(slices.Clone(hosts), gatewayHostNames()...)
+		}
+		if _, _, err := s.ca.IssueService(s.pkiDir(), name, names); err != nil {
 			return nil, err
 		}
 	}
@@ -349,7 +355,8 @@ func replicaName(service string, i int) string {
 func (s *Stack) gatewayArgs(port int, routers []string, tokens, cert, key string) []string {
 	return append([]string{"--listen", addr(port), "--router-url", strings.Join(routers, ","), "--registry-url", s.RegistryURL,
 		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
-		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email"},
+		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email",
+		"--cluster-domain", ClusterDomain},
 		s.internalArgs("gateway")...)
 }
 
@@ -564,12 +571,17 @@ func (s *Stack) KubeconfigFor(name, token, cluster string) (string, error) {
 // writeKubeconfig writes kubeconfig-<name> for cluster with the given user
 // entry.
 func (s *Stack) writeKubeconfig(name, cluster string, user map[string]any) (string, error) {
+	return s.writeKubeconfigAt(name, s.GatewayURL+"/clusters/"+cluster, user)
+}
+
+// writeKubeconfigAt writes kubeconfig-<name> for a server URL.
+func (s *Stack) writeKubeconfigAt(name, server string, user map[string]any) (string, error) {
 	cfg := map[string]any{
 		"apiVersion":      "v1",
 		"kind":            "Config",
 		"current-context": "tether",
 		"clusters": []any{map[string]any{"name": "tether", "cluster": map[string]any{
-			"server": s.GatewayURL + "/clusters/" + cluster, "certificate-authority": s.CAFile,
+			"server": server, "certificate-authority": s.CAFile,
 		}}},
 		"users":    []any{map[string]any{"name": name, "user": user}},
 		"contexts": []any{map[string]any{"name": "tether", "context": map[string]any{"cluster": "tether", "user": name}}},

@@ -130,6 +130,10 @@ func up(ctx context.Context, state, agentKubeconfig string, replicas, natsNodes 
 	if check {
 		return checkStack(ctx, kubectl, admin, s.NodeName != "")
 	}
+	hostNote, err := byHost(s)
+	if err != nil {
+		return err
+	}
 	node := ""
 	if s.NodeName != "" {
 		node = fmt.Sprintf(`
@@ -151,7 +155,7 @@ Tether is up: gateway %s, cluster %q behind an agent that dialed out.
 
   export KUBECONFIG=%s
   kubectl get ns
-`+kubectlLine+node+`
+`+kubectlLine+node+hostNote+`
 Other users (static tokens):
   alice (tenant acme; the cluster's RBAC decides, nothing granted yet)   KUBECONFIG=%s
   mallory (tenant globex: cannot see cluster %q)                        KUBECONFIG=%s

@@ -1,8 +1,10 @@
 // Command gateway is Tether's HTTPS edge: kubectl and the console talk to
-// https://HOST/clusters/{id}/ exactly as to a kube-apiserver.
+// https://HOST/clusters/{id}/, or to https://{id}.DOMAIN/ with
+// --cluster-domain, exactly as to a kube-apiserver.
 //
 //	gateway --listen :443 --tls-cert tls.crt --tls-key tls.key --router-url http://router:8082 \
-//	  --oidc-issuer-url https://login.example.com --oidc-client-id tether [--tokens tokens.csv]
+//	  --oidc-issuer-url https://login.example.com --oidc-client-id tether [--tokens tokens.csv] \
+//	  [--cluster-domain clusters.example.com]
 package main
 
 import (
@@ -39,6 +41,7 @@ func main() {
 		maxConns, perIP   int
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
+		clusterDomains    string
 	)
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	common.Register(fs)
@@ -66,6 +69,7 @@ func main() {
 	fs.IntVar(&maxConns, "max-connections", 20000, "client connections held at once (closed at accept beyond); 0: no limit")
 	fs.IntVar(&perIP, "max-connections-per-ip", 0, "client connections from one IP address (a console's backend may hold many); 0: no limit")
 	fs.IntVar(&limits.LongPerCluster, "max-long-running-per-cluster", 2000, "the same for one cluster, all users together; 0: no limit")
+	fs.StringVar(&clusterDomains, "cluster-domain", "", "base domains, comma-separated, under which https://{id}.DOMAIN/ addresses cluster id (chosen by the Host header; the serving certificate must cover *.DOMAIN); empty: /clusters/{id}/ only")
 	mtls.Register(fs, "")
 	_ = fs.Parse(os.Args[1:])
 
@@ -113,10 +117,19 @@ func main() {
 			routers = append(routers, tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, u, tunnel.ClientOptions()))
 			reachable = append(reachable, routerReachable(u, internal))
 		}
+		var domains []string
+		if clusterDomains != "" {
+			domains = strings.Split(clusterDomains, ",")
+		}
+		hosts, err := gateway.NewClusterHosts(domains)
+		if err != nil {
+			return err
+		}
 		gw, err := gateway.New(gateway.Config{
 			Auth:        auth,
 			Routers:     routers,
 			Limits:      limits,
+			Hosts:       hosts,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
@@ -143,6 +156,8 @@ func main() {
 		// and double slashes, which the gateway refuses with a Status.
 		apiPath, api := clusterAPI.Handler()
 		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// On every host, a cluster's too: no Kubernetes path starts
+			// so, and tetherctl then works from either kind of kubeconfig.
 			if strings.HasPrefix(r.URL.Path, apiPath) {
 				api.ServeHTTP(w, r)
 				return

@@ -1,5 +1,6 @@
 // Package gateway is Tether's HTTPS edge. It serves Kubernetes API paths
-// under /clusters/{id}/, authenticates the caller, drops every header a
+// under /clusters/{id}/, or at the root of a cluster's own host name
+// {id}.{domain}, authenticates the caller, drops every header a
 // client could use to claim another identity, and hands the request to a
 // router (a Call, or a Proxy stream when there is a body to stream).
 package gateway
@@ -48,6 +49,9 @@ type Config struct {
 	// on when it cannot be reached.
 	Routers []tetherv1connect.ProxyServiceClient
 	Limits  Limits
+	// Hosts are the base domains under which {id}.{domain} names a
+	// cluster, beside /clusters/{id}/; none: paths only.
+	Hosts ClusterHosts
 
 	telemetry.Instruments
 }
@@ -129,14 +133,23 @@ func ParsePath(escaped string) (cluster, rest string, err error) {
 	if !subject.ValidClusterID(cluster) {
 		return "", "", errNotFound
 	}
-	for _, seg := range strings.Split(rest, "/") {
+	if err := checkSegments(rest); err != nil {
+		return "", "", err
+	}
+	return cluster, rest, nil
+}
+
+// checkSegments refuses an escaped Kubernetes path that could climb out of
+// where it points.
+func checkSegments(escaped string) error {
+	for _, seg := range strings.Split(escaped, "/") {
 		// Both plain and percent-encoded dot segments, in any case.
 		switch strings.ToLower(seg) {
 		case ".", "..", "%2e", "%2e%2e", ".%2e", "%2e.":
-			return "", "", errDotSegment
+			return errDotSegment
 		}
 	}
-	return cluster, rest, nil
+	return nil
 }
 
 var (
@@ -146,7 +159,7 @@ var (
 
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	cluster, rest, err := ParsePath(r.URL.EscapedPath())
+	cluster, rest, err := g.target(r)
 	code := 0
 	authenticated := false
 	defer func() {
@@ -172,6 +185,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, errDotSegment):
 		refuse(http.StatusBadRequest, "bad_path", "paths may not contain . or .. segments")
+		return
+	case err != nil && g.ByHost(r):
+		refuse(http.StatusNotFound, "no_cluster_host", "the server could not find the requested resource: cluster host names are {id}.DOMAIN, one label a cluster id")
 		return
 	case err != nil:
 		refuse(http.StatusNotFound, "no_cluster_path", "the server could not find the requested resource: paths are /clusters/{id}/...")
@@ -223,21 +239,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// gateway authenticated may reach a cluster.
 	tunnel.ScrubCredentials(r.Header)
 	noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-	open := &tetherv1.Open{
-		RequestId: reqID,
-		ClusterId: cluster,
-		Method:    r.Method,
-		Path:      rest,
-		Query:     r.URL.RawQuery,
-		Headers:   tunnel.FromHTTP(r.Header, nil), // scrubbed above
-		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
-		Tenants:   user.Tenants,
-		Trace:     map[string]string{},
-		End:       noBody,
-	}
-	if r.ContentLength > 0 {
-		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
-	}
+	open := newOpen(r, reqID, cluster, rest, user, noBody)
 	if upgrade != "" {
 		// exec, attach and port-forward: HTTP/1.1 upgrades to SPDY or
 		// WebSocket, whose bytes follow the 101 on the same connection.
@@ -364,6 +366,27 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// newOpen is the envelope's head for r, whose headers were scrubbed: the
+// same whether the Host or the path named the cluster.
+func newOpen(r *http.Request, reqID, cluster, rest string, user identity.User, noBody bool) *tetherv1.Open {
+	open := &tetherv1.Open{
+		RequestId: reqID,
+		ClusterId: cluster,
+		Method:    r.Method,
+		Path:      rest,
+		Query:     r.URL.RawQuery,
+		Headers:   tunnel.FromHTTP(r.Header, nil),
+		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
+		Tenants:   user.Tenants,
+		Trace:     map[string]string{},
+		End:       noBody,
+	}
+	if r.ContentLength > 0 {
+		open.Headers = append(open.Headers, &tetherv1.Header{Name: "Content-Length", Values: []string{strconv.FormatInt(r.ContentLength, 10)}})
+	}
+	return open
 }
 
 // routerCall is one request at a router, as the gateway sees it.
