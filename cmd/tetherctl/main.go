@@ -3,7 +3,7 @@
 //	tetherctl login --issuer URL --client-id ID [--login-hint USER]   # kubectl exec credential plugin
 //	tetherctl cluster create NAME --tenant T                          # prints the agent's install manifest
 //	tetherctl cluster token NAME                                      # the manifest again, with a new bootstrap token
-//	tetherctl cluster ensure NAME --tenant T --bootstrap-token-file F  # for automation: create, or a new token
+//	tetherctl cluster ensure NAME --tenant T --bootstrap-token-file F [--wait 3m]  # for automation: create, or a new token
 //	tetherctl cluster list
 //	tetherctl cluster delete NAME
 //	tetherctl cluster kubeconfig NAME [--address path|host]           # a kubeconfig for NAME as the current user
@@ -155,6 +155,7 @@ func runCluster(ctx context.Context, args []string) error {
 	tokenFile := fs.String("bootstrap-token-file", "", "where ensure writes the bootstrap token (0600)")
 	address := fs.String("address", "path", "how kubeconfig names the cluster: path (https://GW/clusters/NAME) or host (https://NAME.DOMAIN, for clients that drop the server's path, such as kubectl proxy)")
 	domain := fs.String("cluster-domain", "", "the gateway's --cluster-domain, for --address host; default: from the kubeconfig's server")
+	wait := fs.Duration("wait", 0, "ensure: keep trying this long while the gateway, or what is behind it, is not up yet")
 	// NAME may come before the flags, as with kubectl.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -207,7 +208,7 @@ func runCluster(ctx context.Context, args []string) error {
 		if *tenant == "" || *tokenFile == "" {
 			return errors.New("--tenant and --bootstrap-token-file are required")
 		}
-		return c.Ensure(ctx, name, *tenant, *tokenFile)
+		return clusters.Patiently(ctx, *wait, func(ctx context.Context) error { return c.Ensure(ctx, name, *tenant, *tokenFile) })
 	case "delete":
 		if err := needName(); err != nil {
 			return err

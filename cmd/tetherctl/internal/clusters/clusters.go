@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -231,4 +232,36 @@ func (c *Client) List(ctx context.Context, w io.Writer) error {
 			time.Unix(cl.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), cl.GetCreatedBy())
 	}
 	return tw.Flush()
+}
+
+// Patiently calls f until it succeeds, fails in a way waiting cannot cure,
+// or wait has passed: for automation that starts together with the stack
+// it calls (docker-compose.yml's one-shot that creates the first cluster).
+// Only an unreachable or unready gateway, or one whose backends are not
+// up yet, is waited for; a refusal (bad token, bad request) returns at once.
+func Patiently(ctx context.Context, wait time.Duration, f func(context.Context) error) error {
+	deadline := time.Now().Add(wait)
+	backoff := 100 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil {
+			return nil
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown:
+		default:
+			return err
+		}
+		if !time.Now().Add(backoff).Before(deadline) {
+			return err
+		}
+		// Jittered, so several automations do not call in step.
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(sleep):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }

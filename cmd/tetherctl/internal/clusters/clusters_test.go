@@ -2,12 +2,14 @@ package clusters
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"sigs.k8s.io/yaml"
 )
 
@@ -136,4 +139,41 @@ func testCA(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func TestPatiently(t *testing.T) {
+	unavailable := connect.NewError(connect.CodeUnavailable, errors.New("dial tcp: connection refused"))
+	denied := connect.NewError(connect.CodePermissionDenied, errors.New("not an admin"))
+	for _, tc := range []struct {
+		name      string
+		wait      time.Duration
+		results   []error // what each call returns; the last repeats
+		wantCalls int
+		want      error
+	}{
+		{"first call succeeds", time.Second, []error{nil}, 1, nil},
+		{"up after two refusals", 10 * time.Second, []error{unavailable, unavailable, nil}, 3, nil},
+		{"a refusal is final", 10 * time.Second, []error{unavailable, denied, nil}, 2, denied},
+		{"no wait: one call", 0, []error{unavailable, nil}, 1, unavailable},
+		{"never up: gives up", 300 * time.Millisecond, []error{unavailable}, -1, unavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			start := time.Now()
+			err := Patiently(context.Background(), tc.wait, func(context.Context) error {
+				r := tc.results[min(calls, len(tc.results)-1)]
+				calls++
+				return r
+			})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			if tc.wantCalls >= 0 && calls != tc.wantCalls {
+				t.Fatalf("%d calls, want %d", calls, tc.wantCalls)
+			}
+			if took := time.Since(start); took > tc.wait+time.Second {
+				t.Fatalf("took %v, longer than the wait of %v", took, tc.wait)
+			}
+		})
+	}
 }
