@@ -14,6 +14,9 @@
 // the Helm chart (deploy/helm/tether) mounts: NATS passwords, the
 // agent-credential signing key, internal certificates, and with
 // --gateway-host/--agents-host trial public certificates.
+//
+// `tether-dev pki --out DIR --host-dir DIR` makes what docker-compose.yml's
+// stack mounts (see pki.go).
 package main
 
 import (
@@ -35,6 +38,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "secrets" {
 		if err := secrets(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "tether-dev secrets: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "pki" {
+		if err := composePKI(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "tether-dev pki: %v\n", err)
 			os.Exit(1)
 		}
 		return
