@@ -15,7 +15,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: run test test-short chaos bench fuzz proto kube vet fmt clean images compose-config
+.PHONY: run test test-short chaos bench fuzz proto kube vet fmt clean images
 
 ## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber, CLUSTER=3 for a three-node NATS cluster, CHECK=1 to check it through kubectl and stop
 # Built and exec'd rather than `go run`, so Ctrl-C reaches tether-dev
@@ -87,20 +87,5 @@ images:
 	  printf 'FROM scratch\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\nCOPY %s /%s\nUSER 65532:65532\nENTRYPOINT ["/%s"]\n' $$n $$n $$n > .state/images/$$n/Dockerfile; \
 	  docker build -q -t tether/$$n:dev .state/images/$$n || exit 1; \
 	done
-
-## compose-config: the files docker-compose.yml mounts, from the state `make run` left
-compose-config:
-	@test -f .state/tokens.csv || { echo "run 'make run' once first"; exit 1; }
-	@mkdir -p .state/compose
-	cp .state/tokens.csv .state/pki/gateway.crt .state/pki/gateway.key .state/pki/agent-signing.key .state/pki/agent-signing.pub .state/compose/
-	cp .state/pki/tether-dev-ca.crt .state/compose/ca.crt
-	for n in natsd agent-registry subscriber subscriber-agents router gateway; do cp .state/pki/$$n.crt .state/pki/$$n.key .state/compose/ || exit 1; done
-	cp -r .state/nats-users .state/compose/
-	@# The admin's static token, for the one-shot service that creates cluster dev.
-	awk -F, '$$2 == "admin" { printf "%s", $$1 }' .state/tokens.csv > .state/compose/admin-token
-	@# Flattened: the container sees none of the files a kubeconfig may name.
-	kubectl config view --flatten --minify --kubeconfig $${AGENT_KUBECONFIG:-.state/kube/kubeconfig-admin} > .state/compose/agent-kubeconfig
-	@# The images run as an unprivileged user.
-	chmod -R a+rX .state/compose
-	sed 's#"server": "https://127.0.0.1:[0-9]*/#"server": "https://127.0.0.1:18443/#' .state/kubeconfig-admin > .state/compose/kubeconfig-admin
-	@echo "KUBECONFIG=.state/compose/kubeconfig-admin kubectl get ns   (after docker compose up)"
+	@# docker-compose.yml's own: the control plane, the development node, tether-dev pki.
+	GO=$(GO) bash hack/images/local.sh $(CURDIR)/.state

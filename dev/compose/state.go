@@ -149,7 +149,9 @@ func writeKube(dir string) error {
 			return err
 		},
 		func() error {
-			_, _, err := ca.IssueServer(dir, "etcd", []string{"etcd", "localhost", "127.0.0.1"})
+			// etcd calls its own client endpoint with it too (its gRPC
+			// gateway): a client certificate as well.
+			_, _, err := ca.IssueService(dir, "etcd", []string{"localhost", "127.0.0.1"})
 			return err
 		},
 		func() error {
