@@ -690,8 +690,13 @@ func poll(ctx context.Context, p *proc.Process, limit time.Duration, ok func() b
 // service's /metrics; found is false without it, or when the service does
 // not answer within two seconds (a frozen one).
 func (s *Stack) Metric(service, series string) (v float64, found bool) {
+	return MetricAt("http://"+s.Admin[service]+"/metrics", series)
+}
+
+// MetricAt is Metric for any admin endpoint's URL, such as a container's.
+func MetricAt(url, series string) (v float64, found bool) {
 	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + s.Admin[service] + "/metrics")
+	resp, err := c.Get(url)
 	if err != nil {
 		return 0, false
 	}
