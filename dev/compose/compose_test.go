@@ -123,13 +123,14 @@ func TestComposeStack(t *testing.T) {
 	})
 
 	t.Run("a subscriber killed under load", func(t *testing.T) {
-		agent := c.containerIP(ctx, t, "agent")
+		agent := "http://" + net.JoinHostPort(c.containerIP(ctx, t, "agent"), "9090") + "/metrics"
+		bothStreams := func() bool {
+			v, ok := stack.MetricAt(agent, "tether_agent_stream_connected")
+			return ok && v >= 2
+		}
 		// Both streams up, one on each subscriber: losing one leaves the
 		// other serving.
-		waitFor(t, c, time.Minute, "the agent's two streams", func() bool {
-			v, ok := stack.MetricAt("http://"+net.JoinHostPort(agent, "9090")+"/metrics", "tether_agent_stream_connected")
-			return ok && v >= 2
-		})
+		waitFor(t, c, time.Minute, "the agent's two streams", bothStreams)
 		l := startReads(t, kc, 3)
 		time.Sleep(3 * time.Second)
 		id := c.containerID(ctx, t, "subscriber-0")
@@ -143,6 +144,12 @@ func TestComposeStack(t *testing.T) {
 			c.logs()
 			t.Fatalf("%d of %d reads failed across the kill of a subscriber (want none of at least 20)", failed, reads)
 		}
+		// Docker leaves a killed container down; started again, it gets
+		// its stream back.
+		if out, err := c.run(ctx, "start", "subscriber-0"); err != nil {
+			t.Fatalf("compose start subscriber-0: %v\n%s", err, out)
+		}
+		waitFor(t, c, time.Minute, "the agent's stream to the restarted subscriber", bothStreams)
 	})
 }
 
