@@ -31,7 +31,7 @@ import (
 // TestComposeStack is the compose stack as a user runs it: images built
 // by make images, `docker compose up` from nothing, real kubectl through
 // the kubeconfig it wrote (create, list, watch, exec, port-forward against
-// a pod on the development node), a subscriber container killed under a
+// a pod the scheduler put on the development node), a subscriber container killed under a
 // read load without a read failing, and `docker compose down -v` leaving
 // no container, network or volume behind.
 func TestComposeStack(t *testing.T) {
@@ -79,8 +79,9 @@ func TestComposeStack(t *testing.T) {
 	})
 
 	t.Run("create and list", func(t *testing.T) {
+		// No nodeName: the scheduler binds it to the development node.
 		pod := `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo"},
-		  "spec": {"nodeName": "tether-dev-node", "containers": [{"name": "echo", "image": "none",
+		  "spec": {"containers": [{"name": "echo", "image": "none",
 		    "command": ["/bin/podtool", "echo", "--port", "8080"]}]}}`
 		if out, err := run(ctx, root, nil, strings.NewReader(pod), kubectl, "--kubeconfig", kc, "create", "-f", "-"); err != nil {
 			t.Fatalf("kubectl create: %v\n%s", err, out)

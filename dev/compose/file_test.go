@@ -40,7 +40,7 @@ func TestComposeFile(t *testing.T) {
 	}
 
 	// Every part of the stack, and nothing from an image registry.
-	want := []string{"pki", "etcd", "kube-apiserver", "kube-controller-manager", "devnode", "agent-registry", "router",
+	want := []string{"pki", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "devnode", "agent-registry", "router",
 		"gateway", "audit", "autoscaler", "clusters", "agent"}
 	want = append(append(want, NATSNodes...), Subscribers...)
 	var got []string

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The images docker-compose.yml needs beside the services' (make images
-# builds both): tether/kube:dev (etcd, kube-apiserver and
-# kube-controller-manager as hack/kube/build.sh built them),
+# builds both): tether/kube:dev (etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler as hack/kube/build.sh built
+# them),
 # tether/devnode:dev (the development node, with a shell, cat and tar for
 # kubectl exec and cp, and podtool for test pods) and tether/tether-dev:dev
 # (the one-shot that makes the stack's certificates). All FROM scratch:
@@ -42,7 +43,7 @@ image() { # image NAME DIR: FROM scratch with DIR's content
 out=$state/images
 rm -rf "$out/kube" "$out/devnode" "$out/tether-dev"
 
-rootfs "$out/kube" "$kube/etcd" "$kube/kube-apiserver" "$kube/kube-controller-manager"
+rootfs "$out/kube" "$kube/etcd" "$kube/kube-apiserver" "$kube/kube-controller-manager" "$kube/kube-scheduler"
 image kube "$out/kube"
 
 mkdir -p "$out/devnode/build"
