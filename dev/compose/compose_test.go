@@ -152,6 +152,23 @@ func TestComposeStack(t *testing.T) {
 		}
 		waitFor(t, c, time.Minute, "the agent's stream to the restarted subscriber", bothStreams)
 	})
+
+	// The development node shares the kube-apiserver's network namespace
+	// through kube-net: a restarted kube-apiserver finds it again.
+	t.Run("exec after a kube-apiserver restart", func(t *testing.T) {
+		if out, err := run(ctx, root, nil, nil, "docker", "restart", c.containerID(ctx, t, "kube-apiserver")); err != nil {
+			t.Fatalf("docker restart: %v\n%s", err, out)
+		}
+		var out string
+		waitFor(t, c, 2*time.Minute, "exec through the restarted kube-apiserver", func() bool {
+			var execErr error
+			out, execErr = k("exec", "echo", "--", "sh", "-c", "echo again")
+			return execErr == nil
+		})
+		if out != "again\n" {
+			t.Fatalf("kubectl exec: %q", out)
+		}
+	})
 }
 
 // compose runs docker compose, or docker-compose where the plugin is

@@ -40,7 +40,7 @@ func TestComposeFile(t *testing.T) {
 	}
 
 	// Every part of the stack, and nothing from an image registry.
-	want := []string{"pki", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "devnode", "agent-registry", "router",
+	want := []string{"pki", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-net", "devnode", "agent-registry", "router",
 		"gateway", "audit", "autoscaler", "clusters", "agent"}
 	want = append(append(want, NATSNodes...), Subscribers...)
 	var got []string
@@ -60,7 +60,7 @@ func TestComposeFile(t *testing.T) {
 		args := strings.Join(s.Command, " ")
 		// The bridge network by name; the development node shares the
 		// kube-apiserver's namespace, so its InternalIP 127.0.0.1 is right.
-		if wantMode := map[string]string{"devnode": "service:kube-apiserver"}[name]; s.NetworkMode != wantMode {
+		if wantMode := map[string]string{"devnode": "service:kube-net", "kube-apiserver": "service:kube-net"}[name]; s.NetworkMode != wantMode {
 			t.Errorf("%s: network_mode %q, want %q", name, s.NetworkMode, wantMode)
 		}
 		// Only the gateway is published, on loopback.
@@ -69,7 +69,7 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("%s publishes %s:%s", name, port.HostIP, port.Published)
 			}
 		}
-		if name != "pki" {
+		if name != "pki" && name != "kube-net" {
 			if d, ok := s.DependsOn["pki"]; (!ok || d.Condition != types.ServiceConditionCompletedSuccessfully) && name != "agent" {
 				t.Errorf("%s does not wait for the certificates", name)
 			}
