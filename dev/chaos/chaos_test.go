@@ -186,6 +186,19 @@ func TestChaos(t *testing.T) {
 	}
 }
 
+// countsTable writes a section of counts, by key in order.
+func countsTable(b *strings.Builder, title, what string, counts map[string]int) {
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintf(b, "\n## %s\n\n| %s | count |\n|---|---:|\n", title, what)
+	for _, k := range keys {
+		fmt.Fprintf(b, "| %s | %d |\n", k, counts[k])
+	}
+}
+
 // markdown is the run's report for people: what ran, each fault, and
 // every count the checks were made on.
 func markdown(t *testing.T, started time.Time, faults []fault, caughtUp []time.Duration, c summary, behind [3]float64, back, services int) string {
@@ -224,24 +237,8 @@ func markdown(t *testing.T, started time.Time, faults []fault, caughtUp []time.D
 	} {
 		fmt.Fprintf(&b, "| %s | %d |\n", row.what, row.n)
 	}
-	keys := make([]string, 0, len(c.counts))
-	for k := range c.counts {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	fmt.Fprintf(&b, "\n## Requests\n\n| request | count |\n|---|---:|\n")
-	for _, k := range keys {
-		fmt.Fprintf(&b, "| %s | %d |\n", k, c.counts[k])
-	}
-	byFault := make([]string, 0, len(c.byFault))
-	for k := range c.byFault {
-		byFault = append(byFault, k)
-	}
-	sort.Strings(byFault)
-	fmt.Fprintf(&b, "\n## Failures by fault\n\n| fault: request and answer | count |\n|---|---:|\n")
-	for _, k := range byFault {
-		fmt.Fprintf(&b, "| %s | %d |\n", k, c.byFault[k])
-	}
+	countsTable(&b, "Requests", "request", c.counts)
+	countsTable(&b, "Failures by fault", "fault: request and answer", c.byFault)
 	fmt.Fprintf(&b, "\n## Behind the scenes\n\n| what | count |\n|---|---:|\n| requests the routers sent again | %.0f |\n| watches resumed from their last event | %.0f |\n| mutations answered with their first result | %.0f |\n| services back to their goroutines once the load stopped | %d of %d |\n",
 		behind[0], behind[1], behind[2], back, services)
 	if t.Failed() {
