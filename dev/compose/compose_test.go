@@ -412,6 +412,21 @@ func (l *reads) stop() (reads, failed int64) {
 // wrote (JSON, the CA inline).
 func clientFor(t *testing.T, path string) (server, token string, client *http.Client) {
 	t.Helper()
+	server, token, ca := readKubeconfig(t, path)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("kubeconfig %s: no CA", path)
+	}
+	client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true,
+	}}
+	return server, token, client
+}
+
+// readKubeconfig is the one cluster's server and CA, and the one user's
+// token, of a kubeconfig that pki wrote.
+func readKubeconfig(t *testing.T, path string) (server, token string, ca []byte) {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -430,14 +445,7 @@ func clientFor(t *testing.T, path string) (server, token string, client *http.Cl
 		} `json:"users"`
 	}
 	if err := json.Unmarshal(b, &kc); err != nil || len(kc.Clusters) != 1 || len(kc.Users) != 1 {
-		t.Fatalf("kubeconfig %s: %v", path, err)
+		t.Fatalf("kubeconfig %s: %v\n%s", path, err, b)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(kc.Clusters[0].Cluster.CA) {
-		t.Fatalf("kubeconfig %s: no CA", path)
-	}
-	client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true,
-	}}
-	return kc.Clusters[0].Cluster.Server, kc.Users[0].User.Token, client
+	return kc.Clusters[0].Cluster.Server, kc.Users[0].User.Token, kc.Clusters[0].Cluster.CA
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,32 +86,20 @@ func TestWrite(t *testing.T) {
 	}
 
 	// The user's kubeconfig reaches the gateway with admin's token.
-	b, err := os.ReadFile(filepath.Join(o.HostDir, "kubeconfig-admin"))
+	kubeconfig := filepath.Join(o.HostDir, "kubeconfig-admin")
+	b, err := os.ReadFile(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var kc struct {
-		Clusters []struct {
-			Cluster struct {
-				Server string `json:"server"`
-				CA     []byte `json:"certificate-authority-data"`
-			} `json:"cluster"`
-		} `json:"clusters"`
-		Users []struct {
-			User struct{ Token string } `json:"user"`
-		} `json:"users"`
-	}
-	if err := json.Unmarshal(b, &kc); err != nil || len(kc.Clusters) != 1 || len(kc.Users) != 1 {
-		t.Fatalf("kubeconfig-admin: %v\n%s", err, b)
-	}
-	if got := kc.Clusters[0].Cluster.Server; got != "https://127.0.0.1:18443/clusters/dev" {
-		t.Errorf("server %s, want the gateway's cluster dev", got)
+	url, token, ca := readKubeconfig(t, kubeconfig)
+	if url != "https://127.0.0.1:18443/clusters/dev" {
+		t.Errorf("server %s, want the gateway's cluster dev", url)
 	}
 	caPEM, err := os.ReadFile(filepath.Join(o.Dir, "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(kc.Clusters[0].Cluster.CA, caPEM) {
+	if !bytes.Equal(ca, caPEM) {
 		t.Error("the kubeconfig does not carry the CA of the gateway's certificate")
 	}
 	admin, err := os.ReadFile(filepath.Join(o.Dir, "admin-token"))
@@ -123,7 +110,7 @@ func TestWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tok := kc.Users[0].User.Token; tok != string(admin) || !strings.Contains(string(tokens), "\n"+tok+",admin,") {
+	if tok := token; tok != string(admin) || !strings.Contains(string(tokens), "\n"+tok+",admin,") {
 		t.Errorf("admin's token %q is not admin-token's nor admin's in tokens.csv", tok)
 	}
 
