@@ -61,7 +61,8 @@ type Credentials struct {
 
 	mu  sync.Mutex
 	cur Credential
-	// refused is a token a subscriber refused (revoked): never offered again.
+	// refused is a token a subscriber refused (revoked): never offered to
+	// a subscriber again, only to the registry, which has the last word.
 	refused string
 }
 
@@ -101,20 +102,24 @@ func (c *Credentials) Token(ctx context.Context) (string, error) {
 	}
 	// Expired while the cluster was cut off: the registry renews it for a
 	// while after expiry, which spares the operator a new bootstrap token.
-	for _, old := range []Credential{c.cur, stored} {
-		if old.Token == "" || old.Token == c.refused {
+	// A credential a subscriber refused goes to the registry too: the
+	// subscriber's view of the clusters may lag, the registry reads the
+	// stream to its end before it answers, and a bootstrap token is used
+	// up once the first enrollment succeeds.
+	for i, old := range []Credential{c.cur, stored} {
+		if old.Token == "" || (i == 1 && old.Token == c.cur.Token) {
 			continue
 		}
 		resp, err := c.Enrollment.Renew(ctx, connect.NewRequest(&tetherv1.RenewRequest{Credential: old.Token}))
 		if err != nil {
-			c.Log.Warn("renewing an expired credential", "err", err)
+			c.Log.Warn("renewing an expired or refused credential", "err", err)
 			continue
 		}
 		cred := fromProto(resp.Msg.GetCredential(), c.now())
 		if err := c.Store.Save(ctx, cred); err != nil {
 			c.Log.Error("storing the renewed credential", "err", err)
 		}
-		c.Log.Info("expired credential renewed", "expires", cred.Expires)
+		c.Log.Info("credential renewed by the registry", "expires", cred.Expires, "refused_by_subscriber", old.Token == c.refused)
 		c.cur = cred
 		return cred.Token, nil
 	}

@@ -23,6 +23,8 @@ type fakeEnrollment struct {
 	enrolls  int
 	renewals int
 	failNext error
+	// revoked are the credentials of a deleted cluster: never renewed.
+	revoked map[string]bool
 }
 
 func (f *fakeEnrollment) issue(prefix string, n int) *tetherv1.AgentCredential {
@@ -45,6 +47,9 @@ func (f *fakeEnrollment) Renew(_ context.Context, req *connect.Request[tetherv1.
 	if err := f.failNext; err != nil {
 		f.failNext = nil
 		return nil, err
+	}
+	if f.revoked[req.Msg.GetCredential()] {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("credential revoked"))
 	}
 	f.renewals++
 	return connect.NewResponse(&tetherv1.RenewResponse{Credential: f.issue("renewed-", f.renewals)}), nil
@@ -86,12 +91,37 @@ func TestCredentialsEnrollOnceAndReuse(t *testing.T) {
 	if tok, err := offline.Token(ctx); err != nil || tok != "renewed-1" || f.enrolls != 1 {
 		t.Fatalf("after an outage: %q, %v, %d enrollments", tok, err, f.enrolls)
 	}
-	again = offline
-	// Refused by a subscriber (revoked): not offered again; enrollment
-	// with a used token fails with a clear error.
-	again.Refused()
-	if _, err := again.Token(ctx); err == nil {
-		t.Fatal("a refused credential was offered again")
+	// Refused by a subscriber, and revoked as the registry confirms: not
+	// offered again; enrollment with a used token fails with a clear error.
+	f.revoked = map[string]bool{"renewed-1": true}
+	offline.Refused()
+	if tok, err := offline.Token(ctx); err == nil {
+		t.Fatalf("a revoked credential was offered again: %q", tok)
+	}
+}
+
+// A subscriber whose view of the clusters lags refuses a credential the
+// registry still stands behind. The agent asks the registry rather than
+// spend the bootstrap token, which the first enrollment used up.
+func TestCredentialsRefusedByALaggingSubscriber(t *testing.T) {
+	ctx := context.Background()
+	f := &fakeEnrollment{ttl: time.Hour}
+	c, store := newCredentials(t, f, "bt")
+	if tok, err := c.Token(ctx); err != nil || tok != "enrolled-1" {
+		t.Fatalf("Token = %q, %v", tok, err)
+	}
+	c.Bootstrap = func() (string, error) { return "used-up", nil }
+	c.Refused()
+	tok, err := c.Token(ctx)
+	if err != nil || tok != "renewed-1" || f.enrolls != 1 {
+		t.Fatalf("after a subscriber's refusal: %q, %v, %d enrollments", tok, err, f.enrolls)
+	}
+	if stored, err := store.Load(ctx); err != nil || stored.Token != "renewed-1" {
+		t.Fatalf("stored %q, %v", stored.Token, err)
+	}
+	// The one in memory is offered from now on, with no more calls.
+	if tok, err := c.Token(ctx); err != nil || tok != "renewed-1" || f.renewals != 1 {
+		t.Fatalf("Token again = %q, %v, %d renewals", tok, err, f.renewals)
 	}
 }
 

@@ -104,8 +104,13 @@ func main() {
 			return err
 		}
 		cat := clusters.NewProjection()
+		follower, err := clusters.NewFollower(js, cat, env.Log)
+		if err != nil {
+			return err
+		}
 		srv, err := subscriber.New(subscriber.Config{
-			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, Clusters: cat, MoveTimeout: moveWait, NATSGrace: natsGrace,
+			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, MoveTimeout: moveWait, NATSGrace: natsGrace,
+			Clusters:    catalog{cat, follower},
 			Events:      subscriber.JetStreamEvents{JS: js, Log: env.Log},
 			Instruments: env.Telemetry.Instruments(),
 		})
@@ -118,10 +123,6 @@ func main() {
 			}
 		})
 		go srv.Heartbeats(ctx, heartbeat)
-		follower, err := clusters.NewFollower(js, cat, env.Log)
-		if err != nil {
-			return err
-		}
 		go follower.Run(ctx)
 		// Not ready before the catalog is read: every agent would be
 		// refused as revoked.
@@ -166,4 +167,10 @@ func tlsServer(c *svc.ServingCert) (*http.Server, error) {
 	s.Protocols = nil
 	s.TLSConfig = cfg
 	return s, nil
+}
+
+// catalog is the cluster projection with the follower that fills it.
+type catalog struct {
+	*clusters.Projection
+	*clusters.Follower
 }

@@ -60,7 +60,14 @@ type Config struct {
 // Clusters is what the subscriber needs of the cluster projection.
 type Clusters interface {
 	Get(id string) (clusters.Cluster, bool)
+	// Sync reads the stream up to its end: a cluster created a moment
+	// ago may not be projected here yet when its agent first connects.
+	Sync(ctx context.Context) error
 }
+
+// syncTimeout bounds how long an agent's connect waits for the projection
+// to catch up before it is told to come back.
+const syncTimeout = 5 * time.Second
 
 // Server serves TunnelService.
 type Server struct {
@@ -201,7 +208,7 @@ func (s *Server) sessionList() []*session {
 // Connect serves one agent's stream for as long as it lasts.
 func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv1.Frame, tetherv1.Frame]) error {
 	// Nothing is read from an agent that has not shown a credential.
-	claims, err := s.authenticate(stream.RequestHeader().Get("Authorization"))
+	claims, err := s.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
 	if err != nil {
 		return err
 	}
@@ -235,7 +242,7 @@ func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv
 // authenticate checks an agent's bearer credential: signed by
 // agent-registry, unexpired, and for a cluster that still exists as the one
 // it was issued for.
-func (s *Server) authenticate(header string) (agentcred.Claims, error) {
+func (s *Server) authenticate(ctx context.Context, header string) (agentcred.Claims, error) {
 	token, ok := strings.CutPrefix(header, "Bearer ")
 	if !ok {
 		s.metrics.refused.WithLabelValues("no_credential").Inc()
@@ -247,12 +254,37 @@ func (s *Server) authenticate(header string) (agentcred.Claims, error) {
 		s.log.Warn("agent credential refused", "err", err)
 		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("credential refused"))
 	}
-	if cl, ok := s.cfg.Clusters.Get(c.ClusterID); !ok || cl.UID != c.ClusterUID {
-		s.metrics.refused.WithLabelValues("revoked").Inc()
-		s.log.Warn("credential of a deleted cluster", "cluster_id", c.ClusterID, "credential_id", c.ID)
-		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("credential revoked"))
+	if err := confirmCluster(ctx, s.cfg.Clusters, c); err != nil {
+		reason := "revoked"
+		if connect.CodeOf(err) == connect.CodeUnavailable {
+			reason = "catching_up"
+		}
+		s.metrics.refused.WithLabelValues(reason).Inc()
+		s.log.Warn("agent credential not confirmed", "cluster_id", c.ClusterID, "credential_id", c.ID, "err", err)
+		return agentcred.Claims{}, err
 	}
 	return c, nil
+}
+
+// confirmCluster says whether the credential's cluster still exists as the
+// one it was issued for. The projection may lag the stream (a cluster
+// created, its agent enrolled and connecting within milliseconds), so a
+// miss is only final once the projection has read the stream to its end.
+// Telling a lagging agent "revoked" would make it throw away a good
+// credential; it is told to come back instead.
+func confirmCluster(ctx context.Context, cat Clusters, c agentcred.Claims) error {
+	if cl, ok := cat.Get(c.ClusterID); ok && cl.UID == c.ClusterUID {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if err := cat.Sync(sctx); err != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("confirming the credential's cluster: %w", err))
+	}
+	if cl, ok := cat.Get(c.ClusterID); ok && cl.UID == c.ClusterUID {
+		return nil
+	}
+	return connect.NewError(connect.CodeUnauthenticated, errors.New("credential revoked"))
 }
 
 // Revoke closes the streams of a cluster that was deleted: a subscriber
