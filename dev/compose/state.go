@@ -118,6 +118,9 @@ func writeState(o Options) error {
 	if err := agentcred.WriteKeyPair(filepath.Join(o.Dir, "agent-signing.key"), filepath.Join(o.Dir, "agent-signing.pub")); err != nil {
 		return err
 	}
+	if _, err := pki.WriteIdentityKeys(o.Dir); err != nil {
+		return err
+	}
 	if err := writeNATSUsers(filepath.Join(o.Dir, "nats-users")); err != nil {
 		return err
 	}

@@ -397,8 +397,8 @@ func TestAgentKeepsItsCredentialInASecret(t *testing.T) {
 	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	start := func() *proc.Process {
 		p, err := proc.Start("agent-"+cluster, env.stack.Bin("agent"), filepath.Join(env.dir, "logs"), nil,
-			"--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--subscriber-ca", env.stack.CAFile, "--kubeconfig", env.stack.AgentKubeconfig,
-			"--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret, "--admin-addr", admin)
+			append(env.stack.AgentIdentityArgs("acme"), "--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--subscriber-ca", env.stack.CAFile,
+				"--kubeconfig", env.stack.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret, "--admin-addr", admin)...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -78,9 +78,9 @@ func TestAgentThroughAProxy(t *testing.T) {
 		admin := net.JoinHostPort(fenced.IP(), strconv.Itoa(ports[0]))
 		p, err := fenced.Start(name, env.stack.Bin("agent"), filepath.Join(dir, "logs"),
 			[]string{"HTTPS_PROXY=" + proxy.URL, "NO_PROXY=" + fenced.HostIP()},
-			"--cluster-id", cluster, "--subscriber-url", subscriberURL, "--subscriber-ca", ca,
-			"--kubeconfig", kubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(dir, name+"-credential"),
-			"--admin-addr", admin, "--ping-interval=1s", "--ping-timeout=5s")
+			append(env.stack.AgentIdentityArgs("acme"), "--cluster-id", cluster, "--subscriber-url", subscriberURL, "--subscriber-ca", ca,
+				"--kubeconfig", kubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(dir, name+"-credential"),
+				"--admin-addr", admin, "--ping-interval=1s", "--ping-timeout=5s")...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,6 +20,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/assertion"
 )
 
 // org is the Organization of the CA and of serving certificates. Client
@@ -269,4 +272,39 @@ func writePEM(path, typ string, der []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// IdentityKeys are the files of the identity root (ADR 011): its key pair,
+// whose private half stays with whoever certifies gateway keys, and a
+// gateway key it certified.
+type IdentityKeys struct {
+	RootKey, RootPublic, GatewayKey string
+}
+
+// WriteIdentityKeys makes, in dir, the identity root and a gateway key it
+// certifies for a year, unless they are there already (a restarted stack
+// keeps what its agents were installed with).
+func WriteIdentityKeys(dir string) (IdentityKeys, error) {
+	k := IdentityKeys{
+		RootKey: filepath.Join(dir, "identity-root.key"), RootPublic: filepath.Join(dir, "identity-root.pub"),
+		GatewayKey: filepath.Join(dir, "gateway-identity.key"),
+	}
+	if _, err := os.Stat(k.GatewayKey); err == nil {
+		return k, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return k, fmt.Errorf("pki: %w", err)
+	}
+	if err := agentcred.WriteKeyPair(k.RootKey, k.RootPublic); err != nil {
+		return k, err
+	}
+	priv, err := agentcred.ReadPrivateKey(k.RootKey)
+	if err != nil {
+		return k, err
+	}
+	root, err := assertion.NewRoot(priv)
+	if err != nil {
+		return k, err
+	}
+	return k, assertion.WriteGatewayKey(k.GatewayKey, root, time.Now(), 365*24*time.Hour)
 }

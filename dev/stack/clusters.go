@@ -75,6 +75,12 @@ func (s *Stack) startAgent(ctx context.Context, i int, id, bootstrap string) err
 	if err != nil {
 		return err
 	}
-	return s.startService(ctx, AgentName(id), addr(ports[0]), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
-		"--subscriber-ca", s.CAFile, "--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))
+	return s.startService(ctx, AgentName(id), addr(ports[0]), append(s.AgentIdentityArgs("acme"), "--cluster-id", id, "--subscriber-url", strings.Join(urls, ","),
+		"--subscriber-ca", s.CAFile, "--kubeconfig", s.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-file", filepath.Join(s.opts.StateDir, "agent-credential-"+id))...)
+}
+
+// AgentIdentityArgs are the flags by which an agent of tenant's cluster
+// trusts the gateways' signatures on who asks (ADR 011).
+func (s *Stack) AgentIdentityArgs(tenant string) []string {
+	return []string{"--identity-root-key", s.Identity.RootPublic, "--tenant", tenant}
 }

@@ -42,7 +42,7 @@ type User struct {
 // cluster.
 func DefaultUsers() []User {
 	return []User{
-		{Name: "admin", Groups: []string{"system:masters", AdminGroup}, Tenants: []string{"acme"}},
+		{Name: "admin", Groups: []string{ClusterAdmins, AdminGroup}, Tenants: []string{"acme"}},
 		{Name: "alice", Groups: []string{"acme:developers"}, Tenants: []string{"acme"}},
 		{Name: "mallory", Groups: []string{"globex:developers"}, Tenants: []string{"globex"}},
 	}
@@ -131,6 +131,9 @@ type Stack struct {
 	// /jsz).
 	NATSURLs    []string
 	NATSMonitor []string
+	// Identity are the identity root and the gateways' signing key: tests
+	// that play a compromised hop forge and replay with them.
+	Identity pki.IdentityKeys
 	// HostIP is where NATS and agent-registry listen: loopback, or this
 	// machine's address toward the test host.
 	HostIP string
@@ -208,6 +211,9 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 			return nil, err
 		}
 		s.AgentKubeconfig = s.Kube.AdminKubeconfig
+		if err := BindClusterAdmins(ctx, s.Kube.AdminKubeconfig); err != nil {
+			return nil, err
+		}
 		if err := s.startNode(ctx); err != nil {
 			return nil, err
 		}
@@ -233,6 +239,12 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		if err := agentcred.WriteKeyPair(signingKey, publicKey); err != nil {
 			return nil, err
 		}
+	}
+
+	// The identity root agents trust, and the key it certified with
+	// which the gateways sign who makes each request (ADR 011).
+	if s.Identity, err = pki.WriteIdentityKeys(filepath.Join(o.StateDir, "pki")); err != nil {
+		return nil, err
 	}
 
 	auth, err := s.writeNATSUsers()
@@ -283,6 +295,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	if err := s.startService(ctx, "agent-registry", addr(regAdmin[0]), append([]string{"--listen", net.JoinHostPort(s.HostIP, strconv.Itoa(regPort)),
 		"--signing-key", signingKey, "--agent-endpoint", s.SubscriberURL, "--stream-replicas", strconv.Itoa(o.NATSNodes),
+		"--identity-root-key", s.Identity.RootPublic,
 		"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)...); err != nil {
 		return nil, err
 	}
@@ -350,7 +363,7 @@ func replicaName(service string, i int) string {
 // credentials and both ways of authenticating users.
 func (s *Stack) gatewayArgs(port int, routers []string, tokens, cert, key string) []string {
 	return append([]string{"--listen", addr(port), "--router-url", strings.Join(routers, ","), "--registry-url", s.RegistryURL,
-		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key,
+		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key, "--identity-key", s.Identity.GatewayKey,
 		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email",
 		"--cluster-domain", ClusterDomain},
 		s.internalArgs("gateway")...)

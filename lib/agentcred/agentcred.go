@@ -56,6 +56,16 @@ func NewSigner(key ed25519.PrivateKey) (*Signer, error) {
 
 // LoadSigner reads a PKCS#8 PEM Ed25519 private key.
 func LoadSigner(path string) (*Signer, error) {
+	key, err := ReadPrivateKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return NewSigner(key)
+}
+
+// ReadPrivateKey reads a PKCS#8 PEM Ed25519 private key, as WriteKeyPair
+// writes it.
+func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("agentcred: %w", err)
@@ -72,7 +82,7 @@ func LoadSigner(path string) (*Signer, error) {
 	if !ok {
 		return nil, fmt.Errorf("agentcred: %s is not an Ed25519 key", path)
 	}
-	return NewSigner(key)
+	return key, nil
 }
 
 // KeyID names a public key in tokens: the first 8 bytes of its SHA-256.

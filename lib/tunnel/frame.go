@@ -31,11 +31,14 @@ const (
 	// sessions and held subscribers, Open's previous sessions).
 	MaxIDs = 64
 
-	maxHeaders   = 512
-	maxString    = 16 << 10
-	maxGroups    = 4096
-	maxTraceKeys = 16
-	maxIDBytes   = 64
+	maxHeaders = 512
+	maxString  = 16 << 10
+	// maxSignedIdentity bounds an Open's signed identity: an assertion of
+	// at most 128 KiB (lib/assertion.MaxAssertion), its signature and key
+	// certificate.
+	maxSignedIdentity = 128<<10 + 1024
+	maxTraceKeys      = 16
+	maxIDBytes        = 64
 )
 
 // Decode parses and validates one encoded frame.
@@ -164,13 +167,10 @@ func validateOpen(o *tetherv1.Open) error {
 	if len(o.Trace) > maxTraceKeys {
 		return fmt.Errorf("open carries %d trace keys", len(o.Trace))
 	}
-	if id := o.Identity; id != nil {
-		if len(id.Groups) > maxGroups {
-			return fmt.Errorf("identity with %d groups exceeds %d", len(id.Groups), maxGroups)
-		}
-		if err := checkString("user", id.User); err != nil {
-			return err
-		}
+	// What the identity says, the agent checks once it verified who
+	// signed it; here only its size.
+	if si := o.SignedIdentity; si != nil && len(si.Assertion)+len(si.Signature)+len(si.KeyCertificate) > maxSignedIdentity {
+		return fmt.Errorf("signed identity of %d bytes exceeds %d", len(si.Assertion)+len(si.Signature)+len(si.KeyCertificate), maxSignedIdentity)
 	}
 	return checkHeaders(o.Headers)
 }

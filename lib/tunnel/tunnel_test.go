@@ -334,9 +334,9 @@ func TestValidate(t *testing.T) {
 		}()}}, false},
 		{"open with too many previous sessions", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.PreviousSessions = ids(MaxIDs+1, 8); return o }()}}, true},
 		{"previous session not UTF-8", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open { o := okOpen(); o.PreviousSessions = []string{"\xff"}; return o }()}}, true},
-		{"invalid utf-8 user", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
+		{"oversized signed identity", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: func() *tetherv1.Open {
 			o := okOpen()
-			o.Identity = &tetherv1.Identity{User: "\xff"}
+			o.SignedIdentity = &tetherv1.SignedIdentity{Assertion: make([]byte, maxSignedIdentity+1)}
 			return o
 		}()}}, true},
 	}

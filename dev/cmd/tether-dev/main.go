@@ -16,7 +16,8 @@
 // --gateway-host/--agents-host trial public certificates.
 //
 // `tether-dev pki --out DIR --host-dir DIR` makes what docker-compose.yml's
-// stack mounts (see pki.go).
+// stack mounts, and `tether-dev bind-admins` gives its admin group
+// cluster-admin (see pki.go).
 package main
 
 import (
@@ -38,6 +39,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "secrets" {
 		if err := secrets(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "tether-dev secrets: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "bind-admins" {
+		if err := bindAdmins(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "tether-dev bind-admins: %v\n", err)
 			os.Exit(1)
 		}
 		return

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"strings"
+	"time"
 
 	"github.com/tether-dev/tether/dev/compose"
+	"github.com/tether-dev/tether/dev/stack"
 )
 
 // composePKI is docker-compose.yml's one-shot: it makes the stack's certificates,
@@ -31,4 +34,29 @@ func composePKI(args []string) error {
 		o.DataDirs = strings.Split(data, ",")
 	}
 	return compose.Write(o)
+}
+
+// bindAdmins binds stack.ClusterAdmins to cluster-admin in the compose
+// stack's cluster, once its kube-apiserver answers: Tether's admin user is
+// in that group, not in system:masters, which agents refuse.
+func bindAdmins(args []string) error {
+	fs := flag.NewFlagSet("bind-admins", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "/etc/tether/kube/kubeconfig", "the cluster's administrator kubeconfig")
+	wait := fs.Duration("wait", 3*time.Minute, "how long to wait for the kube-apiserver")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *wait)
+	defer cancel()
+	for {
+		err := stack.BindClusterAdmins(ctx, *kubeconfig)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

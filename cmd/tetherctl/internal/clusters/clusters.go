@@ -100,6 +100,9 @@ func (o AgentOptions) Validate() error {
 type ManifestValues struct {
 	ClusterID, AgentEndpoint, BootstrapToken string
 	Expires                                  string
+	// Tenant and IdentityRoot (PEM) decide whom the agent serves: users of
+	// the tenant, signed for by a gateway key the root certified.
+	Tenant, IdentityRoot string
 	AgentOptions
 }
 
@@ -164,6 +167,7 @@ func (c *Client) Token(ctx context.Context, w io.Writer, id string, opts AgentOp
 func writeManifest(w io.Writer, id string, bt *tetherv1.BootstrapToken, opts AgentOptions) error {
 	m, err := Manifest(ManifestValues{
 		ClusterID: id, AgentEndpoint: bt.GetAgentEndpoint(), BootstrapToken: bt.GetToken(), AgentOptions: opts,
+		Tenant: bt.GetTenant(), IdentityRoot: bt.GetIdentityRootKey(),
 		Expires: time.Unix(bt.GetExpiresUnix(), 0).UTC().Format(time.RFC3339),
 	})
 	if err != nil {

@@ -28,7 +28,8 @@ func TestDeployAgentYAMLIsTheManifest(t *testing.T) {
 	opts.HTTPSProxy, opts.NoProxy = "http://PROXY_HOST:3128", "NO_PROXY_HOSTS"
 	opts.SubscriberCA = "-----BEGIN CERTIFICATE-----\nSUBSCRIBER_CA\n-----END CERTIFICATE-----\n"
 	got, err := Manifest(ManifestValues{ClusterID: "CLUSTER_ID", AgentEndpoint: "https://SUBSCRIBER_HOST",
-		BootstrapToken: "BOOTSTRAP_TOKEN", Expires: "EXPIRES", AgentOptions: opts})
+		BootstrapToken: "BOOTSTRAP_TOKEN", Expires: "EXPIRES", AgentOptions: opts, Tenant: "TENANT",
+		IdentityRoot: "-----BEGIN PUBLIC KEY-----\nIDENTITY_ROOT\n-----END PUBLIC KEY-----\n"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,11 +58,12 @@ func TestManifestOptions(t *testing.T) {
 		want, not []string
 	}{
 		{"defaults", func(*AgentOptions) {},
-			[]string{"cpu: 50m, memory: 64Mi", "limits: {memory: 256Mi}"},
-			[]string{"name: HTTPS_PROXY", "name: NO_PROXY", "--subscriber-ca=", "kind: ConfigMap"}},
+			[]string{"cpu: 50m, memory: 64Mi", "limits: {memory: 256Mi}", "--tenant=acme", "--identity-root-key=/etc/tether/identity-root/root.pub",
+				"configMap: {name: tether-identity-root}", "  root.pub: |\n    -----BEGIN PUBLIC KEY-----\n"},
+			[]string{"name: HTTPS_PROXY", "name: NO_PROXY", "--subscriber-ca=", "tether-subscriber-ca"}},
 		{"proxy", func(o *AgentOptions) { o.HTTPSProxy, o.NoProxy = "http://proxy.corp:3128", "10.0.0.0/8,.corp" },
 			[]string{`{name: HTTPS_PROXY, value: "http://proxy.corp:3128"}`, `$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local,localhost,127.0.0.1,10.0.0.0/8,.corp"`},
-			[]string{"--subscriber-ca=", "kind: ConfigMap"}},
+			[]string{"--subscriber-ca=", "tether-subscriber-ca"}},
 		{"CA", func(o *AgentOptions) { o.SubscriberCA = ca },
 			[]string{"--subscriber-ca=/etc/tether/subscriber-ca/ca.crt", "configMap: {name: tether-subscriber-ca}", "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n"},
 			[]string{"name: HTTPS_PROXY"}},
@@ -74,7 +76,8 @@ func TestManifestOptions(t *testing.T) {
 			if err := o.Validate(); err != nil {
 				t.Fatal(err)
 			}
-			m, err := Manifest(ManifestValues{ClusterID: "c1", AgentEndpoint: "https://agents.example.com", BootstrapToken: "t", Expires: "x", AgentOptions: o})
+			m, err := Manifest(ManifestValues{ClusterID: "c1", AgentEndpoint: "https://agents.example.com", BootstrapToken: "t", Expires: "x", AgentOptions: o,
+				Tenant: "acme", IdentityRoot: "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1062,6 +1062,11 @@ type BootstrapToken struct {
 	ExpiresUnix int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
 	// Where agents connect (the subscribers' public URL).
 	AgentEndpoint string `protobuf:"bytes,3,opt,name=agent_endpoint,json=agentEndpoint,proto3" json:"agent_endpoint,omitempty"`
+	// The identity root's public key (PEM): the agent trusts a request's
+	// identity only when a gateway key this root certified signed it.
+	IdentityRootKey string `protobuf:"bytes,4,opt,name=identity_root_key,json=identityRootKey,proto3" json:"identity_root_key,omitempty"`
+	// The cluster's tenant: its agent serves only that tenant's users.
+	Tenant        string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1113,6 +1118,20 @@ func (x *BootstrapToken) GetExpiresUnix() int64 {
 func (x *BootstrapToken) GetAgentEndpoint() string {
 	if x != nil {
 		return x.AgentEndpoint
+	}
+	return ""
+}
+
+func (x *BootstrapToken) GetIdentityRootKey() string {
+	if x != nil {
+		return x.IdentityRootKey
+	}
+	return ""
+}
+
+func (x *BootstrapToken) GetTenant() string {
+	if x != nil {
+		return x.Tenant
 	}
 	return ""
 }
@@ -1687,11 +1706,13 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"~\n" +
 	"\x15CreateClusterResponse\x12,\n" +
 	"\acluster\x18\x01 \x01(\v2\x12.tether.v1.ClusterR\acluster\x127\n" +
-	"\tbootstrap\x18\x02 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"p\n" +
+	"\tbootstrap\x18\x02 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"\xb4\x01\n" +
 	"\x0eBootstrapToken\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
 	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\x12%\n" +
-	"\x0eagent_endpoint\x18\x03 \x01(\tR\ragentEndpoint\"&\n" +
+	"\x0eagent_endpoint\x18\x03 \x01(\tR\ragentEndpoint\x12*\n" +
+	"\x11identity_root_key\x18\x04 \x01(\tR\x0fidentityRootKey\x12\x16\n" +
+	"\x06tenant\x18\x05 \x01(\tR\x06tenant\"&\n" +
 	"\x14DeleteClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
 	"\x15DeleteClusterResponse\"/\n" +

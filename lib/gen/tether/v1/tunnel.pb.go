@@ -356,9 +356,8 @@ type Open struct {
 	// /clusters/{id} prefix; for example /api/v1/namespaces.
 	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
 	// The raw query string, without '?'.
-	Query    string    `protobuf:"bytes,5,opt,name=query,proto3" json:"query,omitempty"`
-	Headers  []*Header `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
-	Identity *Identity `protobuf:"bytes,7,opt,name=identity,proto3" json:"identity,omitempty"`
+	Query   string    `protobuf:"bytes,5,opt,name=query,proto3" json:"query,omitempty"`
+	Headers []*Header `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
 	// W3C trace context (traceparent, tracestate).
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Initial credit the caller grants for response Data, in bytes. The
@@ -385,8 +384,12 @@ type Open struct {
 	// own (so no other agent process can have run it), and otherwise
 	// answers 503: its outcome is unknown, and it never runs twice.
 	PreviousSessions []string `protobuf:"bytes,14,rep,name=previous_sessions,json=previousSessions,proto3" json:"previous_sessions,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Who asks, signed by the gateway that authenticated them and bound to
+	// this request (ADR 011). The agent impersonates only what it verifies
+	// here; no hop behind the gateway can make or change one.
+	SignedIdentity *SignedIdentity `protobuf:"bytes,15,opt,name=signed_identity,json=signedIdentity,proto3" json:"signed_identity,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Open) Reset() {
@@ -461,13 +464,6 @@ func (x *Open) GetHeaders() []*Header {
 	return nil
 }
 
-func (x *Open) GetIdentity() *Identity {
-	if x != nil {
-		return x.Identity
-	}
-	return nil
-}
-
 func (x *Open) GetTrace() map[string]string {
 	if x != nil {
 		return x.Trace
@@ -517,8 +513,322 @@ func (x *Open) GetPreviousSessions() []string {
 	return nil
 }
 
+func (x *Open) GetSignedIdentity() *SignedIdentity {
+	if x != nil {
+		return x.SignedIdentity
+	}
+	return nil
+}
+
+// SignedIdentity is a gateway's signed IdentityAssertion, with the
+// certificate of the key that signed it: the agent trusts the key because
+// the identity root it was installed with certified it, so nothing on the
+// way (router, NATS, subscriber, registry) is trusted for keys either.
+type SignedIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A serialized IdentityAssertion, verified as these bytes.
+	Assertion []byte `protobuf:"bytes,1,opt,name=assertion,proto3" json:"assertion,omitempty"`
+	// Ed25519 over "tether identity assertion v1\x00" + assertion.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The signing key's certificate: a serialized GatewayKeyCertificate.
+	KeyCertificate []byte `protobuf:"bytes,3,opt,name=key_certificate,json=keyCertificate,proto3" json:"key_certificate,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SignedIdentity) Reset() {
+	*x = SignedIdentity{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedIdentity) ProtoMessage() {}
+
+func (x *SignedIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedIdentity.ProtoReflect.Descriptor instead.
+func (*SignedIdentity) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SignedIdentity) GetAssertion() []byte {
+	if x != nil {
+		return x.Assertion
+	}
+	return nil
+}
+
+func (x *SignedIdentity) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *SignedIdentity) GetKeyCertificate() []byte {
+	if x != nil {
+		return x.KeyCertificate
+	}
+	return nil
+}
+
+// IdentityAssertion binds an authenticated user to one request to one
+// cluster, for a short while.
+type IdentityAssertion struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Identity *Identity              `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// The tenants the user belongs to: an agent serves only users of the
+	// tenant it was installed for, whatever a router decided.
+	Tenants   []string `protobuf:"bytes,2,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	ClusterId string   `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	RequestId string   `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Method    string   `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	// Open.path and Open.query as the gateway sent them. A watch resumed by
+	// the router may differ only in where it resumes (resourceVersion and
+	// its companions); see ADR 011.
+	Path             string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	Query            string `protobuf:"bytes,7,opt,name=query,proto3" json:"query,omitempty"`
+	IssuedUnixMilli  int64  `protobuf:"varint,8,opt,name=issued_unix_milli,json=issuedUnixMilli,proto3" json:"issued_unix_milli,omitempty"`
+	ExpiresUnixMilli int64  `protobuf:"varint,9,opt,name=expires_unix_milli,json=expiresUnixMilli,proto3" json:"expires_unix_milli,omitempty"`
+	// The gateway instance, for the agent's logs.
+	Issuer        string `protobuf:"bytes,10,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentityAssertion) Reset() {
+	*x = IdentityAssertion{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentityAssertion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentityAssertion) ProtoMessage() {}
+
+func (x *IdentityAssertion) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentityAssertion.ProtoReflect.Descriptor instead.
+func (*IdentityAssertion) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *IdentityAssertion) GetIdentity() *Identity {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+func (x *IdentityAssertion) GetTenants() []string {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+func (x *IdentityAssertion) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *IdentityAssertion) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *IdentityAssertion) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *IdentityAssertion) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *IdentityAssertion) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *IdentityAssertion) GetIssuedUnixMilli() int64 {
+	if x != nil {
+		return x.IssuedUnixMilli
+	}
+	return 0
+}
+
+func (x *IdentityAssertion) GetExpiresUnixMilli() int64 {
+	if x != nil {
+		return x.ExpiresUnixMilli
+	}
+	return 0
+}
+
+func (x *IdentityAssertion) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+// GatewayKeyCertificate is a gateway signing key certified by the identity
+// root: an Ed25519 signature over "tether gateway key v1\x00" + key.
+type GatewayKeyCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A serialized GatewayKey.
+	Key           []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayKeyCertificate) Reset() {
+	*x = GatewayKeyCertificate{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayKeyCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayKeyCertificate) ProtoMessage() {}
+
+func (x *GatewayKeyCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayKeyCertificate.ProtoReflect.Descriptor instead.
+func (*GatewayKeyCertificate) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GatewayKeyCertificate) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *GatewayKeyCertificate) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type GatewayKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PublicKey     []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	NotBeforeUnix int64                  `protobuf:"varint,2,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64                  `protobuf:"varint,3,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayKey) Reset() {
+	*x = GatewayKey{}
+	mi := &file_tether_v1_tunnel_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayKey) ProtoMessage() {}
+
+func (x *GatewayKey) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tunnel_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayKey.ProtoReflect.Descriptor instead.
+func (*GatewayKey) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GatewayKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *GatewayKey) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *GatewayKey) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
 // Identity is the end user as the gateway authenticated them. The agent turns
-// it into impersonation headers; clients can never set it.
+// it into impersonation headers; clients can never set it, and it travels
+// only inside a signed IdentityAssertion.
 type Identity struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -531,7 +841,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[2]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +853,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[2]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +866,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{2}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Identity) GetUser() string {
@@ -596,7 +906,7 @@ type Values struct {
 
 func (x *Values) Reset() {
 	*x = Values{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[3]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +918,7 @@ func (x *Values) String() string {
 func (*Values) ProtoMessage() {}
 
 func (x *Values) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[3]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +931,7 @@ func (x *Values) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Values.ProtoReflect.Descriptor instead.
 func (*Values) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{3}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Values) GetValues() []string {
@@ -641,7 +951,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[4]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +963,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[4]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +976,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{4}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Header) GetName() string {
@@ -705,7 +1015,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[5]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +1027,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[5]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +1040,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{5}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Response) GetStatus() uint32 {
@@ -780,7 +1090,7 @@ type Data struct {
 
 func (x *Data) Reset() {
 	*x = Data{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[6]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1102,7 @@ func (x *Data) String() string {
 func (*Data) ProtoMessage() {}
 
 func (x *Data) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[6]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1115,7 @@ func (x *Data) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Data.ProtoReflect.Descriptor instead.
 func (*Data) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{6}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Data) GetChunk() []byte {
@@ -832,7 +1142,7 @@ type Window struct {
 
 func (x *Window) Reset() {
 	*x = Window{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[7]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1154,7 @@ func (x *Window) String() string {
 func (*Window) ProtoMessage() {}
 
 func (x *Window) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[7]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +1167,7 @@ func (x *Window) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Window.ProtoReflect.Descriptor instead.
 func (*Window) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{7}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Window) GetIncrement() uint32 {
@@ -879,7 +1189,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[8]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1201,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[8]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1214,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{8}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reset) GetCode() ResetCode {
@@ -942,7 +1252,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[9]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1264,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[9]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1277,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{9}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Hello) GetClusterId() string {
@@ -1018,7 +1328,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1340,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[10]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1353,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{10}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Credential) GetToken() string {
@@ -1067,7 +1377,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1389,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[11]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1402,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{11}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GoAway) GetReason() string {
@@ -1115,7 +1425,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1437,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[12]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1450,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{12}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1173,7 +1483,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1495,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[13]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1508,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{13}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -1217,7 +1527,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1539,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tunnel_proto_msgTypes[14]
+	mi := &file_tether_v1_tunnel_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1552,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{14}
+	return file_tether_v1_tunnel_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -1274,7 +1584,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"credential\x12,\n" +
 	"\ago_away\x18\f \x01(\v2\x11.tether.v1.GoAwayH\x00R\x06goAway\x12\x10\n" +
 	"\x03seq\x18\r \x01(\x04R\x03seqB\x06\n" +
-	"\x04kind\"\xf5\x03\n" +
+	"\x04kind\"\x98\x04\n" +
 	"\x04Open\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
@@ -1283,8 +1593,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x04 \x01(\tR\x04path\x12\x14\n" +
 	"\x05query\x18\x05 \x01(\tR\x05query\x12+\n" +
-	"\aheaders\x18\x06 \x03(\v2\x11.tether.v1.HeaderR\aheaders\x12/\n" +
-	"\bidentity\x18\a \x01(\v2\x13.tether.v1.IdentityR\bidentity\x120\n" +
+	"\aheaders\x18\x06 \x03(\v2\x11.tether.v1.HeaderR\aheaders\x120\n" +
 	"\x05trace\x18\b \x03(\v2\x1a.tether.v1.Open.TraceEntryR\x05trace\x12\x16\n" +
 	"\x06window\x18\t \x01(\rR\x06window\x12\x10\n" +
 	"\x03end\x18\n" +
@@ -1292,11 +1601,39 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\atenants\x18\v \x03(\tR\atenants\x12\x18\n" +
 	"\aupgrade\x18\f \x01(\tR\aupgrade\x12\x18\n" +
 	"\aattempt\x18\r \x01(\rR\aattempt\x12+\n" +
-	"\x11previous_sessions\x18\x0e \x03(\tR\x10previousSessions\x1a8\n" +
+	"\x11previous_sessions\x18\x0e \x03(\tR\x10previousSessions\x12B\n" +
+	"\x0fsigned_identity\x18\x0f \x01(\v2\x19.tether.v1.SignedIdentityR\x0esignedIdentity\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\a\x10\bR\bidentity\"u\n" +
+	"\x0eSignedIdentity\x12\x1c\n" +
+	"\tassertion\x18\x01 \x01(\fR\tassertion\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12'\n" +
+	"\x0fkey_certificate\x18\x03 \x01(\fR\x0ekeyCertificate\"\xd0\x02\n" +
+	"\x11IdentityAssertion\x12/\n" +
+	"\bidentity\x18\x01 \x01(\v2\x13.tether.v1.IdentityR\bidentity\x12\x18\n" +
+	"\atenants\x18\x02 \x03(\tR\atenants\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\tR\tclusterId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n" +
+	"\x05query\x18\a \x01(\tR\x05query\x12*\n" +
+	"\x11issued_unix_milli\x18\b \x01(\x03R\x0fissuedUnixMilli\x12,\n" +
+	"\x12expires_unix_milli\x18\t \x01(\x03R\x10expiresUnixMilli\x12\x16\n" +
+	"\x06issuer\x18\n" +
+	" \x01(\tR\x06issuer\"G\n" +
+	"\x15GatewayKeyCertificate\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"y\n" +
+	"\n" +
+	"GatewayKey\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12&\n" +
+	"\x0fnot_before_unix\x18\x02 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\x03 \x01(\x03R\fnotAfterUnix\"\xcb\x01\n" +
 	"\bIdentity\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -1367,51 +1704,56 @@ func file_tether_v1_tunnel_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tether_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_tether_v1_tunnel_proto_goTypes = []any{
-	(ResetCode)(0),     // 0: tether.v1.ResetCode
-	(*Frame)(nil),      // 1: tether.v1.Frame
-	(*Open)(nil),       // 2: tether.v1.Open
-	(*Identity)(nil),   // 3: tether.v1.Identity
-	(*Values)(nil),     // 4: tether.v1.Values
-	(*Header)(nil),     // 5: tether.v1.Header
-	(*Response)(nil),   // 6: tether.v1.Response
-	(*Data)(nil),       // 7: tether.v1.Data
-	(*Window)(nil),     // 8: tether.v1.Window
-	(*Reset)(nil),      // 9: tether.v1.Reset
-	(*Hello)(nil),      // 10: tether.v1.Hello
-	(*Credential)(nil), // 11: tether.v1.Credential
-	(*GoAway)(nil),     // 12: tether.v1.GoAway
-	(*Welcome)(nil),    // 13: tether.v1.Welcome
-	(*Ping)(nil),       // 14: tether.v1.Ping
-	(*Pong)(nil),       // 15: tether.v1.Pong
-	nil,                // 16: tether.v1.Open.TraceEntry
-	nil,                // 17: tether.v1.Identity.ExtraEntry
+	(ResetCode)(0),                // 0: tether.v1.ResetCode
+	(*Frame)(nil),                 // 1: tether.v1.Frame
+	(*Open)(nil),                  // 2: tether.v1.Open
+	(*SignedIdentity)(nil),        // 3: tether.v1.SignedIdentity
+	(*IdentityAssertion)(nil),     // 4: tether.v1.IdentityAssertion
+	(*GatewayKeyCertificate)(nil), // 5: tether.v1.GatewayKeyCertificate
+	(*GatewayKey)(nil),            // 6: tether.v1.GatewayKey
+	(*Identity)(nil),              // 7: tether.v1.Identity
+	(*Values)(nil),                // 8: tether.v1.Values
+	(*Header)(nil),                // 9: tether.v1.Header
+	(*Response)(nil),              // 10: tether.v1.Response
+	(*Data)(nil),                  // 11: tether.v1.Data
+	(*Window)(nil),                // 12: tether.v1.Window
+	(*Reset)(nil),                 // 13: tether.v1.Reset
+	(*Hello)(nil),                 // 14: tether.v1.Hello
+	(*Credential)(nil),            // 15: tether.v1.Credential
+	(*GoAway)(nil),                // 16: tether.v1.GoAway
+	(*Welcome)(nil),               // 17: tether.v1.Welcome
+	(*Ping)(nil),                  // 18: tether.v1.Ping
+	(*Pong)(nil),                  // 19: tether.v1.Pong
+	nil,                           // 20: tether.v1.Open.TraceEntry
+	nil,                           // 21: tether.v1.Identity.ExtraEntry
 }
 var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	2,  // 0: tether.v1.Frame.open:type_name -> tether.v1.Open
-	6,  // 1: tether.v1.Frame.response:type_name -> tether.v1.Response
-	7,  // 2: tether.v1.Frame.data:type_name -> tether.v1.Data
-	8,  // 3: tether.v1.Frame.window:type_name -> tether.v1.Window
-	9,  // 4: tether.v1.Frame.reset:type_name -> tether.v1.Reset
-	10, // 5: tether.v1.Frame.hello:type_name -> tether.v1.Hello
-	14, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
-	15, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
-	13, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
-	11, // 9: tether.v1.Frame.credential:type_name -> tether.v1.Credential
-	12, // 10: tether.v1.Frame.go_away:type_name -> tether.v1.GoAway
-	5,  // 11: tether.v1.Open.headers:type_name -> tether.v1.Header
-	3,  // 12: tether.v1.Open.identity:type_name -> tether.v1.Identity
-	16, // 13: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
-	17, // 14: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
-	5,  // 15: tether.v1.Response.headers:type_name -> tether.v1.Header
-	0,  // 16: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
-	4,  // 17: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	10, // 1: tether.v1.Frame.response:type_name -> tether.v1.Response
+	11, // 2: tether.v1.Frame.data:type_name -> tether.v1.Data
+	12, // 3: tether.v1.Frame.window:type_name -> tether.v1.Window
+	13, // 4: tether.v1.Frame.reset:type_name -> tether.v1.Reset
+	14, // 5: tether.v1.Frame.hello:type_name -> tether.v1.Hello
+	18, // 6: tether.v1.Frame.ping:type_name -> tether.v1.Ping
+	19, // 7: tether.v1.Frame.pong:type_name -> tether.v1.Pong
+	17, // 8: tether.v1.Frame.welcome:type_name -> tether.v1.Welcome
+	15, // 9: tether.v1.Frame.credential:type_name -> tether.v1.Credential
+	16, // 10: tether.v1.Frame.go_away:type_name -> tether.v1.GoAway
+	9,  // 11: tether.v1.Open.headers:type_name -> tether.v1.Header
+	20, // 12: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
+	3,  // 13: tether.v1.Open.signed_identity:type_name -> tether.v1.SignedIdentity
+	7,  // 14: tether.v1.IdentityAssertion.identity:type_name -> tether.v1.Identity
+	21, // 15: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
+	9,  // 16: tether.v1.Response.headers:type_name -> tether.v1.Header
+	0,  // 17: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
+	8,  // 18: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_tunnel_proto_init() }
@@ -1438,7 +1780,7 @@ func file_tether_v1_tunnel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_tunnel_proto_rawDesc), len(file_tether_v1_tunnel_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tether-dev/tether/lib/agentcred"
+	"github.com/tether-dev/tether/lib/assertion"
 	"github.com/tether-dev/tether/lib/backoff"
 	"github.com/tether-dev/tether/lib/clusters"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
@@ -39,6 +41,7 @@ func main() {
 		signingKey    string
 		previousKeys  string
 		agentEndpoint string
+		identityRoot  string
 		replicas      int
 		cfg           registry.Config
 		mtls          svc.MTLS
@@ -52,6 +55,7 @@ func main() {
 	fs.StringVar(&signingKey, "signing-key", os.Getenv("TETHER_AGENT_SIGNING_KEY"), "Ed25519 private key (PKCS#8 PEM) that signs agent credentials")
 	fs.StringVar(&previousKeys, "previous-public-keys", "", "public keys (PEM) of earlier signing keys whose credentials may still be renewed, comma-separated; for key rotation")
 	fs.StringVar(&agentEndpoint, "agent-endpoint", os.Getenv("TETHER_AGENT_ENDPOINT"), "URL agents connect to (the subscribers' public address), written into install manifests")
+	fs.StringVar(&identityRoot, "identity-root-key", os.Getenv("TETHER_IDENTITY_ROOT_KEY"), "PEM file of the identity root's public key, written into install manifests: agents trust the gateway keys it certified")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", 7*24*time.Hour, "how long after expiry an agent may still renew its credential (its cluster was offline); 0: never")
@@ -119,7 +123,16 @@ func main() {
 		}
 		env.Admin.AddCheck("clusters", follower.Ready)
 
-		cfg.JS, cfg.Clusters, cfg.Sync, cfg.Signer, cfg.AgentEndpoint = js, proj, follower.Sync, signer, agentEndpoint
+		// Read as a verifier would, so a manifest never carries anything
+		// but one Ed25519 public key.
+		if _, err := assertion.LoadVerifier(identityRoot); err != nil {
+			return fmt.Errorf("--identity-root-key: %w", err)
+		}
+		rootPEM, err := os.ReadFile(identityRoot)
+		if err != nil {
+			return err
+		}
+		cfg.JS, cfg.Clusters, cfg.Sync, cfg.Signer, cfg.AgentEndpoint, cfg.IdentityRoot = js, proj, follower.Sync, signer, agentEndpoint, string(rootPEM)
 		cfg.Instruments = env.Telemetry.Instruments()
 		reg, err := registry.New(cfg)
 		if err != nil {

@@ -44,6 +44,9 @@ type Config struct {
 	BootstrapTTL, CredentialTTL, RenewGrace time.Duration
 	// AgentEndpoint is where agents connect, written into their manifests.
 	AgentEndpoint string
+	// IdentityRoot is the identity root's public key (PEM), written into
+	// agents' manifests: what they trust gateways' signatures by.
+	IdentityRoot string
 	// Agents is the projection of agent events; HeartbeatTimeout is how
 	// long a stream may go without a heartbeat before its agent counts as
 	// unhealthy.
@@ -72,8 +75,8 @@ func New(cfg Config) (*Registry, error) {
 		return nil, errors.New("registry: JetStream, the projection, its sync, a signer and a verifier are required")
 	case cfg.BootstrapTTL <= 0 || cfg.CredentialTTL <= 0:
 		return nil, errors.New("registry: bootstrap and credential lifetimes must be positive")
-	case cfg.AgentEndpoint == "":
-		return nil, errors.New("registry: the agent endpoint is required")
+	case cfg.AgentEndpoint == "" || cfg.IdentityRoot == "":
+		return nil, errors.New("registry: the agent endpoint and the identity root's public key are required")
 	case cfg.Agents == nil || cfg.HeartbeatTimeout <= 0:
 		return nil, errors.New("registry: the agent projection and a heartbeat timeout are required")
 	}
@@ -181,7 +184,7 @@ func (r *Registry) createCluster(ctx context.Context, m *tetherv1.CreateClusterR
 	if err != nil {
 		return nil, err
 	}
-	bt, err := r.issueBootstrap(ctx, m.GetId(), seq, by)
+	bt, err := r.issueBootstrap(ctx, m.GetId(), m.GetTenant(), seq, by)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +192,7 @@ func (r *Registry) createCluster(ctx context.Context, m *tetherv1.CreateClusterR
 	return connect.NewResponse(&tetherv1.CreateClusterResponse{Cluster: toProto(cl), Bootstrap: bt}), nil
 }
 
-func (r *Registry) issueBootstrap(ctx context.Context, id string, seq uint64, by string) (*tetherv1.BootstrapToken, error) {
+func (r *Registry) issueBootstrap(ctx context.Context, id, tenant string, seq uint64, by string) (*tetherv1.BootstrapToken, error) {
 	token := "tbt1." + randomToken(32)
 	sum := sha256.Sum256([]byte(token))
 	expires := r.cfg.Now().Add(r.cfg.BootstrapTTL)
@@ -198,7 +201,7 @@ func (r *Registry) issueBootstrap(ctx context.Context, id string, seq uint64, by
 	if _, err := r.append(ctx, ev, seq); err != nil {
 		return nil, err
 	}
-	return &tetherv1.BootstrapToken{Token: token, ExpiresUnix: expires.Unix(), AgentEndpoint: r.cfg.AgentEndpoint}, nil
+	return &tetherv1.BootstrapToken{Token: token, ExpiresUnix: expires.Unix(), AgentEndpoint: r.cfg.AgentEndpoint, IdentityRootKey: r.cfg.IdentityRoot, Tenant: tenant}, nil
 }
 
 func (r *Registry) IssueBootstrapToken(ctx context.Context, req *connect.Request[tetherv1.IssueBootstrapTokenRequest]) (*connect.Response[tetherv1.IssueBootstrapTokenResponse], error) {
@@ -210,7 +213,7 @@ func (r *Registry) IssueBootstrapToken(ctx context.Context, req *connect.Request
 		if !ok {
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster %q", req.Msg.GetId()))
 		}
-		bt, err := r.issueBootstrap(ctx, cl.ID, cl.Seq, actor(req.Header().Get(ActorHeader)))
+		bt, err := r.issueBootstrap(ctx, cl.ID, cl.Tenant, cl.Seq, actor(req.Header().Get(ActorHeader)))
 		if err != nil {
 			return nil, err
 		}

@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/tether-dev/tether/lib/assertion"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -53,6 +54,9 @@ func main() {
 		remember   time.Duration
 		caFile     string
 		cleartext  bool
+		rootKey    string
+		tenant     string
+		allowSys   string
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -69,6 +73,9 @@ func main() {
 	fs.StringVar(&bootstrap, "bootstrap-token-file", os.Getenv("TETHER_BOOTSTRAP_TOKEN_FILE"), "file holding the one-time bootstrap token from `tetherctl cluster create`")
 	fs.StringVar(&credFile, "credential-file", os.Getenv("TETHER_CREDENTIAL_FILE"), "file keeping the agent's credential (outside a cluster)")
 	fs.StringVar(&credSecret, "credential-secret", os.Getenv("TETHER_CREDENTIAL_SECRET"), "NAMESPACE/NAME of the Secret keeping the credential; default in a cluster: the agent's namespace/tether-agent-credential")
+	fs.StringVar(&rootKey, "identity-root-key", os.Getenv("TETHER_IDENTITY_ROOT_KEY"), "PEM file of the identity root's public key: the agent impersonates only identities signed, for each request, by a gateway key this root certified")
+	fs.StringVar(&tenant, "tenant", os.Getenv("TETHER_TENANT"), "the tenant this cluster belongs to: only its users are served")
+	fs.StringVar(&allowSys, "allow-system-names", os.Getenv("TETHER_ALLOW_SYSTEM_NAMES"), "comma-separated system: users and groups the agent may impersonate (a break-glass group); every other system: name, system:masters included, is refused")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("agent", common, func(ctx context.Context, env *svc.Env) error {
@@ -109,7 +116,18 @@ func main() {
 			ClusterID: clusterID, Bootstrap: agent.BootstrapFile(bootstrap), Store: store, Log: env.Log,
 			Enrollment: enrollment,
 		}
+		verifier, err := assertion.LoadVerifier(rootKey)
+		if err != nil {
+			return fmt.Errorf("--identity-root-key: %w", err)
+		}
+		var allowed []string
+		for _, n := range strings.Split(allowSys, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				allowed = append(allowed, n)
+			}
+		}
 		a, err := agent.New(agent.Config{
+			Admission:        agent.Admission{Verifier: verifier, Tenant: tenant, AllowSystem: allowed},
 			ClusterID:        clusterID,
 			SubscriberURLs:   urls,
 			Subscriber:       subscriber,

@@ -67,6 +67,8 @@ type Config struct {
 	MutationTimeout time.Duration
 	RememberFor     time.Duration
 	RememberBytes   int
+	// Admission verifies whom each request runs as.
+	Admission Admission
 
 	telemetry.Instruments
 }
@@ -84,6 +86,7 @@ type Agent struct {
 	metrics  *metrics
 	memory   *memory
 	sessions sessions
+	admit    *admission
 
 	mu sync.Mutex
 	// conns are the welcomed streams, for renewed credentials; bySub
@@ -101,6 +104,10 @@ type metrics struct {
 	upgraded  prometheus.Gauge
 	renewals  prometheus.Counter
 	mutations *prometheus.CounterVec
+	// refused counts requests refused before the kube-apiserver saw them,
+	// by reason; privileged counts those run as an allowed system: name.
+	refused    *prometheus.CounterVec
+	privileged prometheus.Counter
 }
 
 // New validates cfg and returns an Agent.
@@ -138,20 +145,26 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.RememberBytes <= 0 {
 		cfg.RememberBytes = 64 << 20
 	}
+	admit, err := newAdmission(cfg.Admission, cfg.ClusterID)
+	if err != nil {
+		return nil, err
+	}
 	m := &metrics{
-		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_total", Help: "Requests served, by HTTP code."}, []string{"code"}),
-		inflight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "Streams the agent holds to subscribers (--streams, and one more for a moment while one moves)."}),
-		connects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
-		upgraded:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
-		renewals:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open streams)."}),
-		mutations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_mutations_total", Help: "Mutations by what became of them: ran, replayed (a retry answered with the first result), outcome_unknown (a retry whose earlier attempt went to another agent process, refused)."}, []string{"result"}),
+		requests:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_total", Help: "Requests served, by HTTP code."}, []string{"code"}),
+		inflight:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_requests_in_flight", Help: "Requests being served."}),
+		connected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_stream_connected", Help: "Streams the agent holds to subscribers (--streams, and one more for a moment while one moves)."}),
+		connects:   prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_connects_total", Help: "Streams established to a subscriber."}),
+		upgraded:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
+		renewals:   prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open streams)."}),
+		mutations:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_mutations_total", Help: "Mutations by what became of them: ran, replayed (a retry answered with the first result), outcome_unknown (a retry whose earlier attempt went to another agent process, refused)."}, []string{"result"}),
+		refused:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_refused_total", Help: "Requests refused before the kube-apiserver saw them, by reason: identity (not signed for this request by a gateway key the identity root certified, or expired), tenant (a user of another tenant), replayed (a try of a request that came before), system_name (a system: user or group the cluster does not allow), capacity (too many requests under way to check for replays)."}, []string{"reason"}),
+		privileged: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_privileged_requests_total", Help: "Requests run as a system: user or group the cluster allows by name (break-glass)."}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations} {
+	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations, m.refused, m.privileged} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}
@@ -167,6 +180,7 @@ func New(cfg Config) (*Agent, error) {
 		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
 		metrics: m,
 		memory:  newMemory(cfg.RememberFor, cfg.RememberBytes),
+		admit:   admit,
 		conns:   map[*tunnel.Conn]bool{},
 		bySub:   map[string]int{},
 	}, nil

@@ -36,12 +36,12 @@ func TestMutationFromAnotherProcessIsNotRunAgain(t *testing.T) {
 	}), 0)
 	open := &tetherv1.Open{
 		RequestId: "r1", ClusterId: "dev", Method: "POST", Path: "/api/v1/namespaces/default/configmaps", End: true, Window: 1 << 16,
-		Identity: &tetherv1.Identity{User: "alice"}, Attempt: 1, PreviousSessions: []string{"this-process", "another-process"},
+		Attempt: 1, PreviousSessions: []string{"this-process", "another-process"},
 	}
 	if err := s.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}); err != nil {
 		t.Fatal(err)
 	}
-	a.serveMutation(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), s, open)
+	a.serveMutation(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), s, open, &tetherv1.Identity{User: "alice"})
 
 	if called {
 		t.Fatal("the mutation was run again")

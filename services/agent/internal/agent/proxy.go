@@ -53,10 +53,21 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		s.Reset(tetherv1.ResetCode_RESET_CODE_REFUSED, "agent serves cluster "+a.cfg.ClusterID)
 		return
 	}
+	id, refused := a.admit.admit(open, time.Now())
+	if refused != nil {
+		a.metrics.refused.WithLabelValues(refused.reason).Inc()
+		a.failWith(s, log, refused.status)
+		return
+	}
+	if names := systemNames(id); len(names) > 0 {
+		// Allowed by name (break-glass), and never quietly.
+		a.metrics.privileged.Inc()
+		log.Warn("request runs as an allowed Kubernetes system identity", "user", id.User, "system_names", names)
+	}
 	a.metrics.inflight.Inc()
 	defer a.metrics.inflight.Dec()
 	if tunnel.Mutates(open) {
-		a.serveMutation(ctx, log, s, open)
+		a.serveMutation(ctx, log, s, open, id)
 		return
 	}
 
@@ -72,7 +83,7 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		}
 	}()
 
-	req, err := a.request(ctx, open, s)
+	req, err := a.request(ctx, open, id, s)
 	if err != nil {
 		a.fail(s, log, http.StatusBadRequest, err.Error())
 		return
@@ -191,8 +202,8 @@ func (a *Agent) sendRest(ctx context.Context, log *slog.Logger, s *tunnel.Stream
 
 // request builds the call to the kube-apiserver: the client's method, path,
 // query and headers, minus anything claiming an identity, plus the end
-// user's identity as impersonation headers.
-func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stream) (*http.Request, error) {
+// user's identity, as admitted, as impersonation headers.
+func (a *Agent) request(ctx context.Context, open *tetherv1.Open, id *tetherv1.Identity, s *tunnel.Stream) (*http.Request, error) {
 	u := *a.apiBase
 	u.RawPath = a.apiBase.Path + open.Path
 	path, err := url.PathUnescape(u.RawPath)
@@ -237,7 +248,7 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, s *tunnel.Stre
 	if open.Upgrade != "" {
 		tunnel.SetUpgrade(req.Header, open.Upgrade)
 	}
-	if id := open.Identity; id != nil && id.User != "" {
+	if id != nil && id.User != "" {
 		req.Header.Set("Impersonate-User", id.User)
 		if id.Uid != "" {
 			req.Header.Set("Impersonate-Uid", id.Uid)

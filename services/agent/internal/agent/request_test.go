@@ -25,7 +25,9 @@ func newTestAgent(t *testing.T) *Agent {
 // newTestAgentWith is an agent whose kube-apiserver calls go to api.
 func newTestAgentWith(t *testing.T, api http.RoundTripper) *Agent {
 	t.Helper()
+	_, verifier := newIdentityKeys(t)
 	a, err := New(Config{
+		Admission: Admission{Verifier: verifier, Tenant: "acme"},
 		ClusterID: "dev", SubscriberURLs: []string{"http://127.0.0.1:1"}, Subscriber: http.DefaultClient,
 		APIServer: "https://127.0.0.1:6443/prefix", APITransport: api, Credentials: &Credentials{},
 		Instruments: telemetry.Instruments{
@@ -52,13 +54,13 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 			{Name: "Connection", Values: []string{"close"}},
 			{Name: "Audit-ID", Values: []string{"chosen-by-the-client"}},
 		},
-		Identity: &tetherv1.Identity{
-			User: "alice", Uid: "u-1", Groups: []string{"devs", "system:authenticated"},
-			Extra: map[string]*tetherv1.Values{"authentication.kubernetes.io/credential-id": {Values: []string{"JTI=abc"}}},
-		},
+	}
+	id := &tetherv1.Identity{
+		User: "alice", Uid: "u-1", Groups: []string{"devs", "system:authenticated"},
+		Extra: map[string]*tetherv1.Values{"authentication.kubernetes.io/credential-id": {Values: []string{"JTI=abc"}}},
 	}
 	s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
-	req, err := a.request(context.Background(), open, s)
+	req, err := a.request(context.Background(), open, id, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +87,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 func TestRequestWithoutIdentityIsRefused(t *testing.T) {
 	a := newTestAgent(t)
 	s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
-	_, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, s)
+	_, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, nil, s)
 	if err == nil {
 		t.Fatal("built a request with no identity: it would run with the agent's own rights")
 	}

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-dev/tether/lib/assertion"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/svc"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -42,8 +43,12 @@ func main() {
 		readHeaderTimeout time.Duration
 		limits            gateway.Limits
 		clusterDomains    string
+		identityKey       string
+		tokenSystemNames  string
 	)
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
+	fs.StringVar(&identityKey, "identity-key", os.Getenv("TETHER_IDENTITY_KEY"), "PEM file of this gateway's identity signing key and its certificate by the identity root (tether-dev secrets makes one): agents impersonate only what it signs")
+	fs.StringVar(&tokenSystemNames, "allow-system-names-in-tokens", "", "comma-separated Kubernetes system: users and groups (system:masters) the tokens file may name; any other refuses the file at start")
 	common.Register(fs)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8443", "HTTPS address for clients")
 	serving.Register(fs, "clients")
@@ -83,7 +88,7 @@ func main() {
 		}
 		var auth identity.Chain
 		if tokensFile != "" {
-			tokens, err := identity.LoadTokens(tokensFile)
+			tokens, err := identity.LoadTokens(tokensFile, strings.Split(tokenSystemNames, ",")...)
 			if err != nil {
 				return err
 			}
@@ -125,7 +130,17 @@ func main() {
 		if err != nil {
 			return err
 		}
+		signer, err := assertion.LoadSigner(identityKey)
+		if err != nil {
+			return fmt.Errorf("--identity-key: %w", err)
+		}
+		if left := time.Until(signer.NotAfter()); left < 7*24*time.Hour {
+			env.Log.Warn("the identity key's certificate ends soon: certify a new key", "not_after", signer.NotAfter(), "left", left.Round(time.Hour))
+		}
+		issuer, _ := os.Hostname()
 		gw, err := gateway.New(gateway.Config{
+			Identities:  signer,
+			Issuer:      issuer,
 			Auth:        auth,
 			Routers:     routers,
 			Limits:      limits,

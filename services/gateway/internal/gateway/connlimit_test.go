@@ -81,8 +81,10 @@ func TestLimitConnections(t *testing.T) {
 
 func newTestGateway(t *testing.T) *Gateway {
 	t.Helper()
+	signer, _ := testIdentityKeys(t)
 	g, err := New(Config{
-		Auth:    identity.Chain{},
+		Identities: signer,
+		Auth:       identity.Chain{},
 		Routers: []tetherv1connect.ProxyServiceClient{tetherv1connect.NewProxyServiceClient(http.DefaultClient, "http://127.0.0.1:1")},
 		Instruments: telemetry.Instruments{
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),

@@ -26,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tether-dev/tether/lib/assertion"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/kstatus"
@@ -52,6 +53,11 @@ type Config struct {
 	// Hosts are the base domains under which {id}.{domain} names a
 	// cluster, beside /clusters/{id}/; none: paths only.
 	Hosts ClusterHosts
+	// Identities signs who makes each request, for this request to this
+	// cluster only: agents impersonate nothing else (ADR 011).
+	Identities *assertion.Signer
+	// Issuer names this gateway instance in what it signs.
+	Issuer string
 
 	telemetry.Instruments
 }
@@ -81,8 +87,8 @@ type Gateway struct {
 
 // New validates cfg and returns a Gateway.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.Auth == nil || len(cfg.Routers) == 0 {
-		return nil, errors.New("gateway: auth and a router are required")
+	if cfg.Auth == nil || len(cfg.Routers) == 0 || cfg.Identities == nil {
+		return nil, errors.New("gateway: auth, a router and an identity signing key are required")
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -249,6 +255,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		open.Upgrade, open.End = upgrade, false
 	}
+	if open.SignedIdentity, err = g.sign(open, user, time.Now()); err != nil {
+		log.Error("signing the identity", "err", err)
+		refuse(http.StatusInternalServerError, "signing", "the gateway could not sign the request's identity")
+		return
+	}
 	g.cfg.Propagator.Inject(ctx, propagation.MapCarrier(open.Trace))
 	// What the router would refuse is refused here, with the reason.
 	frame := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}
@@ -378,7 +389,6 @@ func newOpen(r *http.Request, reqID, cluster, rest string, user identity.User, n
 		Path:      rest,
 		Query:     r.URL.RawQuery,
 		Headers:   tunnel.FromHTTP(r.Header, nil),
-		Identity:  &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
 		Tenants:   user.Tenants,
 		Trace:     map[string]string{},
 		End:       noBody,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -19,8 +20,12 @@ type Tokens struct {
 	users map[[32]byte]User
 }
 
-// LoadTokens reads a tokens file.
-func LoadTokens(path string) (*Tokens, error) {
+// LoadTokens reads a tokens file. A user or group with the Kubernetes
+// system: prefix is refused, unless listed in allowSystem: a token file is
+// a long-lived secret, and one leaked line naming system:masters would be
+// every cluster's administrator (agents refuse such names too, unless the
+// cluster allows them).
+func LoadTokens(path string, allowSystem ...string) (*Tokens, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("tokens: %w", err)
@@ -48,7 +53,13 @@ func LoadTokens(path string) (*Tokens, error) {
 		if _, dup := t.users[key]; dup {
 			return nil, fmt.Errorf("tokens: %s line %d: token listed twice", path, line)
 		}
-		t.users[key] = User{Name: rec[1], UID: rec[2], Groups: split(rec[3]), Tenants: split(rec[4])}
+		u := User{Name: rec[1], UID: rec[2], Groups: split(rec[3]), Tenants: split(rec[4])}
+		for _, n := range append([]string{u.Name}, u.Groups...) {
+			if strings.HasPrefix(n, "system:") && !slices.Contains(allowSystem, n) {
+				return nil, fmt.Errorf("tokens: %s line %d: %q is a Kubernetes system name; bind a group of your own to the role instead, or allow it by name with --allow-system-names-in-tokens", path, line, n)
+			}
+		}
+		t.users[key] = u
 	}
 	return t, nil
 }

@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"net/url"
+	"strconv"
+	"time"
+
+	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/services/gateway/internal/identity"
+)
+
+// How long a signed identity is good for. A request is signed as it
+// leaves the gateway and checked as it reaches the agent, and the router
+// tries it again only within seconds, so a minute covers every try. A
+// watch resumed after a lost hop needs its signature for as long as the
+// watch may last: its own timeoutSeconds, or what the kube-apiserver
+// allows a watch at most (2 × --min-request-timeout, 60 min by default).
+const (
+	identityTTL = time.Minute
+	maxWatchTTL = 65 * time.Minute
+)
+
+// sign signs user's identity for open, which the gateway built and the
+// router may only send again or resume.
+func (g *Gateway) sign(open *tetherv1.Open, user identity.User, now time.Time) (*tetherv1.SignedIdentity, error) {
+	return g.cfg.Identities.Sign(&tetherv1.IdentityAssertion{
+		Identity:         &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
+		Tenants:          user.Tenants,
+		ClusterId:        open.ClusterId,
+		RequestId:        open.RequestId,
+		Method:           open.Method,
+		Path:             open.Path,
+		Query:            open.Query,
+		IssuedUnixMilli:  now.UnixMilli(),
+		ExpiresUnixMilli: now.Add(signedFor(open.Query)).UnixMilli(),
+		Issuer:           g.cfg.Issuer,
+	})
+}
+
+// signedFor is how long the identity of a request with query stays good.
+func signedFor(query string) time.Duration {
+	q, err := url.ParseQuery(query)
+	if w := q.Get("watch"); err != nil || (w != "true" && w != "1") {
+		return identityTTL
+	}
+	if n, err := strconv.ParseInt(q.Get("timeoutSeconds"), 10, 64); err == nil && n > 0 && time.Duration(n)*time.Second < maxWatchTTL {
+		return time.Duration(n)*time.Second + identityTTL
+	}
+	return maxWatchTTL
+}
