@@ -127,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 	m := &metrics{
 		streams:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_streams", Help: "Agent streams open on this subscriber."}),
 		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_agents_refused_total", Help: "Agent streams refused or closed for their credential, by reason."}, []string{"reason"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_requests_total", Help: "Requests relayed to agents, by cluster and outcome."}, []string{"cluster", "outcome"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_requests_total", Help: "Requests relayed to agents, by outcome (per cluster: the logs and traces, cluster_id)."}, []string{"outcome"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_subscriber_requests_in_flight", Help: "Requests being relayed."}),
 		frames:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_frames_total", Help: "Frames relayed, by direction."}, []string{"direction"}),
 	}
