@@ -29,6 +29,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/kstatus"
+	"github.com/tether-dev/tether/lib/ratelog"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -64,6 +65,9 @@ type Gateway struct {
 	upgraded prometheus.Gauge
 	upgrades *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	// authLog logs failed authentications, at a bounded rate: anyone can
+	// send a bad token.
+	authLog *ratelog.Logger
 
 	short, long admission
 	// down[i]: until when router i is skipped, after it could not be
@@ -109,6 +113,10 @@ func New(cfg Config) (*Gateway, error) {
 	g.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_gateway_refusals_total", Help: "Requests the gateway refused itself, by reason.",
 	}, []string{"reason"})
+	var err error
+	if g.authLog, err = ratelog.New(cfg.Logger, "authentication failures", authLogLines, time.Second, ratelog.Real{}); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	l := cfg.Limits
 	g.short = admission{user: newCounter(l.InflightPerUser), cluster: newCounter(l.InflightPerCluster)}
 	g.long = admission{user: newCounter(l.LongPerUser), cluster: newCounter(l.LongPerCluster)}
@@ -121,6 +129,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	return g, nil
 }
+
+// authLogLines is how many failed authentications a second are logged;
+// tether_gateway_refusals_total counts every one.
+const authLogLines = 5
 
 // ParsePath splits an escaped request path /clusters/{id}/rest into the
 // cluster id and the Kubernetes path ("/" when rest is empty). It refuses
@@ -191,13 +203,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user, err := g.authenticate(r)
 	switch {
 	case errors.Is(err, identity.ErrUnavailable):
-		g.cfg.Logger.Warn("cannot authenticate", "err", err)
+		g.authLog.Warn("cannot authenticate", "err", err)
 		refuse(http.StatusServiceUnavailable, "identity_unavailable", "the identity provider cannot be reached; retry")
 		return
 	case err != nil:
 		// Why a token failed is for the operator; the client learns only
 		// that it did, as from a kube-apiserver.
-		g.cfg.Logger.Debug("authentication failed", "err", err)
+		g.authLog.Debug("authentication failed", "err", err)
 		w.Header().Set("Www-Authenticate", `Bearer realm="tether"`)
 		refuse(http.StatusUnauthorized, "unauthenticated", "Unauthorized")
 		return
