@@ -91,6 +91,9 @@ func New(cfg Config) (*Gateway, error) {
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := cfg.Limits.validate(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g := &Gateway{
 		cfg: cfg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -175,6 +178,7 @@ var (
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	cluster, rest, err := g.target(r)
+	head := g.cfg.Limits.headTooLarge(r)
 	code := 0
 	defer func() { g.requests.WithLabelValues(verb(r.Method), strconv.Itoa(code)).Inc() }()
 	refuse := func(status int, reason, msg string) {
@@ -187,8 +191,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, st)
 	}
 	switch {
-	case g.cfg.Limits.MaxHeaderBytes > 0 && headBytes(r) > g.cfg.Limits.MaxHeaderBytes:
-		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", fmt.Sprintf("the request head exceeds %d bytes", g.cfg.Limits.MaxHeaderBytes))
+	case head != "":
+		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", "the request head is too large: "+head)
 		return
 	case errors.Is(err, errDotSegment):
 		refuse(http.StatusBadRequest, "bad_path", "paths may not contain . or .. segments")
