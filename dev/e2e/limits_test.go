@@ -37,14 +37,41 @@ func TestLimitsAreStatus(t *testing.T) {
 		return v
 	}
 
-	t.Run("head", func(t *testing.T) {
-		before := refused("head_too_large")
-		resp := call(t, "GET", "/clusters/dev/api", token("admin"), http.Header{"X-Padding": {strings.Repeat("p", 100<<10)}}, nil)
-		expectStatus(t, resp, http.StatusRequestHeaderFieldsTooLarge)
-		if refused("head_too_large") <= before {
-			t.Error("refusal not counted")
+	// Too large a head is a 431 Status whichever way it is too large, over
+	// HTTP/1.1 and HTTP/2 alike.
+	many := http.Header{}
+	for i := range 10000 {
+		many[fmt.Sprintf("X-%05d", i)] = []string{"1"}
+	}
+	total := http.Header{}
+	for i := range 5 {
+		total[fmt.Sprintf("X-Part-%d", i)] = []string{strings.Repeat("p", 15000)}
+	}
+	for _, tt := range []struct {
+		name   string
+		header http.Header
+		says   string
+	}{
+		{"10,000 small headers", many, "header fields exceed 512"},
+		{"a header too long", http.Header{"X-Padding": {strings.Repeat("p", 100<<10)}}, "bytes exceeds 16384"},
+		{"too large in total", total, "exceeds 65536"},
+	} {
+		for _, proto := range []string{"HTTP/1.1", "HTTP/2.0"} {
+			t.Run("head: "+tt.name+" over "+proto, func(t *testing.T) {
+				before := refused("head_too_large")
+				resp := callOver(t, proto, "/clusters/dev/api", token("admin"), tt.header)
+				if resp.Proto != proto {
+					t.Fatalf("answered over %s", resp.Proto)
+				}
+				if st := expectStatus(t, resp, http.StatusRequestHeaderFieldsTooLarge); !strings.Contains(st.Message, tt.says) {
+					t.Errorf("431 says %q, want %q", st.Message, tt.says)
+				}
+				if refused("head_too_large") <= before {
+					t.Error("refusal not counted")
+				}
+			})
 		}
-	})
+	}
 
 	big := func(name string) []byte {
 		b, _ := json.Marshal(map[string]any{
@@ -106,6 +133,33 @@ func TestLimitsAreStatus(t *testing.T) {
 		})
 	})
 
+}
+
+// callOver sends a GET to the gateway over one protocol, HTTP/1.1 or
+// HTTP/2.0, on a connection of its own.
+func callOver(t *testing.T, proto, path, token string, hdr http.Header) *http.Response {
+	t.Helper()
+	c, err := env.stack.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := c.Transport.(*http.Transport)
+	t.Cleanup(tr.CloseIdleConnections)
+	if proto == "HTTP/1.1" {
+		tr.ForceAttemptHTTP2 = false
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
+	req, err := http.NewRequest("GET", env.stack.GatewayURL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = hdr.Clone()
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 // One user sending 10,000 requests, far more at once than its limit, gets

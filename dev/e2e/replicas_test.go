@@ -21,12 +21,12 @@ func TestAnyReplicaReachesTheAgent(t *testing.T) {
 	}
 	client := gatewayClient(t)
 	served := func() float64 {
-		v, _ := metric(t, "router-1", `tether_router_requests_total{cluster="dev",code="200"}`)
+		v, _ := metric(t, "router-1", `tether_router_requests_total{code="200"}`)
 		return v
 	}
 	before := served()
 	relayed := func(sub string) float64 {
-		v, _ := metric(t, sub, `tether_subscriber_requests_total{cluster="dev",outcome="ok"}`)
+		v, _ := metric(t, sub, `tether_subscriber_requests_total{outcome="ok"}`)
 		return v
 	}
 	before0, before1 := relayed("subscriber"), relayed("subscriber-1")

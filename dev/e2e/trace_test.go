@@ -19,6 +19,8 @@ type collector struct {
 	ln  net.Listener
 	mu  sync.Mutex
 	svc map[string]map[string]bool // trace id → services with spans in it
+	// trace id → service → the tether.cluster_id its spans carry
+	cluster map[string]map[string]string
 }
 
 func startCollector() (*collector, error) {
@@ -26,7 +28,7 @@ func startCollector() (*collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &collector{ln: ln, svc: map[string]map[string]bool{}}
+	c := &collector{ln: ln, svc: map[string]map[string]bool{}, cluster: map[string]map[string]string{}}
 	go func() {
 		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b, err := io.ReadAll(r.Body)
@@ -50,6 +52,14 @@ func startCollector() (*collector, error) {
 							c.svc[id] = map[string]bool{}
 						}
 						c.svc[id][name] = true
+						for _, a := range sp.Attributes {
+							if a.Key == "tether.cluster_id" {
+								if c.cluster[id] == nil {
+									c.cluster[id] = map[string]string{}
+								}
+								c.cluster[id][name] = a.GetValue().GetStringValue()
+							}
+						}
 					}
 				}
 			}
@@ -74,8 +84,20 @@ func (c *collector) services(traceID string) map[string]bool {
 	return out
 }
 
+// clusterIDs is the tether.cluster_id each service's spans of a trace carry.
+func (c *collector) clusterIDs(traceID string) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range c.cluster[traceID] {
+		out[k] = v
+	}
+	return out
+}
+
 // One request is one trace across gateway, router, subscriber and agent,
-// joined to the caller's own trace context.
+// joined to the caller's own trace context; gateway, router and subscriber
+// name its cluster there (the metrics do not: their labels are bounded).
 func TestOneRequestIsOneTrace(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	hdr := http.Header{"Traceparent": {"00-" + traceID + "-00f067aa0ba902b7-01"}}
@@ -96,11 +118,17 @@ func TestOneRequestIsOneTrace(t *testing.T) {
 			}
 		}
 		if len(missing) == 0 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("trace %s has spans from %v; missing %v", traceID, got, missing)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	ids := env.collector.clusterIDs(traceID)
+	for _, s := range []string{"gateway", "router", "subscriber"} {
+		if ids[s] != "dev" {
+			t.Errorf("%s's spans carry cluster id %q, want dev (all: %v)", s, ids[s], ids)
+		}
 	}
 }

@@ -31,8 +31,17 @@ const (
 	// sessions and held subscribers, Open's previous sessions).
 	MaxIDs = 64
 
-	maxHeaders = 512
-	maxString  = 16 << 10
+	// MaxHeaders is the most header names an Open carries, and
+	// MaxHeaderValue the longest name or value: the gateway answers a head
+	// over either with a 431 before it builds an Open.
+	MaxHeaders     = 512
+	MaxHeaderValue = maxString
+	// MaxHead is the most bytes of a client's request head a gateway may
+	// take (its --max-header-bytes): the rest of MaxFrame is for the
+	// signed identity (groups) and the trace.
+	MaxHead = 128 << 10
+
+	maxString = 16 << 10
 	// maxSignedIdentity bounds an Open's signed identity: an assertion of
 	// at most 128 KiB (lib/assertion.MaxAssertion), its signature and key
 	// certificate.
@@ -176,8 +185,8 @@ func validateOpen(o *tetherv1.Open) error {
 }
 
 func checkHeaders(hs []*tetherv1.Header) error {
-	if len(hs) > maxHeaders {
-		return fmt.Errorf("%d headers exceed %d", len(hs), maxHeaders)
+	if len(hs) > MaxHeaders {
+		return fmt.Errorf("%d headers exceed %d", len(hs), MaxHeaders)
 	}
 	for _, h := range hs {
 		if h.Name == "" {

@@ -66,7 +66,7 @@ func main() {
 	fs.StringVar(&adminGroup, "admin-group", "tether:admins", "group whose members may create and delete clusters")
 	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL, or several, comma-separated: each request goes to the first that can be reached")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
-	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", 1<<20, "largest request head accepted (431 beyond)")
+	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", tunnel.MaxHead, fmt.Sprintf("largest request head accepted, at most %d (431 beyond, and beyond %d header fields or a field of %d bytes)", tunnel.MaxHead, tunnel.MaxHeaders, tunnel.MaxHeaderValue))
 	fs.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", 3<<20, "largest request body accepted, as the kube-apiserver's own limit (413 beyond); exec and port-forward streams are not bodies")
 	fs.IntVar(&limits.InflightPerUser, "max-inflight-per-user", 400, "requests one user may have in progress (429 beyond); 0: no limit")
 	fs.IntVar(&limits.InflightPerCluster, "max-inflight-per-cluster", 2000, "requests to one cluster in progress, all users together (429 beyond); 0: no limit")
@@ -184,7 +184,7 @@ func main() {
 			ReadHeaderTimeout: readHeaderTimeout,
 			// The gateway answers a head over the limit with a Status; far
 			// beyond it the server cuts the client off without reading on.
-			MaxHeaderBytes: 2 * limits.MaxHeaderBytes,
+			MaxHeaderBytes: limits.ServerHeadBytes(),
 			IdleTimeout:    5 * time.Minute,
 			// No read or write timeout: watches and streams last hours.
 			TLSConfig: tlsConfig,

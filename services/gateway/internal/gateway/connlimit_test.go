@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/telemetry"
+	"github.com/tether-dev/tether/lib/tunnel"
 	"github.com/tether-dev/tether/services/gateway/internal/identity"
 )
 
@@ -85,7 +86,8 @@ func newTestGateway(t *testing.T) *Gateway {
 	g, err := New(Config{
 		Identities: signer,
 		Auth:       identity.Chain{},
-		Routers: []tetherv1connect.ProxyServiceClient{tetherv1connect.NewProxyServiceClient(http.DefaultClient, "http://127.0.0.1:1")},
+		Routers:    []tetherv1connect.ProxyServiceClient{tetherv1connect.NewProxyServiceClient(http.DefaultClient, "http://127.0.0.1:1")},
+		Limits:     Limits{MaxHeaderBytes: tunnel.MaxHead},
 		Instruments: telemetry.Instruments{
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
 			Tracer: noop.NewTracerProvider().Tracer(""), Propagator: propagation.TraceContext{},

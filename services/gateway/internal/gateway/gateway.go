@@ -30,6 +30,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/kstatus"
+	"github.com/tether-dev/tether/lib/ratelog"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -70,6 +71,9 @@ type Gateway struct {
 	upgraded prometheus.Gauge
 	upgrades *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	// authLog logs failed authentications, at a bounded rate: anyone can
+	// send a bad token.
+	authLog *ratelog.Logger
 
 	short, long admission
 	// down[i]: until when router i is skipped, after it could not be
@@ -93,11 +97,17 @@ func New(cfg Config) (*Gateway, error) {
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := cfg.Limits.validate(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g := &Gateway{
 		cfg: cfg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_gateway_requests_total", Help: "Client requests, by cluster, verb and HTTP code.",
-		}, []string{"cluster", "method", "code"}),
+			// No cluster label: a label value taken from a request would let
+			// any user mint series without bound. Per-cluster detail is in
+			// the logs and traces (cluster_id) and in the agent's own metrics.
+			Name: "tether_gateway_requests_total", Help: "Client requests, by verb and HTTP code.",
+		}, []string{"method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
@@ -112,6 +122,10 @@ func New(cfg Config) (*Gateway, error) {
 	g.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_gateway_refusals_total", Help: "Requests the gateway refused itself, by reason.",
 	}, []string{"reason"})
+	var err error
+	if g.authLog, err = ratelog.New(cfg.Logger, "authentication failures", authLogLines, time.Second, ratelog.Real{}); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	l := cfg.Limits
 	g.short = admission{user: newCounter(l.InflightPerUser), cluster: newCounter(l.InflightPerCluster)}
 	g.long = admission{user: newCounter(l.LongPerUser), cluster: newCounter(l.LongPerCluster)}
@@ -124,6 +138,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	return g, nil
 }
+
+// authLogLines is how many failed authentications a second are logged;
+// tether_gateway_refusals_total counts every one.
+const authLogLines = 5
 
 // ParsePath splits an escaped request path /clusters/{id}/rest into the
 // cluster id and the Kubernetes path ("/" when rest is empty). It refuses
@@ -166,16 +184,9 @@ var (
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	cluster, rest, err := g.target(r)
+	head := g.cfg.Limits.headTooLarge(r)
 	code := 0
-	authenticated := false
-	defer func() {
-		// Only authenticated requests get a series of their own, so nobody
-		// can mint metric labels without a token.
-		if !authenticated {
-			cluster = "-"
-		}
-		g.requests.WithLabelValues(cluster, verb(r.Method), strconv.Itoa(code)).Inc()
-	}()
+	defer func() { g.requests.WithLabelValues(verb(r.Method), strconv.Itoa(code)).Inc() }()
 	refuse := func(status int, reason, msg string) {
 		code = status
 		g.refusals.WithLabelValues(reason).Inc()
@@ -186,8 +197,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, st)
 	}
 	switch {
-	case g.cfg.Limits.MaxHeaderBytes > 0 && headBytes(r) > g.cfg.Limits.MaxHeaderBytes:
-		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", fmt.Sprintf("the request head exceeds %d bytes", g.cfg.Limits.MaxHeaderBytes))
+	case head != "":
+		refuse(http.StatusRequestHeaderFieldsTooLarge, "head_too_large", "the request head is too large: "+head)
 		return
 	case errors.Is(err, errDotSegment):
 		refuse(http.StatusBadRequest, "bad_path", "paths may not contain . or .. segments")
@@ -202,18 +213,17 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user, err := g.authenticate(r)
 	switch {
 	case errors.Is(err, identity.ErrUnavailable):
-		g.cfg.Logger.Warn("cannot authenticate", "err", err)
+		g.authLog.Warn("cannot authenticate", "err", err)
 		refuse(http.StatusServiceUnavailable, "identity_unavailable", "the identity provider cannot be reached; retry")
 		return
 	case err != nil:
 		// Why a token failed is for the operator; the client learns only
 		// that it did, as from a kube-apiserver.
-		g.cfg.Logger.Debug("authentication failed", "err", err)
+		g.authLog.Debug("authentication failed", "err", err)
 		w.Header().Set("Www-Authenticate", `Bearer realm="tether"`)
 		refuse(http.StatusUnauthorized, "unauthenticated", "Unauthorized")
 		return
 	}
-	authenticated = true
 	upgrade := tunnel.Upgrade(r.Header)
 	admit, kind := g.short, "inflight"
 	if longRunning(r.URL.Query(), rest, upgrade != "") {

@@ -134,7 +134,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.RetryBodyLimit = 1 << 20
 	}
 	m := &metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_requests_total", Help: "Requests routed, by cluster and HTTP code."}, []string{"cluster", "code"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_requests_total", Help: "Requests routed, by HTTP code (per cluster: the logs and traces, cluster_id)."}, []string{"code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
@@ -283,7 +283,7 @@ func (s *Server) serve(ctx context.Context, start time.Time, f *tetherv1.Frame, 
 	log := telemetry.LogWith(ctx, s.log).With("request_id", open.RequestId, "cluster_id", open.ClusterId, "method", open.Method, "path", open.Path)
 
 	code := 0
-	defer func() { s.metrics.requests.WithLabelValues(open.ClusterId, strconv.Itoa(code)).Inc() }()
+	defer func() { s.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc() }()
 	if _, ok := s.cfg.Catalog.Authorize(open.ClusterId, open.Tenants); !ok {
 		code = http.StatusNotFound
 		return sendStatus(gw, kstatus.New(code, fmt.Sprintf("cluster %q not found", open.ClusterId)))

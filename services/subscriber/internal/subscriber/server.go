@@ -26,6 +26,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
+	"github.com/tether-dev/tether/lib/ratelog"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
 	"github.com/tether-dev/tether/lib/tunnel"
@@ -88,7 +89,12 @@ type Server struct {
 	moveAway *time.Timer
 	// listeners take each cluster's requests for its streams here.
 	listeners *listeners
+	// refusals logs refused agent credentials, at a bounded rate.
+	refusals *ratelog.Logger
 }
+
+// refusalLines is how many refused credentials a second are logged.
+const refusalLines = 5
 
 type metrics struct {
 	streams  prometheus.Gauge
@@ -127,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 	m := &metrics{
 		streams:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_streams", Help: "Agent streams open on this subscriber."}),
 		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_agents_refused_total", Help: "Agent streams refused or closed for their credential, by reason."}, []string{"reason"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_requests_total", Help: "Requests relayed to agents, by cluster and outcome."}, []string{"cluster", "outcome"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_requests_total", Help: "Requests relayed to agents, by outcome (per cluster: the logs and traces, cluster_id)."}, []string{"outcome"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_subscriber_requests_in_flight", Help: "Requests being relayed."}),
 		frames:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_frames_total", Help: "Frames relayed, by direction."}, []string{"direction"}),
 	}
@@ -137,6 +143,12 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}, listeners: newListeners(cfg.NATS)}
+	// Anyone who reaches the public endpoint can present a bad credential:
+	// a few lines a second say so, the counter counts them all.
+	var err error
+	if s.refusals, err = ratelog.New(s.log, "agent credential refusals", refusalLines, time.Second, ratelog.Real{}); err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
+	}
 	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
 	natsconn.OnReconnect(cfg.NATS, s.natsBack)
 	return s, nil
@@ -251,7 +263,7 @@ func (s *Server) authenticate(ctx context.Context, header string) (agentcred.Cla
 	c, err := s.cfg.Credentials.Verify(token, s.cfg.Now())
 	if err != nil {
 		s.metrics.refused.WithLabelValues("invalid_credential").Inc()
-		s.log.Warn("agent credential refused", "err", err)
+		s.refusals.Warn("agent credential refused", "err", err)
 		return agentcred.Claims{}, connect.NewError(connect.CodeUnauthenticated, errors.New("credential refused"))
 	}
 	if err := confirmCluster(ctx, s.cfg.Clusters, c); err != nil {
@@ -260,7 +272,7 @@ func (s *Server) authenticate(ctx context.Context, header string) (agentcred.Cla
 			reason = "catching_up"
 		}
 		s.metrics.refused.WithLabelValues(reason).Inc()
-		s.log.Warn("agent credential not confirmed", "cluster_id", c.ClusterID, "credential_id", c.ID, "err", err)
+		s.refusals.Warn("agent credential not confirmed", "cluster_id", c.ClusterID, "credential_id", c.ID, "err", err)
 		return agentcred.Claims{}, err
 	}
 	return c, nil

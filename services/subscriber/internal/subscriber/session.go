@@ -472,14 +472,19 @@ func (s *session) finish(r *relay, outcome string) {
 		r.ack.Stop()
 	}
 	s.srv.metrics.inflight.Dec()
-	s.srv.metrics.requests.WithLabelValues(s.cluster, outcome).Inc()
+	s.srv.metrics.requests.WithLabelValues(outcome).Inc()
 	r.span.SetAttributes(attribute.String("tether.outcome", outcome))
 	r.span.End()
 }
 
 func outcome(f *tetherv1.Frame) string {
 	if r := f.GetReset_(); r != nil {
-		return r.Code.String()
+		// The agent chooses the code: only the names the protocol knows
+		// become label values, so a hostile agent cannot mint series.
+		if name, ok := tetherv1.ResetCode_name[int32(r.Code)]; ok {
+			return name
+		}
+		return "other"
 	}
 	return "ok"
 }
