@@ -1,6 +1,7 @@
 // Package chartsecrets makes the Secrets the Helm chart (deploy/helm/tether)
 // mounts when its certificates come from Secrets: NATS passwords, the
-// agent-credential signing key pair, an internal CA with a certificate per
+// agent-credential signing key pair, the gateways' identity key and the
+// identity root's public key, an internal CA with a certificate per
 // component and, for a trial, public certificates from a throwaway CA. Not
 // a production PKI: every key is made here and printed.
 package chartsecrets
@@ -23,6 +24,11 @@ type Options struct {
 	// GatewayHost and AgentsHost, when set, get public certificates
 	// (expose.gateway.host, expose.agents.host) from a throwaway CA.
 	GatewayHost, AgentsHost string
+	// RootKeyOut, when set, is where the identity root's private key is
+	// written (0600), to certify the next gateway key with; otherwise it
+	// is thrown away, and rotating the gateways' key means a new root
+	// and reinstalling every agent.
+	RootKeyOut string
 }
 
 // internalComponents are the chart's components with an internal
@@ -57,9 +63,30 @@ func List(o Options) ([]byte, error) {
 		return map[string]any{"apiVersion": "v1", "kind": "Secret", "type": typ,
 			"metadata": map[string]any{"name": name, "namespace": o.Namespace}, "stringData": data}
 	}
+	// The identity root's private key is used here, to certify the
+	// gateways' key, and then left out: it belongs in the operator's
+	// safe, not in the cluster (ADR 011). RootKeyOut keeps it.
+	ident, err := pki.WriteIdentityKeys(filepath.Join(dir, "identity"))
+	if err != nil {
+		return nil, err
+	}
+	identity, err := readFiles(map[string]string{"gateway.key": ident.GatewayKey, "root.pub": ident.RootPublic})
+	if err != nil {
+		return nil, err
+	}
+	if o.RootKeyOut != "" {
+		b, err := os.ReadFile(ident.RootKey)
+		if err == nil {
+			err = os.WriteFile(o.RootKeyOut, b, 0o600)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("chartsecrets: keeping the identity root's key: %w", err)
+		}
+	}
 	items := []any{
 		secret(full+"-nats-auth", "Opaque", passwords),
 		secret(full+"-agent-signing", "Opaque", signing),
+		secret(full+"-identity", "Opaque", identity),
 	}
 	internal, err := pki.NewCA(filepath.Join(dir, "internal"), full+"-internal-ca")
 	if err != nil {

@@ -18,6 +18,7 @@ func secrets(args []string) error {
 	var o chartsecrets.Options
 	fs.StringVar(&o.Namespace, "namespace", "tether", "namespace of the release")
 	fs.StringVar(&o.Release, "release", "tether", "the Helm release's name")
+	fs.StringVar(&o.RootKeyOut, "identity-root-key-out", "", "write the identity root's private key here (0600), to certify the gateways' next key; kept out of the Secrets")
 	fs.StringVar(&o.GatewayHost, "gateway-host", "", "also a certificate for the gateway's host name (expose.gateway.host), from a throwaway CA")
 	fs.StringVar(&o.AgentsHost, "agents-host", "", "also a certificate for the agents' host name (expose.agents.host), from the same throwaway CA")
 	if err := fs.Parse(args); err != nil {
