@@ -18,7 +18,7 @@ const intruder = "e2e-intruder"
 // subscriber, or a service with nothing to do on NATS yet, tries beyond
 // that is refused by the server. Each router and subscriber instance logs
 // in as a user of its own (router-0, router-1, ...), which reads only its
-// own router inbox and its own _INBOX (ADR 011).
+// own router inbox and its own _INBOX (ADR 012).
 func TestNATSUsersStayInTheirLanes(t *testing.T) {
 	tests := []struct {
 		user      string

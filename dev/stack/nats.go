@@ -27,7 +27,7 @@ import (
 // projects the agent events; routers and subscribers may only read the
 // cluster events. audit and autoscaler may do nothing yet. All answer
 // pings. UserToken in a subject stands for the user's own name: each user
-// reads only its own router inbox and its own _INBOX (ADR 011).
+// reads only its own router inbox and its own _INBOX (ADR 012).
 var natsRoles = map[string]struct{ publish, subscribe []string }{
 	"router": {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...),
 		subscribe: []string{"tether.rtr." + UserToken + ".>", subject.Inbox(UserToken) + ".>"}},

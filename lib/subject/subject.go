@@ -12,7 +12,7 @@
 //	                                 router that opened the request; <user>
 //	                                 is the router's NATS user, which may
 //	                                 read tether.rtr.<user>.> and nothing
-//	                                 else of tether.rtr (ADR 011).
+//	                                 else of tether.rtr (ADR 012).
 package subject
 
 import (
@@ -88,7 +88,7 @@ func Router(inbox string, call uint64) string {
 
 // Inbox is the prefix of the NATS inbox (replies to requests, JetStream's
 // API) of a service logged in as user: each user may read only its own
-// (ADR 011).
+// (ADR 012).
 func Inbox(user string) string { return "_INBOX_" + user }
 
 // ValidToken reports whether a session or router id is safe in a subject.

@@ -125,7 +125,7 @@ func (env *Env) ConnectNATS(ctx context.Context, n NATS, name string) (*nats.Con
 			return nil, fmt.Errorf("NATS user %q must match [A-Za-z0-9_-]{1,64}: it names the user's inbox", n.User)
 		}
 		// Replies (JetStream's API among them) come to an inbox only this
-		// user may read: another service never sees them (ADR 011).
+		// user may read: another service never sees them (ADR 012).
 		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))), nats.CustomInboxPrefix(subject.Inbox(n.User)))
 	}
 	if n.CAFile != "" {

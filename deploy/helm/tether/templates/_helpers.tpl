@@ -283,7 +283,7 @@ spec:
 Each service's NATS user and what it may do, as in the development stack
 (dev/stack natsRoles; dev/helmchart compares the two). A YAML list of
 {name, publish, subscribe}; "{user}" in a subject stands for the user's
-own name: each user reads only its own router inbox and _INBOX (ADR 011).
+own name: each user reads only its own router inbox and _INBOX (ADR 012).
 */}}
 {{- define "tether.natsUsers" -}}
 {{- $followClusters := list "$JS.API.STREAM.INFO.CLUSTERS" "$JS.API.CONSUMER.CREATE.CLUSTERS.>" "$JS.API.CONSUMER.DELETE.CLUSTERS.>" "$JS.API.CONSUMER.INFO.CLUSTERS.>" "$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>" -}}

@@ -49,7 +49,7 @@ type Config struct {
 	NATS *nats.Conn
 	// NATSUser is the NATS user the router logs in as: its inbox is under
 	// tether.rtr.<NATSUser>, the only part of tether.rtr that user may
-	// read (ADR 011). Empty: "router", for a NATS without users.
+	// read (ADR 012). Empty: "router", for a NATS without users.
 	NATSUser string
 	// Catalog says which clusters exist and whose they are: the projection
 	// of the cluster events (clusters.Projection).
