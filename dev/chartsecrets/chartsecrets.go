@@ -45,7 +45,17 @@ func List(o Options) ([]byte, error) {
 		return nil, fmt.Errorf("chartsecrets: a namespace and a release are required")
 	}
 	full := Fullname(o.Release)
-	passwords := stack.NewNATSPasswords()
+	passwords := stack.NewNATSPasswords(stack.NATSUsers(nil))
+	hashes, err := stack.NATSHashes(passwords)
+	if err != nil {
+		return nil, err
+	}
+	// Each service mounts its own password; the NATS nodes get only the
+	// bcrypt hashes (KEY.bcrypt), so their configuration holds no password.
+	natsAuth := make(map[string]string, 2*len(passwords))
+	for name, pw := range passwords {
+		natsAuth[name], natsAuth[name+".bcrypt"] = pw, hashes[name]
+	}
 	dir, err := os.MkdirTemp("", "tether-keys-")
 	if err != nil {
 		return nil, fmt.Errorf("chartsecrets: %w", err)
@@ -84,7 +94,7 @@ func List(o Options) ([]byte, error) {
 		}
 	}
 	items := []any{
-		secret(full+"-nats-auth", "Opaque", passwords),
+		secret(full+"-nats-auth", "Opaque", natsAuth),
 		secret(full+"-agent-signing", "Opaque", signing),
 		secret(full+"-identity", "Opaque", identity),
 	}

@@ -121,7 +121,7 @@ func writeState(o Options) error {
 	if _, err := pki.WriteIdentityKeys(o.Dir); err != nil {
 		return err
 	}
-	if err := writeNATSUsers(filepath.Join(o.Dir, "nats-users")); err != nil {
+	if _, err := stack.WriteNATSUsers(filepath.Join(o.Dir, "nats-users"), stack.NATSUsers(nil)); err != nil {
 		return err
 	}
 	if err := writeUsers(o); err != nil {
@@ -174,23 +174,6 @@ func writeKube(dir string) error {
 		return err
 	}
 	return writeKubeconfig(filepath.Join(dir, "kubeconfig"), APIServer, "/etc/tether/kube/ca.crt", nil, "admin", token)
-}
-
-func writeNATSUsers(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	passwords := stack.NewNATSPasswords()
-	for name, pw := range passwords {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(pw), 0o600); err != nil {
-			return err
-		}
-	}
-	auth, err := stack.NATSAuth(passwords)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, "auth.json"), auth, 0o600)
 }
 
 // writeUsers writes the gateway's tokens.csv, admin's token on its own for

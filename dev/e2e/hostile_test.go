@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,23 +154,29 @@ type rogueRouter struct {
 
 func newRogueRouter(t *testing.T) *rogueRouter {
 	t.Helper()
-	pw, err := os.ReadFile(filepath.Join(env.dir, "state", "nats-users", "router"))
+	const user = "router-0"
+	pw, err := os.ReadFile(filepath.Join(env.dir, "state", "nats-users", user))
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo("router", string(pw)), nats.RootCAs(env.stack.CAFile))
+	nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo(user, string(pw)), nats.RootCAs(env.stack.CAFile),
+		nats.CustomInboxPrefix(subject.Inbox(user)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	return &rogueRouter{nc: nc, inbox: "tether.rtr.rogue"}
+	inbox, err := subject.RouterInbox(user, "rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rogueRouter{nc: nc, inbox: inbox}
 }
 
 // send publishes open and returns the Status the agent answered.
 func (r *rogueRouter) send(t *testing.T, open *tetherv1.Open) kstatus.Status {
 	t.Helper()
 	r.n++
-	inbox := fmt.Sprintf("%s.%d", r.inbox, r.n)
+	inbox := subject.Router(r.inbox, uint64(r.n))
 	sub, err := r.nc.SubscribeSync(inbox)
 	if err != nil {
 		t.Fatal(err)

@@ -80,12 +80,12 @@ func TestInternalHopsNeedCertificates(t *testing.T) {
 	}
 	devStillServed(t)
 	// NATS: a client that will not speak TLS gets nowhere.
-	b, err := os.ReadFile(filepath.Join(env.dir, "state", "nats-users", "router"))
+	b, err := os.ReadFile(filepath.Join(env.dir, "state", "nats-users", "router-0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pw := string(b)
-	if nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo("router", pw), nats.MaxReconnects(0)); err == nil {
+	if nc, err := nats.Connect(env.stack.NATSURL, nats.Name(intruder), nats.UserInfo("router-0", pw), nats.MaxReconnects(0)); err == nil {
 		nc.Close()
 		t.Fatal("NATS accepted a client without TLS")
 	}

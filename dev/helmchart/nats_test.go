@@ -23,15 +23,22 @@ import (
 // The nats.conf the chart writes is one that nats-server (the version the
 // chart's image tag names, which the dev module embeds) accepts; its users
 // are the development stack's, with the same permissions; and a node
-// serves the health endpoints the probes call, to clients over TLS.
+// serves the health endpoints the probes call, to clients over TLS. The
+// nodes get only the passwords' bcrypt hashes, and a service logs in with
+// its password.
 func TestNATSConfig(t *testing.T) {
 	f := newFixture(t)
-	passwords := stack.NewNATSPasswords()
-	for name, pw := range passwords {
-		t.Setenv("NATS_PASSWORD_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_")), pw)
+	passwords := stack.NewNATSPasswords(stack.NATSUsers(nil))
+	hashes, err := stack.NATSHashes(passwords)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range hashes {
+		t.Setenv("NATS_PASSWORD_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_")), h)
 	}
 	t.Setenv("POD_NAME", "tether-nats-0")
-	want := devStackUsers(t, passwords)
+	want := devStackUsers(t, hashes)
+	natsReadsOnlyHashes(t, f)
 
 	for _, nodes := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d nodes", nodes), func(t *testing.T) {
@@ -61,6 +68,55 @@ func TestNATSConfig(t *testing.T) {
 			}
 			serve(t, opts, ports, caFile, passwords["router"])
 		})
+	}
+}
+
+// natsReadsOnlyHashes checks that the NATS nodes take nothing but bcrypt
+// hashes from Secrets: the passwords stay with the services.
+func natsReadsOnlyHashes(t *testing.T, f *fixture) {
+	t.Helper()
+	objs, err := Objects(f.render(t, "", "--show-only", "templates/nats.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, o := range objs {
+		if o["kind"] == "StatefulSet" {
+			if err := json.NewEncoder(&b).Encode(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var set struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Env []struct {
+							Name      string
+							ValueFrom struct{ SecretKeyRef *struct{ Key string } }
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(b.String()), &set); err != nil || len(set.Spec.Template.Spec.Containers) == 0 {
+		t.Fatalf("no NATS StatefulSet: %v", err)
+	}
+	n := 0
+	for _, c := range set.Spec.Template.Spec.Containers {
+		for _, e := range c.Env {
+			if ref := e.ValueFrom.SecretKeyRef; ref != nil {
+				n++
+				if !strings.HasSuffix(ref.Key, ".bcrypt") {
+					t.Errorf("the NATS nodes read %s from key %s of a Secret, not a bcrypt hash", e.Name, ref.Key)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("the NATS nodes read no password hashes")
 	}
 }
 
@@ -124,9 +180,9 @@ type natsUser struct {
 	Responses          bool
 }
 
-func devStackUsers(t *testing.T, passwords map[string]string) map[string]natsUser {
+func devStackUsers(t *testing.T, hashes map[string]string) map[string]natsUser {
 	t.Helper()
-	b, err := stack.NATSAuth(passwords)
+	b, err := stack.NATSAuth(hashes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +218,9 @@ func checkUsers(t *testing.T, got []*server.User, want map[string]natsUser) {
 		case !ok:
 			t.Errorf("user %s is not one of the development stack's", u.Username)
 		case u.Password != w.Password:
-			t.Errorf("user %s: the password is not the one from its environment variable", u.Username)
+			t.Errorf("user %s: the password is not the hash from its environment variable", u.Username)
+		case !strings.HasPrefix(u.Password, "$2a$"):
+			t.Errorf("user %s: the configuration holds a password, not its bcrypt hash", u.Username)
 		case u.Permissions == nil:
 			t.Errorf("user %s has no permissions: it may do anything", u.Username)
 		case !same(u.Permissions.Publish, allowOrNothing(w.Publish)):

@@ -13,24 +13,35 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tether-dev/tether/dev/proc"
+	"github.com/tether-dev/tether/lib/subject"
 )
 
-// natsUsers are what each service may do on NATS: a router sends requests
+// natsRoles are what each service may do on NATS: a router sends requests
 // and their frames and listens on its own inbox; a subscriber takes
-// requests and session frames, answers routers and reports agent events;
+// requests (only in the subscribers' queue group, so it never gets a copy
+// of another's), session frames, answers routers and reports agent events;
 // agent-registry alone writes cluster events and manages their stream, and
 // projects the agent events; routers and subscribers may only read the
-// cluster events. audit and autoscaler may do nothing yet. All
-// answer pings and get JetStream replies on _INBOX.
-var natsUsers = map[string]struct{ publish, subscribe []string }{
-	"router":         {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...), subscribe: []string{"tether.rtr.*.*", "_INBOX.>"}},
-	"subscriber":     {publish: append([]string{"tether.rtr.*.*", "tether.agents.*"}, followClusters...), subscribe: []string{"tether.req.*", "tether.sess.*.*", "_INBOX.>"}},
-	"agent-registry": {publish: append(append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), projectAgents...), subscribe: []string{"_INBOX.>"}},
-	"audit":          {},
-	"autoscaler":     {},
+// cluster events. audit and autoscaler may do nothing yet. All answer
+// pings. UserToken in a subject stands for the user's own name: each user
+// reads only its own router inbox and its own _INBOX (ADR 012).
+var natsRoles = map[string]struct{ publish, subscribe []string }{
+	"router": {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...),
+		subscribe: []string{"tether.rtr." + UserToken + ".>", subject.Inbox(UserToken) + ".>"}},
+	"subscriber": {publish: append([]string{"tether.rtr.*.*.*", "tether.agents.*"}, followClusters...),
+		subscribe: []string{"tether.req.* " + subject.QueueGroup, "tether.sess.*.*", subject.Inbox(UserToken) + ".>"}},
+	"agent-registry": {publish: append(append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), projectAgents...),
+		subscribe: []string{subject.Inbox(UserToken) + ".>"}},
+	"audit":      {},
+	"autoscaler": {},
 }
+
+// UserToken stands for a NATS user's own name in natsRoles' subjects (the
+// chart's tether.natsUsers writes it the same way).
+const UserToken = "{user}"
 
 // projectAgents is what agent-registry needs to consume the agent events
 // with its durable consumer and keep their projection in a KV bucket.
@@ -53,20 +64,63 @@ var followClusters = []string{
 	"$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>",
 }
 
-// writeNATSUsers writes natsd's --auth file, with a new password for each
-// service in a file of its own, and returns the --auth file's path.
-func (s *Stack) writeNATSUsers() (string, error) {
-	dir := filepath.Join(s.opts.StateDir, "nats-users")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// NATSUsers names the NATS users: one per service, or, for a service in
+// instances, one per instance ("router-0", "router-1", ...), each with the
+// service's permissions over its own name.
+func NATSUsers(instances map[string]int) []string {
+	var out []string
+	for role := range natsRoles {
+		if n := instances[role]; n > 0 {
+			for i := range n {
+				out = append(out, InstanceUser(role, i))
+			}
+			continue
+		}
+		out = append(out, role)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// InstanceUser is the NATS user of instance i of service, when the
+// service logs in as one user per instance (NATSUsers).
+func InstanceUser(service string, i int) string { return service + "-" + strconv.Itoa(i) }
+
+// roleOf is the service whose permissions user has: its own name, or the
+// name an instance user ("router-0") was made from.
+func roleOf(user string) (string, bool) {
+	if _, ok := natsRoles[user]; ok {
+		return user, true
+	}
+	i := strings.LastIndexByte(user, '-')
+	if i <= 0 {
+		return "", false
+	}
+	if _, err := strconv.ParseUint(user[i+1:], 10, 32); err != nil {
+		return "", false
+	}
+	_, ok := natsRoles[user[:i]]
+	return user[:i], ok
+}
+
+// WriteNATSUsers gives each of users a new random password, writes each to
+// a file of its own in dir (what the service reads), and natsd's --auth
+// file, which holds only bcrypt hashes of them; it returns that file's path.
+func WriteNATSUsers(dir string, users []string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("stack: %w", err)
 	}
-	passwords := NewNATSPasswords()
+	passwords := NewNATSPasswords(users)
 	for name, pw := range passwords {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(pw), 0o600); err != nil {
 			return "", fmt.Errorf("stack: %w", err)
 		}
 	}
-	b, err := NATSAuth(passwords)
+	hashes, err := NATSHashes(passwords)
+	if err != nil {
+		return "", err
+	}
+	b, err := NATSAuth(hashes)
 	if err != nil {
 		return "", err
 	}
@@ -77,18 +131,39 @@ func (s *Stack) writeNATSUsers() (string, error) {
 	return path, nil
 }
 
-// NewNATSPasswords gives every service's NATS user a new random password.
-func NewNATSPasswords() map[string]string {
-	out := make(map[string]string, len(natsUsers))
-	for name := range natsUsers {
+// natsInstances are the services of the stack that log in to NATS as one
+// user per instance: each router reads only its own inbox.
+func (s *Stack) natsInstances() map[string]int {
+	return map[string]int{"router": s.opts.Replicas, "subscriber": s.opts.Subscribers}
+}
+
+// NewNATSPasswords gives each of users a new random password.
+func NewNATSPasswords(users []string) map[string]string {
+	out := make(map[string]string, len(users))
+	for _, name := range users {
 		out[name] = randomHex(16)
 	}
 	return out
 }
 
-// NATSAuth is natsd's --auth file: each service's user with its password
-// and its subject permissions.
-func NATSAuth(passwords map[string]string) ([]byte, error) {
+// NATSHashes are the bcrypt hashes of passwords, what a NATS server's
+// configuration holds instead of them.
+func NATSHashes(passwords map[string]string) (map[string]string, error) {
+	out := make(map[string]string, len(passwords))
+	for name, pw := range passwords {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+		if err != nil {
+			return nil, fmt.Errorf("stack: hashing %s's NATS password: %w", name, err)
+		}
+		out[name] = string(h)
+	}
+	return out, nil
+}
+
+// NATSAuth is natsd's --auth file: each user with its password's bcrypt
+// hash and its subject permissions. A plaintext password is refused: the
+// server's configuration never holds one.
+func NATSAuth(hashes map[string]string) ([]byte, error) {
 	type user struct {
 		User      string   `json:"user"`
 		Password  string   `json:"password"`
@@ -97,21 +172,38 @@ func NATSAuth(passwords map[string]string) ([]byte, error) {
 		Responses bool     `json:"responses"`
 	}
 	var users []user
-	for name, perm := range natsUsers {
-		pw := passwords[name]
-		if pw == "" {
-			return nil, fmt.Errorf("stack: no NATS password for %s", name)
+	for name, hash := range hashes {
+		role, ok := roleOf(name)
+		if !ok {
+			return nil, fmt.Errorf("stack: no NATS permissions for user %q", name)
 		}
-		users = append(users, user{User: name, Password: pw, Publish: perm.publish, Subscribe: perm.subscribe, Responses: len(perm.subscribe) > 0})
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("stack: %s's NATS password is no bcrypt hash", name)
+		}
+		perm := natsRoles[role]
+		users = append(users, user{User: name, Password: hash, Publish: perm.publish, Subscribe: ownSubjects(perm.subscribe, name),
+			Responses: len(perm.subscribe) > 0})
+	}
+	if len(users) == 0 {
+		return nil, fmt.Errorf("stack: no NATS users")
 	}
 	sort.Slice(users, func(i, j int) bool { return users[i].User < users[j].User })
 	return json.MarshalIndent(map[string]any{"users": users}, "", "  ")
 }
 
-// NATSArgs are the flags that connect service to the stack's NATS as its
-// own user, over TLS.
-func (s *Stack) NATSArgs(service string) []string {
-	return []string{"--nats-url", s.NATSURL, "--nats-user", service, "--nats-password-file", filepath.Join(s.opts.StateDir, "nats-users", service),
+// ownSubjects puts user's name where subjs say UserToken.
+func ownSubjects(subjs []string, user string) []string {
+	out := make([]string, len(subjs))
+	for i, s := range subjs {
+		out[i] = strings.ReplaceAll(s, UserToken, user)
+	}
+	return out
+}
+
+// NATSArgs are the flags that connect to the stack's NATS as user (a
+// service, or one instance of it: NATSUser), over TLS.
+func (s *Stack) NATSArgs(user string) []string {
+	return []string{"--nats-url", s.NATSURL, "--nats-user", user, "--nats-password-file", filepath.Join(s.opts.StateDir, "nats-users", user),
 		"--nats-ca-file", s.CAFile}
 }
 

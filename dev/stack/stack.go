@@ -247,7 +247,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 
-	auth, err := s.writeNATSUsers()
+	auth, err := WriteNATSUsers(filepath.Join(s.opts.StateDir, "nats-users"), NATSUsers(s.natsInstances()))
 	if err != nil {
 		return nil, err
 	}
@@ -296,13 +296,13 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err := s.startService(ctx, "agent-registry", addr(regAdmin[0]), append([]string{"--listen", net.JoinHostPort(s.HostIP, strconv.Itoa(regPort)),
 		"--signing-key", signingKey, "--agent-endpoint", s.SubscriberURL, "--stream-replicas", strconv.Itoa(o.NATSNodes),
 		"--identity-root-key", s.Identity.RootPublic,
-		"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry")...)...); err != nil {
+		"--cluster-callers", "gateway," + operator}, s.internalArgs("agent-registry", "agent-registry")...)...); err != nil {
 		return nil, err
 	}
 	for i, sub := range subs {
-		if err := s.startService(ctx, sub.name, sub.admin, append([]string{"--listen", sub.listen, "--id", fmt.Sprintf("subscriber-%d", i),
+		if err := s.startService(ctx, sub.name, sub.admin, append([]string{"--listen", sub.listen, "--id", InstanceUser("subscriber", i),
 			"--tls-cert", s.certFile(subscriberTLS), "--tls-key", s.keyFile(subscriberTLS),
-			"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber")...)...); err != nil {
+			"--credential-keys", publicKey, "--registry-url", s.RegistryURL}, s.internalArgs("subscriber", InstanceUser("subscriber", i))...)...); err != nil {
 			return nil, err
 		}
 	}
@@ -314,7 +314,7 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 		name := replicaName("router", i)
 		routerURLs[i] = "https://" + addr(ports[0])
-		if err := s.startService(ctx, name, addr(ports[1]), append([]string{"--listen", addr(ports[0]), "--id", fmt.Sprintf("router-%d", i)}, s.internalArgs("router")...)...); err != nil {
+		if err := s.startService(ctx, name, addr(ports[1]), append([]string{"--listen", addr(ports[0]), "--id", InstanceUser("router", i)}, s.internalArgs("router", InstanceUser("router", i))...)...); err != nil {
 			return nil, err
 		}
 	}
@@ -366,7 +366,7 @@ func (s *Stack) gatewayArgs(port int, routers []string, tokens, cert, key string
 		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key, "--identity-key", s.Identity.GatewayKey,
 		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email",
 		"--cluster-domain", ClusterDomain},
-		s.internalArgs("gateway")...)
+		s.internalArgs("gateway", "")...)
 }
 
 // startService starts a Tether service (or a replica, "router-1") with its
@@ -528,11 +528,12 @@ func (s *Stack) certFile(name string) string { return filepath.Join(s.pkiDir(), 
 func (s *Stack) keyFile(name string) string  { return filepath.Join(s.pkiDir(), name+".key") }
 
 // internalArgs are a service's flags for internal hops: its certificate
-// for mTLS, and NATS (but the gateway does not use NATS).
-func (s *Stack) internalArgs(service string) []string {
+// for mTLS, and NATS as natsUser (none for the gateway, which does not use
+// NATS).
+func (s *Stack) internalArgs(service, natsUser string) []string {
 	args := []string{"--mtls-cert", s.certFile(service), "--mtls-key", s.keyFile(service), "--mtls-ca", s.CAFile}
-	if service != "gateway" {
-		args = append(args, s.NATSArgs(service)...)
+	if natsUser != "" {
+		args = append(args, s.NATSArgs(natsUser)...)
 	}
 	return args
 }

@@ -7,8 +7,12 @@
 //	                                 queue group "subscribers".
 //	tether.sess.<session>.<stream>   frames from a router to one request on
 //	                                 one agent session.
-//	tether.rtr.<router>.<call>       frames from a subscriber back to the
-//	                                 router that opened the request.
+//	tether.rtr.<user>.<router>.<call>
+//	                                 frames from a subscriber back to the
+//	                                 router that opened the request; <user>
+//	                                 is the router's NATS user, which may
+//	                                 read tether.rtr.<user>.> and nothing
+//	                                 else of tether.rtr (ADR 012).
 package subject
 
 import (
@@ -64,13 +68,28 @@ func SessionOf(subj string) (string, bool) {
 	return rest[:i], true
 }
 
-// RouterWildcard subscribes to every call of a router.
-func RouterWildcard(router string) string { return "tether.rtr." + router + ".*" }
-
-// Router is where a subscriber sends frames of one call of a router.
-func Router(router string, call uint64) string {
-	return "tether.rtr." + router + "." + strconv.FormatUint(call, 10)
+// RouterInbox is the prefix of the calls of router, which logs in to NATS
+// as user: both must be valid tokens (ValidToken).
+func RouterInbox(user, router string) (string, error) {
+	if !ValidToken(user) || !ValidToken(router) {
+		return "", fmt.Errorf("invalid router inbox %q.%q", user, router)
+	}
+	return "tether.rtr." + user + "." + router, nil
 }
+
+// RouterWildcard subscribes to every call under a RouterInbox.
+func RouterWildcard(inbox string) string { return inbox + ".*" }
+
+// Router is where a subscriber sends frames of one call under a
+// RouterInbox.
+func Router(inbox string, call uint64) string {
+	return inbox + "." + strconv.FormatUint(call, 10)
+}
+
+// Inbox is the prefix of the NATS inbox (replies to requests, JetStream's
+// API) of a service logged in as user: each user may read only its own
+// (ADR 012).
+func Inbox(user string) string { return "_INBOX_" + user }
 
 // ValidToken reports whether a session or router id is safe in a subject.
 func ValidToken(id string) bool { return token.MatchString(id) }

@@ -43,7 +43,7 @@ func TestLastNumber(t *testing.T) {
 	if n, err := LastNumber(Session("s1", 42)); err != nil || n != 42 {
 		t.Fatalf("got %d, %v", n, err)
 	}
-	if n, err := LastNumber(Router("r1", 7)); err != nil || n != 7 {
+	if n, err := LastNumber(Router("tether.rtr.router.r1", 7)); err != nil || n != 7 {
 		t.Fatalf("got %d, %v", n, err)
 	}
 	if _, err := LastNumber("tether.sess.s1.x"); err == nil {
@@ -69,5 +69,30 @@ func TestSessionOf(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("SessionOf(%q) = %q, %v; want %q, %v", tt.subj, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// A router's inbox starts with its NATS user, the token its permissions
+// confine it to; neither part may carry a wildcard or a separator.
+func TestRouterInbox(t *testing.T) {
+	tests := []struct {
+		user, router, want string
+	}{
+		{"router-0", "router-0-a1b2", "tether.rtr.router-0.router-0-a1b2"},
+		{"router", "pod-x_1", "tether.rtr.router.pod-x_1"},
+		{"router.x", "r", ""},
+		{"*", "r", ""},
+		{"router", ">", ""},
+		{"router", "", ""},
+		{"", "r", ""},
+	}
+	for _, tt := range tests {
+		got, err := RouterInbox(tt.user, tt.router)
+		if got != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("RouterInbox(%q, %q) = %q, %v; want %q", tt.user, tt.router, got, err, tt.want)
+		}
+	}
+	if w, c := RouterWildcard("tether.rtr.u.r"), Router("tether.rtr.u.r", 3); w != "tether.rtr.u.r.*" || c != "tether.rtr.u.r.3" {
+		t.Errorf("RouterWildcard = %q, Router = %q", w, c)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tether-dev/tether/lib/natsconn"
+	"github.com/tether-dev/tether/lib/subject"
 )
 
 // Listener says how a service serves its main endpoint.
@@ -120,7 +121,12 @@ func (env *Env) ConnectNATS(ctx context.Context, n NATS, name string) (*nats.Con
 		if err != nil {
 			return nil, fmt.Errorf("reading the NATS password: %w", err)
 		}
-		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))))
+		if !subject.ValidToken(n.User) {
+			return nil, fmt.Errorf("NATS user %q must match [A-Za-z0-9_-]{1,64}: it names the user's inbox", n.User)
+		}
+		// Replies (JetStream's API among them) come to an inbox only this
+		// user may read: another service never sees them (ADR 012).
+		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))), nats.CustomInboxPrefix(subject.Inbox(n.User)))
 	}
 	if n.CAFile != "" {
 		// The password crosses the network only inside TLS.

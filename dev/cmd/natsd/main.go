@@ -13,11 +13,13 @@
 // With --auth, every client must log in as one of the users in the file,
 // each allowed to publish and subscribe only to its subjects:
 //
-//	{"users": [{"user": "router", "password": "…",
-//	  "publish": ["tether.req.*"], "subscribe": ["tether.rtr.*.*"], "responses": true}]}
+//	{"users": [{"user": "router-0", "password": "$2a$10$…",
+//	  "publish": ["tether.req.*"], "subscribe": ["tether.rtr.router-0.>"], "responses": true}]}
 //
-// An empty list allows nothing; "responses" lets the user answer requests
-// sent to it, whatever their reply subject.
+// A password is a bcrypt hash (dev/stack NATSAuth): a plaintext one is
+// refused, so the file never holds what a client logs in with. An empty
+// list allows nothing; "responses" lets the user answer requests sent to
+// it, whatever their reply subject.
 package main
 
 import (
@@ -32,6 +34,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
 )
 
 func main() {
@@ -167,6 +170,9 @@ func loadUsers(path string) ([]*server.User, error) {
 	for _, u := range f.Users {
 		if u.User == "" || u.Password == "" {
 			return nil, fmt.Errorf("%s: every user needs a name and a password", path)
+		}
+		if _, err := bcrypt.Cost([]byte(u.Password)); err != nil {
+			return nil, fmt.Errorf("%s: %s's password is no bcrypt hash: the file must not hold plaintext passwords", path, u.User)
 		}
 		p := &server.Permissions{Publish: subjects(u.Publish), Subscribe: subjects(u.Subscribe)}
 		if u.Responses {

@@ -281,8 +281,9 @@ spec:
 
 {{/*
 Each service's NATS user and what it may do, as in the development stack
-(dev/stack natsUsers; dev/helmtest compares the two). A YAML list of
-{name, publish, subscribe}.
+(dev/stack natsRoles; dev/helmchart compares the two). A YAML list of
+{name, publish, subscribe}; "{user}" in a subject stands for the user's
+own name: each user reads only its own router inbox and _INBOX (ADR 012).
 */}}
 {{- define "tether.natsUsers" -}}
 {{- $followClusters := list "$JS.API.STREAM.INFO.CLUSTERS" "$JS.API.CONSUMER.CREATE.CLUSTERS.>" "$JS.API.CONSUMER.DELETE.CLUSTERS.>" "$JS.API.CONSUMER.INFO.CLUSTERS.>" "$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>" -}}
@@ -294,9 +295,9 @@ Each service's NATS user and what it may do, as in the development stack
   "$JS.API.STREAM.MSG.GET.KV_AGENTS_STATE" "$JS.API.DIRECT.GET.KV_AGENTS_STATE.>" "$KV.AGENTS_STATE.>"
   "$JS.API.CONSUMER.CREATE.KV_AGENTS_STATE.>" "$JS.API.CONSUMER.DELETE.KV_AGENTS_STATE.>" "$JS.FC.>" -}}
 {{- $users := list
-  (dict "name" "router" "publish" (concat (list "tether.req.*" "tether.sess.*.*") $followClusters) "subscribe" (list "tether.rtr.*.*" "_INBOX.>"))
-  (dict "name" "subscriber" "publish" (concat (list "tether.rtr.*.*" "tether.agents.*") $followClusters) "subscribe" (list "tether.req.*" "tether.sess.*.*" "_INBOX.>"))
-  (dict "name" "agent-registry" "publish" (concat (list "tether.clusters.*" "$JS.API.STREAM.CREATE.CLUSTERS" "$JS.API.STREAM.UPDATE.CLUSTERS") $followClusters $projectAgents) "subscribe" (list "_INBOX.>"))
+  (dict "name" "router" "publish" (concat (list "tether.req.*" "tether.sess.*.*") $followClusters) "subscribe" (list "tether.rtr.{user}.>" "_INBOX_{user}.>"))
+  (dict "name" "subscriber" "publish" (concat (list "tether.rtr.*.*.*" "tether.agents.*") $followClusters) "subscribe" (list "tether.req.* subscribers" "tether.sess.*.*" "_INBOX_{user}.>"))
+  (dict "name" "agent-registry" "publish" (concat (list "tether.clusters.*" "$JS.API.STREAM.CREATE.CLUSTERS" "$JS.API.STREAM.UPDATE.CLUSTERS") $followClusters $projectAgents) "subscribe" (list "_INBOX_{user}.>"))
   (dict "name" "audit" "publish" (list) "subscribe" (list))
   (dict "name" "autoscaler" "publish" (list) "subscribe" (list))
 -}}

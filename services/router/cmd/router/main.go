@@ -66,7 +66,7 @@ func main() {
 		// Not ready before the catalog is read: a cluster not read yet
 		// would get 404s.
 		env.Admin.AddCheck("clusters", follower.Ready)
-		cfg.ID, cfg.NATS, cfg.Catalog, cfg.Window, cfg.NoAgentWait = id, nc, cat, window, noAgentWait
+		cfg.ID, cfg.NATS, cfg.NATSUser, cfg.Catalog, cfg.Window, cfg.NoAgentWait = id, nc, natsFlags.User, cat, window, noAgentWait
 		cfg.Instruments = env.Telemetry.Instruments()
 		srv, err := router.New(cfg)
 		if err != nil {

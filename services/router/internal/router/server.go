@@ -47,6 +47,10 @@ type Config struct {
 	// ID names this router; its inbox subjects carry it.
 	ID   string
 	NATS *nats.Conn
+	// NATSUser is the NATS user the router logs in as: its inbox is under
+	// tether.rtr.<NATSUser>, the only part of tether.rtr that user may
+	// read (ADR 012). Empty: "router", for a NATS without users.
+	NATSUser string
 	// Catalog says which clusters exist and whose they are: the projection
 	// of the cluster events (clusters.Projection).
 	Catalog Catalog
@@ -88,7 +92,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	inboxID string
+	// inbox is the prefix of this process's call subjects.
+	inbox string
 	// epoch counts the router's NATS disconnects: a call sent in an
 	// earlier epoch may have lost frames nobody will resend.
 	epoch atomic.Uint64
@@ -151,9 +156,16 @@ func New(cfg Config) (*Server, error) {
 	// The inbox carries a per-process nonce besides the configured id: a
 	// restarted router (same pod name) must never receive answers meant for
 	// its predecessor's calls.
-	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inboxID: cfg.ID + "-" + nonce(),
+	if cfg.NATSUser == "" {
+		cfg.NATSUser = "router"
+	}
+	inbox, err := subject.RouterInbox(cfg.NATSUser, cfg.ID+"-"+nonce())
+	if err != nil {
+		return nil, fmt.Errorf("router: NATS user: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inbox: inbox,
 		unanswered: map[string]unanswered{}}
-	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inboxID), s.inbox)
+	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inbox), s.receive)
 	if err != nil {
 		return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
 	}
@@ -181,7 +193,7 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-func (s *Server) inbox(m *nats.Msg) {
+func (s *Server) receive(m *nats.Msg) {
 	id, err := subject.LastNumber(m.Subject)
 	if err != nil {
 		return
@@ -227,7 +239,7 @@ func (s *Server) newCall() *call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
-	c := &call{id: s.next, inbox: subject.Router(s.inboxID, s.next), nc: s.cfg.NATS, answered: make(chan struct{}),
+	c := &call{id: s.next, inbox: subject.Router(s.inbox, s.next), nc: s.cfg.NATS, answered: make(chan struct{}),
 		epoch: s.epoch.Load(), sent: time.Now()}
 	c.s = tunnel.NewStream(1, c, s.cfg.Window)
 	c.lastRecv.Store(c.sent.UnixNano())
