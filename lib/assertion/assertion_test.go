@@ -187,3 +187,27 @@ func TestBind(t *testing.T) {
 		})
 	}
 }
+
+func BenchmarkSignAndVerify(b *testing.B) {
+	_, rootKey, _ := ed25519.GenerateKey(rand.Reader)
+	root, _ := NewRoot(rootKey)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	cert, _ := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	s, _ := NewSigner(priv, cert)
+	v, _ := NewVerifier(root.Public())
+	open := &tetherv1.Open{RequestId: "r1", ClusterId: "dev", Method: "GET", Path: "/api/v1/pods", Query: "limit=5"}
+	now := time.Now()
+	for b.Loop() {
+		si, err := s.Sign(assertionAt(now, time.Minute))
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, err := v.Verify(si, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := Bind(a, open, "dev"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -33,6 +33,9 @@ type results struct {
 	logs       string
 	other      []otherLoad // CPU of processes not ours, by phase
 	gzipC      float64     // ms per MB to gzip the big list's kind of data
+	// identSign and identVerify time the signed identity's two ends: the
+	// gateway's signature, the agent's check (ADR 011).
+	identSign, identVerify samples
 	gzipD      float64
 	tetherErrs []string
 	profiles   map[string]string // go tool pprof -top, by service

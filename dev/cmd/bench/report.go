@@ -86,6 +86,10 @@ func coreReport(r *results) string {
 	fmt.Fprintf(&b, "| Added p50 of a small GET under %.2f ms | +%s ms | %s |\n", targetAddedP50, msf(addedP50), passMiss(addedP50 < targetAddedP50))
 	fmt.Fprintf(&b, "| At least %.2f of direct requests/s at %d concurrent | %.2f | %s |\n", targetRPS, c.workers, rpsRatio, passMiss(rpsRatio >= targetRPS))
 	fmt.Fprintf(&b, "| At least %.2f of direct MB/s on the big list | %.2f | %s |\n", targetMBps, mbRatio, passMiss(mbRatio >= targetMBps))
+	identP50 := dms(r.identSign.pct(0.5) + r.identVerify.pct(0.5))
+	fmt.Fprintf(&b, "| Signed identity (gateway signs, agent verifies) p50 under %.2f ms | %.3f ms (sign %.3f, verify %.3f; p99 %.3f and %.3f; %d failed) | %s |\n",
+		targetIdentityP50, identP50, dms(r.identSign.pct(0.5)), dms(r.identVerify.pct(0.5)), dms(r.identSign.pct(0.99)), dms(r.identVerify.pct(0.99)),
+		r.identSign.errors+r.identVerify.errors, passMiss(identP50 < targetIdentityP50 && r.identSign.errors+r.identVerify.errors == 0))
 	for _, svc := range []string{"gateway", "subscriber"} {
 		fmt.Fprintf(&b, "| Flat %s memory while streaming (peak − baseline under %.0f%% of the %.0f MB body) | %+.1f MB | %s |\n",
 			svc, targetFlat*100, body/1e6, growth(svc)/1e6, passMiss(body > 0 && growth(svc) < targetFlat*body))
