@@ -149,15 +149,76 @@ func TestClusterRBACDecides(t *testing.T) {
 	}
 }
 
-func TestClientImpersonationHasNoEffect(t *testing.T) {
-	alice := kubeconfig(t, "alice")
-	// kubectl --as sends Impersonate-User and Impersonate-Group headers.
-	_, errs, err := kubectl(t, alice, "", "get", "secrets", "-n", "kube-system", "--as=admin", "--as-group=system:masters")
-	if err == nil {
-		t.Fatal("alice read kube-system secrets by impersonating admin")
+// TestKubectlAsMeansWhatItMeansDirectly: kubectl --as through Tether acts
+// as the named user when the cluster lets the caller impersonate them, and
+// answers as the kube-apiserver does when it does not (ADR 011).
+func TestKubectlAsMeansWhatItMeansDirectly(t *testing.T) {
+	admin, alice := kubeconfig(t, "admin"), kubeconfig(t, "alice")
+	ns := "e2e-as"
+	must(t, env.direct, "", "create", "namespace", ns)
+	t.Cleanup(func() { _, _, _ = kubectl(t, env.direct, "", "delete", "namespace", ns, "--wait=false") })
+	must(t, env.direct, "", "create", "rolebinding", "devs-edit", "-n", ns, "--clusterrole=edit", "--group=acme:developers")
+	must(t, env.direct, "", "create", "rolebinding", "uid-view", "-n", ns, "--clusterrole=view", "--user=carol")
+
+	// The same questions through Tether (as admin) and directly (as the
+	// cluster's own administrator): the same answers.
+	asked := [][]string{
+		{"--as=alice", "--as-group=acme:developers"},
+		{"--as=alice"}, // no group: not a developer
+		{"--as=carol", "--as-uid=u-carol"},
+		{"--as=bob", "--as-group=acme:developers", "--as-group=acme:oncall"},
 	}
-	if !strings.Contains(errs, `User "alice"`) {
-		t.Fatalf("the cluster did not see alice: %s", errs)
+	questions := [][]string{
+		{"create", "configmaps", "-n", ns},
+		{"get", "configmaps", "-n", ns},
+		{"delete", "deployments", "-n", ns},
+		{"get", "secrets", "-n", "kube-system"},
+		{"create", "clusterrolebindings"},
+	}
+	for _, as := range asked {
+		for _, q := range questions {
+			args := append(append([]string{"auth", "can-i"}, q...), as...)
+			viaTether, _, _ := kubectl(t, admin, "", args...)
+			direct, _, _ := kubectl(t, env.direct, "", args...)
+			if viaTether != direct || (viaTether != "yes\n" && viaTether != "no\n") {
+				t.Errorf("can-i %v %v: through Tether %q, directly %q", q, as, viaTether, direct)
+			}
+		}
+	}
+
+	// What alice may not do, admin --as alice may not either, and the
+	// cluster says so to alice's name, as it does directly.
+	_, errTether, err1 := kubectl(t, admin, "", "get", "secrets", "-n", "kube-system", "--as=alice", "--as-group=acme:developers")
+	_, errDirect, err2 := kubectl(t, env.direct, "", "get", "secrets", "-n", "kube-system", "--as=alice", "--as-group=acme:developers")
+	if err1 == nil || err2 == nil || errTether != errDirect || !strings.Contains(errTether, `User "alice"`) {
+		t.Fatalf("admin --as=alice: through Tether %v %q, directly %v %q", err1, errTether, err2, errDirect)
+	}
+	// And what she may, admin --as alice does, as alice in the audit log.
+	must(t, admin, "", "create", "configmap", "made-as-alice", "-n", ns, "--as=alice", "--as-group=acme:developers")
+	audit, err := env.stack.Kube.Audit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range audit {
+		if ev.ObjectRef != nil && ev.ObjectRef.Name == "made-as-alice" && ev.Verb == "create" {
+			found = ev.ImpersonatedUser != nil && ev.ImpersonatedUser.Username == "alice"
+		}
+	}
+	if !found {
+		t.Fatal("the kube-apiserver's audit log has no create of made-as-alice as alice")
+	}
+
+	// alice has no right to impersonate: the kube-apiserver's words.
+	_, errs, err := kubectl(t, alice, "", "get", "configmaps", "-n", ns, "--as=admin")
+	want := `users "admin" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope`
+	if err == nil || !strings.Contains(errs, want) {
+		t.Fatalf("alice --as=admin: %v %s, want %q", err, errs, want)
+	}
+	// No one becomes system:masters through an agent that does not allow it.
+	_, errs, err = kubectl(t, admin, "", "get", "secrets", "-n", "kube-system", "--as=admin", "--as-group=system:masters")
+	if err == nil || !strings.Contains(errs, `does not impersonate \"system:masters\"`) && !strings.Contains(errs, `does not impersonate "system:masters"`) {
+		t.Fatalf("admin --as-group=system:masters: %v %s", err, errs)
 	}
 }
 

@@ -606,7 +606,12 @@ type IdentityAssertion struct {
 	IssuedUnixMilli  int64  `protobuf:"varint,8,opt,name=issued_unix_milli,json=issuedUnixMilli,proto3" json:"issued_unix_milli,omitempty"`
 	ExpiresUnixMilli int64  `protobuf:"varint,9,opt,name=expires_unix_milli,json=expiresUnixMilli,proto3" json:"expires_unix_milli,omitempty"`
 	// The gateway instance, for the agent's logs.
-	Issuer        string `protobuf:"bytes,10,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Issuer string `protobuf:"bytes,10,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Whom the user asked to act as (kubectl --as, --as-group, --as-uid:
+	// the Impersonate-* headers): the agent runs the request as this
+	// identity only when the cluster lets the user impersonate each part of
+	// it, which it asks the kube-apiserver with SubjectAccessReviews.
+	Impersonate   *Identity `protobuf:"bytes,11,opt,name=impersonate,proto3" json:"impersonate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +714,13 @@ func (x *IdentityAssertion) GetIssuer() string {
 		return x.Issuer
 	}
 	return ""
+}
+
+func (x *IdentityAssertion) GetImpersonate() *Identity {
+	if x != nil {
+		return x.Impersonate
+	}
+	return nil
 }
 
 // GatewayKeyCertificate is a gateway signing key certified by the identity
@@ -1610,7 +1622,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x0eSignedIdentity\x12\x1c\n" +
 	"\tassertion\x18\x01 \x01(\fR\tassertion\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12'\n" +
-	"\x0fkey_certificate\x18\x03 \x01(\fR\x0ekeyCertificate\"\xd0\x02\n" +
+	"\x0fkey_certificate\x18\x03 \x01(\fR\x0ekeyCertificate\"\x87\x03\n" +
 	"\x11IdentityAssertion\x12/\n" +
 	"\bidentity\x18\x01 \x01(\v2\x13.tether.v1.IdentityR\bidentity\x12\x18\n" +
 	"\atenants\x18\x02 \x03(\tR\atenants\x12\x1d\n" +
@@ -1624,7 +1636,8 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x11issued_unix_milli\x18\b \x01(\x03R\x0fissuedUnixMilli\x12,\n" +
 	"\x12expires_unix_milli\x18\t \x01(\x03R\x10expiresUnixMilli\x12\x16\n" +
 	"\x06issuer\x18\n" +
-	" \x01(\tR\x06issuer\"G\n" +
+	" \x01(\tR\x06issuer\x125\n" +
+	"\vimpersonate\x18\v \x01(\v2\x13.tether.v1.IdentityR\vimpersonate\"G\n" +
 	"\x15GatewayKeyCertificate\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"y\n" +
@@ -1745,15 +1758,16 @@ var file_tether_v1_tunnel_proto_depIdxs = []int32{
 	20, // 12: tether.v1.Open.trace:type_name -> tether.v1.Open.TraceEntry
 	3,  // 13: tether.v1.Open.signed_identity:type_name -> tether.v1.SignedIdentity
 	7,  // 14: tether.v1.IdentityAssertion.identity:type_name -> tether.v1.Identity
-	21, // 15: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
-	9,  // 16: tether.v1.Response.headers:type_name -> tether.v1.Header
-	0,  // 17: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
-	8,  // 18: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	7,  // 15: tether.v1.IdentityAssertion.impersonate:type_name -> tether.v1.Identity
+	21, // 16: tether.v1.Identity.extra:type_name -> tether.v1.Identity.ExtraEntry
+	9,  // 17: tether.v1.Response.headers:type_name -> tether.v1.Header
+	0,  // 18: tether.v1.Reset.code:type_name -> tether.v1.ResetCode
+	8,  // 19: tether.v1.Identity.ExtraEntry.value:type_name -> tether.v1.Values
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_tunnel_proto_init() }

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -126,8 +127,13 @@ func main() {
 				allowed = append(allowed, n)
 			}
 		}
+		authz, err := authorizationv1client.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("building the SubjectAccessReview client: %w", err)
+		}
 		a, err := agent.New(agent.Config{
 			Admission:        agent.Admission{Verifier: verifier, Tenant: tenant, AllowSystem: allowed},
+			AccessReviews:    authz.SubjectAccessReviews(),
 			ClusterID:        clusterID,
 			SubscriberURLs:   urls,
 			Subscriber:       subscriber,

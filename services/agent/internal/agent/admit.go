@@ -82,9 +82,10 @@ type refusal struct {
 	status kstatus.Status
 }
 
-// admit returns the identity open may run as, or the refusal that says
-// why not, in words the user can read.
-func (ad *admission) admit(open *tetherv1.Open, now time.Time) (*tetherv1.Identity, *refusal) {
+// admit returns the verified assertion open came with: who asks, and
+// whom they asked to act as, if anyone. Or the refusal that says why not,
+// in words the user can read.
+func (ad *admission) admit(open *tetherv1.Open, now time.Time) (*tetherv1.IdentityAssertion, *refusal) {
 	refuse := func(reason string, code int, msg string) *refusal {
 		return &refusal{reason: reason, status: kstatus.New(code, fmt.Sprintf("the Tether agent of cluster %q refused this request: %s", ad.cluster, msg))}
 	}
@@ -104,12 +105,13 @@ func (ad *admission) admit(open *tetherv1.Open, now time.Time) (*tetherv1.Identi
 		}
 		return nil, refuse("capacity", http.StatusServiceUnavailable, err.Error())
 	}
-	id := a.GetIdentity()
-	if name := ad.forbiddenSystemName(id); name != "" {
-		return nil, refuse("system_name", http.StatusForbidden,
-			fmt.Sprintf("it does not impersonate %q: Kubernetes system users and groups pass only when the cluster allows them by name", name))
+	for _, id := range []*tetherv1.Identity{a.GetIdentity(), a.GetImpersonate()} {
+		if name := ad.forbiddenSystemName(id); name != "" {
+			return nil, refuse("system_name", http.StatusForbidden,
+				fmt.Sprintf("it does not impersonate %q: Kubernetes system users and groups pass only when the cluster allows them by name", name))
+		}
 	}
-	return id, nil
+	return a, nil
 }
 
 // everyone is the one system: group that grants nothing: the

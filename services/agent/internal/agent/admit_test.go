@@ -85,12 +85,12 @@ func TestAdmit(t *testing.T) {
 		{"past the memory", open("r8", 0, nil, acme, nil), "capacity", http.StatusServiceUnavailable},
 	}
 	for _, st := range steps {
-		id, refused := ad.admit(st.open, now)
+		a, refused := ad.admit(st.open, now)
 		switch {
 		case st.reason == "" && refused != nil:
 			t.Fatalf("%s: refused: %s", st.name, refused.status.Message)
-		case st.reason == "" && id.GetUser() != "alice":
-			t.Fatalf("%s: admitted as %v", st.name, id)
+		case st.reason == "" && a.GetIdentity().GetUser() != "alice":
+			t.Fatalf("%s: admitted as %v", st.name, a.GetIdentity())
 		case st.reason != "" && refused == nil:
 			t.Fatalf("%s: admitted, want %s", st.name, st.reason)
 		case st.reason != "" && (refused.reason != st.reason || refused.status.Code != st.code):

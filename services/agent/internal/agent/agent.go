@@ -67,8 +67,10 @@ type Config struct {
 	MutationTimeout time.Duration
 	RememberFor     time.Duration
 	RememberBytes   int
-	// Admission verifies whom each request runs as.
-	Admission Admission
+	// Admission verifies whom each request runs as; AccessReviews asks the
+	// cluster whether a user may act as whom they asked (kubectl --as).
+	Admission     Admission
+	AccessReviews AccessReviews
 
 	telemetry.Instruments
 }
@@ -157,7 +159,7 @@ func New(cfg Config) (*Agent, error) {
 		upgraded:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_upgraded_connections", Help: "Upgraded connections (exec, attach, port-forward) being carried."}),
 		renewals:   prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_credential_renewals_total", Help: "Credentials renewed (each sent on the open streams)."}),
 		mutations:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_mutations_total", Help: "Mutations by what became of them: ran, replayed (a retry answered with the first result), outcome_unknown (a retry whose earlier attempt went to another agent process, refused)."}, []string{"result"}),
-		refused:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_refused_total", Help: "Requests refused before the kube-apiserver saw them, by reason: identity (not signed for this request by a gateway key the identity root certified, or expired), tenant (a user of another tenant), replayed (a try of a request that came before), system_name (a system: user or group the cluster does not allow), capacity (too many requests under way to check for replays)."}, []string{"reason"}),
+		refused:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_refused_total", Help: "Requests refused before the kube-apiserver saw them, by reason: identity (not signed for this request by a gateway key the identity root certified, or expired), tenant (a user of another tenant), replayed (a try of a request that came before), system_name (a system: user or group the cluster does not allow), impersonation (kubectl --as the cluster does not allow the user), capacity (too many requests under way to check for replays)."}, []string{"reason"}),
 		privileged: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_privileged_requests_total", Help: "Requests run as a system: user or group the cluster allows by name (break-glass)."}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",

@@ -53,11 +53,22 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		s.Reset(tetherv1.ResetCode_RESET_CODE_REFUSED, "agent serves cluster "+a.cfg.ClusterID)
 		return
 	}
-	id, refused := a.admit.admit(open, time.Now())
+	asserted, refused := a.admit.admit(open, time.Now())
 	if refused != nil {
 		a.metrics.refused.WithLabelValues(refused.reason).Inc()
 		a.failWith(s, log, refused.status)
 		return
+	}
+	id := asserted.GetIdentity()
+	if as := asserted.GetImpersonate(); as != nil {
+		// kubectl --as: the cluster decides, as it would directly.
+		if st := a.mayImpersonate(ctx, id, as); st != nil {
+			a.metrics.refused.WithLabelValues("impersonation").Inc()
+			a.failWith(s, log, *st)
+			return
+		}
+		log.Info("acting as whom the user asked, with the cluster's leave", "user", id.GetUser(), "as_user", as.GetUser(), "as_groups", as.GetGroups())
+		id = as
 	}
 	if names := systemNames(id); len(names) > 0 {
 		// Allowed by name (break-glass), and never quietly.

@@ -252,7 +252,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Tether-Request-Id", reqID)
 
 	// Before anything else reads the request: only the identity the
-	// gateway authenticated may reach a cluster.
+	// gateway authenticated may reach a cluster, and whom it asked to act
+	// as only inside what the gateway signs.
+	asked, err := requestedImpersonation(r.Header)
+	if err != nil {
+		refuse(http.StatusBadRequest, "bad_impersonation", err.Error())
+		return
+	}
 	tunnel.ScrubCredentials(r.Header)
 	noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	open := newOpen(r, reqID, cluster, rest, user, noBody)
@@ -265,7 +271,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		open.Upgrade, open.End = upgrade, false
 	}
-	if open.SignedIdentity, err = g.sign(open, user, time.Now()); err != nil {
+	if open.SignedIdentity, err = g.sign(open, user, asked, time.Now()); err != nil {
 		log.Error("signing the identity", "err", err)
 		refuse(http.StatusInternalServerError, "signing", "the gateway could not sign the request's identity")
 		return

@@ -21,8 +21,9 @@ const (
 )
 
 // sign signs user's identity for open, which the gateway built and the
-// router may only send again or resume.
-func (g *Gateway) sign(open *tetherv1.Open, user identity.User, now time.Time) (*tetherv1.SignedIdentity, error) {
+// router may only send again or resume, with whom user asked to act as,
+// if anyone.
+func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.Identity, now time.Time) (*tetherv1.SignedIdentity, error) {
 	return g.cfg.Identities.Sign(&tetherv1.IdentityAssertion{
 		Identity:         &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
 		Tenants:          user.Tenants,
@@ -34,6 +35,7 @@ func (g *Gateway) sign(open *tetherv1.Open, user identity.User, now time.Time) (
 		IssuedUnixMilli:  now.UnixMilli(),
 		ExpiresUnixMilli: now.Add(signedFor(open.Query)).UnixMilli(),
 		Issuer:           g.cfg.Issuer,
+		Impersonate:      asked,
 	})
 }
 

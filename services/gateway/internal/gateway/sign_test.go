@@ -60,7 +60,7 @@ func TestSignBindsTheRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 		open := newOpen(r, "req-1", cluster, rest, user, true)
-		si, err := g.sign(open, user, now)
+		si, err := g.sign(open, user, nil, now)
 		if err != nil {
 			t.Fatal(err)
 		}
