@@ -20,19 +20,38 @@ import (
 	"github.com/tether-dev/tether/lib/tunnel"
 )
 
-// TestCompromisedRouterActsAsNobody is a rogue process holding a router's
-// real NATS credentials (ADR 011). It publishes requests for cluster dev
-// as the router would, each with an identity it could lay hands on: none,
-// one its own root signed, a real gateway signature of another cluster's
-// request, of another request, an expired one, one replayed, and a real
-// one for system:masters. The agent refuses each with a Status, and the
-// kube-apiserver's own audit log shows none of them.
-func TestCompromisedRouterActsAsNobody(t *testing.T) {
+// sender is a compromised hop behind the gateway: it puts an Open on the
+// way to the agent of dev and returns the Status that came back.
+type sender interface {
+	send(t *testing.T, open *tetherv1.Open) kstatus.Status
+}
+
+// TestCompromisedHopsActAsNobody is a rogue process holding a router's
+// real NATS credentials, then one holding a subscriber's certificate that
+// an agent connects to (ADR 011). Each sends requests for cluster dev with
+// an identity it could lay hands on: none, one its own root signed, a real
+// gateway signature of another cluster's request, of another request, an
+// expired one, one replayed, and a real one for system:masters. The agent
+// refuses each with a Status, and the kube-apiserver's own audit log shows
+// none of them.
+func TestCompromisedHopsActAsNobody(t *testing.T) {
 	must(t, kubeconfig(t, "admin"), "", "create", "configmap", "hostile-target", "--from-literal=k=v")
-	must(t, kubeconfig(t, "admin"), "", "create", "configmap", "replay-victim", "--from-literal=k=v")
 	t.Cleanup(func() {
 		_, _, _ = kubectl(t, kubeconfig(t, "admin"), "", "delete", "configmap", "hostile-target", "--ignore-not-found")
 	})
+	for _, hop := range []struct {
+		name string
+		new  func(t *testing.T) sender
+	}{
+		{"router", func(t *testing.T) sender { return newRogueRouter(t) }},
+		{"subscriber", func(t *testing.T) sender { return newRogueSubscriber(t) }},
+	} {
+		t.Run(hop.name, func(t *testing.T) { actAsNobody(t, hop.new(t), "replay-victim-"+hop.name) })
+	}
+}
+
+func actAsNobody(t *testing.T, r sender, victimName string) {
+	must(t, kubeconfig(t, "admin"), "", "create", "configmap", victimName, "--from-literal=k=v")
 	gateway, err := assertion.LoadSigner(env.stack.Identity.GatewayKey)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +65,6 @@ func TestCompromisedRouterActsAsNobody(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := newRogueRouter(t)
 	const target = "/api/v1/namespaces/default/configmaps/hostile-target"
 	// del is the DELETE of path the rogue sends, as request id.
 	del := func(id, path string) *tetherv1.Open {
@@ -113,7 +131,7 @@ func TestCompromisedRouterActsAsNobody(t *testing.T) {
 	// A request the gateway really signed runs once; the same bytes again
 	// are a replay.
 	replayed := id("replay")
-	victim := "/api/v1/namespaces/default/configmaps/replay-victim"
+	victim := "/api/v1/namespaces/default/configmaps/" + victimName
 	open := del(replayed, victim)
 	open.SignedIdentity = signed(gateway, "dev", replayed, "DELETE", victim, admins, time.Now())
 	if st := r.send(t, open); st.Code != 200 {
@@ -200,20 +218,29 @@ func (r *rogueRouter) send(t *testing.T, open *tetherv1.Open) kstatus.Status {
 		if err != nil {
 			t.Fatalf("undecodable answer: %v", err)
 		}
-		switch k := f.Kind.(type) {
-		case *tetherv1.Frame_Response:
-			var st kstatus.Status
-			if k.Response.Status >= 400 {
-				if err := json.Unmarshal(k.Response.Body, &st); err != nil {
-					t.Fatalf("answer %d with a body that is no Status: %q", k.Response.Status, k.Response.Body)
-				}
-			}
-			st.Code = int(k.Response.Status)
+		if st, ok := answered(t, f); ok {
 			return st
-		case *tetherv1.Frame_Reset_:
-			t.Fatalf("reset: %v", k.Reset_)
 		}
 	}
 	t.Fatalf("no answer to %s", open.RequestId)
 	return kstatus.Status{}
+}
+
+// answered is the Status of a response frame; false for any other frame.
+func answered(t *testing.T, f *tetherv1.Frame) (kstatus.Status, bool) {
+	t.Helper()
+	switch k := f.Kind.(type) {
+	case *tetherv1.Frame_Response:
+		var st kstatus.Status
+		if k.Response.Status >= 400 {
+			if err := json.Unmarshal(k.Response.Body, &st); err != nil {
+				t.Fatalf("answer %d with a body that is no Status: %q", k.Response.Status, k.Response.Body)
+			}
+		}
+		st.Code = int(k.Response.Status)
+		return st, true
+	case *tetherv1.Frame_Reset_:
+		t.Fatalf("reset: %v", k.Reset_)
+	}
+	return kstatus.Status{}, false
 }
