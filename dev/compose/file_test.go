@@ -41,7 +41,7 @@ func TestComposeFile(t *testing.T) {
 
 	// Every part of the stack, and nothing from an image registry.
 	want := []string{"pki", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-net", "devnode", "agent-registry", "router",
-		"gateway", "audit", "autoscaler", "clusters", "agent"}
+		"gateway", "audit", "autoscaler", "clusters", "agent", "kube-rbac"}
 	want = append(append(want, NATSNodes...), Subscribers...)
 	var got []string
 	for name, s := range p.Services {
@@ -90,8 +90,12 @@ func TestComposeFile(t *testing.T) {
 	}{
 		{"subscriber-0", []string{"--tls-cert=/etc/tether/subscriber-agents.crt", "--mtls-cert=/etc/tether/subscriber.crt"}},
 		{"subscriber-1", []string{"--tls-cert=/etc/tether/subscriber-agents.crt", "--mtls-cert=/etc/tether/subscriber.crt"}},
-		{"agent", []string{"--subscriber-url=https://subscriber-0:8081,https://subscriber-1:8081", "--subscriber-ca=/etc/tether/ca.crt"}},
-		{"gateway", []string{"--tls-cert=/etc/tether/gateway.crt", "--router-url=https://router:8082", "--mtls-ca=/etc/tether/ca.crt"}},
+		// The agent trusts only identities the gateway signed (ADR 011).
+		{"agent", []string{"--subscriber-url=https://subscriber-0:8081,https://subscriber-1:8081", "--subscriber-ca=/etc/tether/ca.crt",
+			"--identity-root-key=/etc/tether/identity-root.pub", "--tenant=acme"}},
+		{"gateway", []string{"--tls-cert=/etc/tether/gateway.crt", "--router-url=https://router:8082", "--mtls-ca=/etc/tether/ca.crt",
+			"--identity-key=/etc/tether/gateway-identity.key"}},
+		{"kube-rbac", []string{"--kubeconfig=/etc/tether/kube/kubeconfig"}},
 		{"router", []string{"--mtls-cert=/etc/tether/router.crt"}},
 		{"agent-registry", []string{"--mtls-cert=/etc/tether/agent-registry.crt", "--stream-replicas=3"}},
 		{"kube-apiserver", []string{"--etcd-servers=https://etcd:2379", "--etcd-certfile=/etc/tether/kube/apiserver-etcd-client.crt"}},

@@ -9,13 +9,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
-	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/lib/agentcred"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
@@ -67,20 +65,9 @@ func newRogueSubscriber(t *testing.T) *rogueSubscriber {
 	if err := os.WriteFile(credFile, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := proc.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	p, err := proc.Start("agent-rogue-subscriber", env.stack.Bin("agent"), filepath.Join(dir, "logs"), nil,
-		append(env.stack.AgentIdentityArgs("acme"), "--cluster-id", "dev", "--streams", "1",
-			"--subscriber-url", "https://127.0.0.1:"+port, "--subscriber-ca", env.stack.CAFile,
-			"--kubeconfig", env.stack.AgentKubeconfig, "--credential-file", credFile,
-			"--admin-addr", "127.0.0.1:"+strconv.Itoa(ports[0]))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
+	startOwnAgent(t, "agent-rogue-subscriber", false, "--cluster-id", "dev", "--streams", "1",
+		"--subscriber-url", "https://127.0.0.1:"+port, "--credential-file", credFile)
 	return r
 }
 

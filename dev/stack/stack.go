@@ -59,8 +59,16 @@ func OIDCUsers() []idp.User {
 		{Name: "ada", Email: "ada@acme.example", Groups: []string{"acme:developers"}, Tenants: []string{"acme"}},
 		{Name: "grace", Email: "grace@globex.example", Groups: []string{"globex:developers"}, Tenants: []string{"globex"}},
 		{Name: "ops", Email: "ops@tether.example", Groups: []string{AdminGroup}, Tenants: []string{"acme", "globex"}},
+		// A platform operator's break-glass account: its group passes the
+		// gateway by name, and only agents whose cluster allows it serve it.
+		{Name: "root", Email: "root@tether.example", Groups: []string{BreakGlassGroup}, Tenants: []string{"acme"}},
 	}
 }
+
+// BreakGlassGroup is the development stack's break-glass group: the
+// gateway lets it through from ID tokens (--oidc-allow-system-groups), and
+// an agent serves it only with --allow-system-names naming it (ADR 011).
+const BreakGlassGroup = "system:masters"
 
 // OIDCClientID is the client id tetherctl logs in with.
 const OIDCClientID = "tether"
@@ -365,6 +373,7 @@ func (s *Stack) gatewayArgs(port int, routers []string, tokens, cert, key string
 	return append([]string{"--listen", addr(port), "--router-url", strings.Join(routers, ","), "--registry-url", s.RegistryURL,
 		"--tokens", tokens, "--tls-cert", cert, "--tls-key", key, "--identity-key", s.Identity.GatewayKey,
 		"--oidc-issuer-url", s.IssuerURL, "--oidc-client-id", OIDCClientID, "--oidc-ca-file", s.CAFile, "--oidc-username-claim", "email",
+		"--oidc-allow-system-groups", BreakGlassGroup,
 		"--cluster-domain", ClusterDomain},
 		s.internalArgs("gateway", "")...)
 }

@@ -45,6 +45,7 @@ func main() {
 		clusterDomains    string
 		identityKey       string
 		tokenSystemNames  string
+		oidcSystem        string
 	)
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	fs.StringVar(&identityKey, "identity-key", os.Getenv("TETHER_IDENTITY_KEY"), "PEM file of this gateway's identity signing key and its certificate by the identity root (tether-dev secrets makes one): agents impersonate only what it signs")
@@ -61,6 +62,7 @@ func main() {
 	fs.StringVar(&oidcCfg.Claims.UserPrefix, "oidc-username-prefix", "", `prefix put before user names, e.g. "oidc:"`)
 	fs.StringVar(&oidcCfg.Claims.Groups, "oidc-groups-claim", "groups", "claim listing the user's groups; empty: none")
 	fs.StringVar(&oidcCfg.Claims.GroupsPrefix, "oidc-groups-prefix", "", "prefix put before group names")
+	fs.StringVar(&oidcSystem, "oidc-allow-system-groups", "", "comma-separated Kubernetes system: groups (a break-glass group such as system:masters) an ID token may carry; any other system: name refuses the token")
 	fs.StringVar(&oidcCfg.Claims.Tenants, "oidc-tenants-claim", "tenants", "claim listing the tenants whose clusters the user may reach")
 	fs.StringVar(&registryURL, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for tetherctl's cluster commands")
 	fs.StringVar(&adminGroup, "admin-group", "tether:admins", "group whose members may create and delete clusters")
@@ -96,6 +98,9 @@ func main() {
 		}
 		if oidcCfg.IssuerURL != "" {
 			oidcCfg.SigningAlgs = strings.Split(oidcAlgs, ",")
+			if oidcSystem != "" {
+				oidcCfg.Claims.AllowSystem = strings.Split(oidcSystem, ",")
+			}
 			oidcCfg.Logger = env.Telemetry.Logger
 			o, err := identity.NewOIDC(oidcCfg)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -20,6 +21,12 @@ type Claims struct {
 	// either may be absent from a token.
 	Groups, GroupsPrefix string
 	Tenants              string
+	// AllowSystem are the Kubernetes system groups ("system:masters") a
+	// token may carry, after GroupsPrefix: a platform operator's
+	// break-glass group. Any other system: name refuses the token, and a
+	// system: user always does. Agents refuse them too unless their
+	// cluster allows them (ADR 011).
+	AllowSystem []string
 }
 
 // Bounds on what one token may claim. A user with hundreds of groups is
@@ -91,6 +98,9 @@ func (c Claims) Map(payload []byte) (User, error) {
 		return User{}, fmt.Errorf("claims: user: %w", err)
 	}
 	for _, g := range u.Groups {
+		if slices.Contains(c.AllowSystem, g) {
+			continue
+		}
 		if err := checkName(g); err != nil {
 			return User{}, fmt.Errorf("claims: group: %w", err)
 		}
