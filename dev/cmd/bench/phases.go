@@ -25,20 +25,20 @@ type results struct {
 	conHops map[string]hist       // the same during the concurrent tether phase
 	cpu     map[string]map[string]time.Duration
 
-	lists      map[string][]listing
-	listCPU    map[string]map[string]time.Duration // CPU during the big lists, by target
-	rssBase    map[string]int64
-	rssPeak    map[string]int64
-	rssAfter   map[string]int64
-	logs       string
-	other      []otherLoad // CPU of processes not ours, by phase
-	gzipC      float64     // ms per MB to gzip the big list's kind of data
+	lists    map[string][]listing
+	listCPU  map[string]map[string]time.Duration // CPU during the big lists, by target
+	rssBase  map[string]int64
+	rssPeak  map[string]int64
+	rssAfter map[string]int64
+	logs     string
+	other    []otherLoad // CPU of processes not ours, by phase
+	gzipC    float64     // ms per MB to gzip the big list's kind of data
 	// identSign and identVerify time the signed identity's two ends: the
 	// gateway's signature, the agent's check (ADR 011).
 	identSign, identVerify samples
-	gzipD      float64
-	tetherErrs []string
-	profiles   map[string]string // go tool pprof -top, by service
+	gzipD                  float64
+	tetherErrs             []string
+	profiles               map[string]string // go tool pprof -top, by service
 }
 
 // otherLoad is the share of the machine's CPU that processes other than the
