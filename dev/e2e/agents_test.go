@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -390,29 +389,9 @@ func TestAgentKeepsItsCredentialInASecret(t *testing.T) {
 	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := proc.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	start := func() *proc.Process {
-		p, err := proc.Start("agent-"+cluster, env.stack.Bin("agent"), filepath.Join(env.dir, "logs"), nil,
-			append(env.stack.AgentIdentityArgs("acme"), "--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL, "--subscriber-ca", env.stack.CAFile,
-				"--kubeconfig", env.stack.AgentKubeconfig, "--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret, "--admin-addr", admin)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 30*time.Second, func() bool {
-			if p.Exited() {
-				t.Fatalf("agent exited: %v", p.ExitError())
-			}
-			resp, err := http.Get("http://" + admin + "/readyz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		})
+		p, _ := startOwnAgent(t, "agent-"+cluster, true, "--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL,
+			"--bootstrap-token-file", btFile, "--credential-secret", "default/"+secret)
 		return p
 	}
 	p := start()

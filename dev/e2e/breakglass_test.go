@@ -18,9 +18,9 @@ import (
 )
 
 // startOwnAgent starts an agent of tenant acme's cluster with args beside
-// its identity flags, and returns its admin address; ready waits until it
-// holds a stream.
-func startOwnAgent(t *testing.T, name string, ready bool, args ...string) string {
+// its identity flags, and returns it and its admin address; ready waits
+// until it holds a stream.
+func startOwnAgent(t *testing.T, name string, ready bool, args ...string) (*proc.Process, string) {
 	t.Helper()
 	ports, err := proc.FreePorts(1)
 	if err != nil {
@@ -47,7 +47,7 @@ func startOwnAgent(t *testing.T, name string, ready bool, args ...string) string
 			return resp.StatusCode == http.StatusOK
 		})
 	}
-	return admin
+	return p, admin
 }
 
 // TestBreakGlass: an OIDC user in the platform's break-glass group
@@ -65,7 +65,7 @@ func TestBreakGlass(t *testing.T) {
 	if err := os.WriteFile(btFile, []byte(bootstrap), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	admin := startOwnAgent(t, "agent-"+cluster, true, "--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL,
+	_, admin := startOwnAgent(t, "agent-"+cluster, true, "--cluster-id", cluster, "--subscriber-url", env.stack.SubscriberURL,
 		"--bootstrap-token-file", btFile, "--credential-file", filepath.Join(dir, "credential"), "--allow-system-names", stack.BreakGlassGroup)
 
 	root := mustOIDC(t, "root", t.TempDir())

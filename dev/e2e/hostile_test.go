@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tether-dev/tether/lib/assertion"
+	"github.com/tether-dev/tether/lib/assertion/assertiontest"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/kstatus"
 	"github.com/tether-dev/tether/lib/natslink"
@@ -56,14 +56,8 @@ func actAsNobody(t *testing.T, r sender, victimName string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rogueRootKey, _ := ed25519.GenerateKey(rand.Reader)
-	rogueRoot, _ := assertion.NewRoot(rogueRootKey)
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, _ := rogueRoot.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	rogueGateway, err := assertion.NewSigner(priv, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A gateway key the rogue certified with a root of its own.
+	rogueGateway, _ := assertiontest.Keys(t)
 
 	const target = "/api/v1/namespaces/default/configmaps/hostile-target"
 	// del is the DELETE of path the rogue sends, as request id.

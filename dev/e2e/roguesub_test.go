@@ -66,7 +66,7 @@ func newRogueSubscriber(t *testing.T) *rogueSubscriber {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	startOwnAgent(t, "agent-rogue-subscriber", false, "--cluster-id", "dev", "--streams", "1",
+	_, _ = startOwnAgent(t, "agent-rogue-subscriber", false, "--cluster-id", "dev", "--streams", "1",
 		"--subscriber-url", "https://127.0.0.1:"+port, "--credential-file", credFile)
 	return r
 }

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"time"
 
 	"github.com/tether-dev/tether/lib/assertion"
+	"github.com/tether-dev/tether/lib/assertion/assertiontest"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
@@ -19,21 +18,7 @@ const targetIdentityP50 = 0.03
 // (five groups, a credential-id extra). Measured in this process after the
 // stack stopped, so nothing else competes for the cores.
 func identityCost(n int) (sign, verify samples, err error) {
-	_, rootKey, _ := ed25519.GenerateKey(rand.Reader)
-	root, err := assertion.NewRoot(rootKey)
-	if err != nil {
-		return sign, verify, err
-	}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, err := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	if err != nil {
-		return sign, verify, err
-	}
-	signer, err := assertion.NewSigner(priv, cert)
-	if err != nil {
-		return sign, verify, err
-	}
-	verifier, err := assertion.NewVerifier(root.Public())
+	signer, verifier, err := assertiontest.New()
 	if err != nil {
 		return sign, verify, err
 	}

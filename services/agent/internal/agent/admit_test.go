@@ -1,39 +1,19 @@
 package agent
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/tether-dev/tether/lib/assertion"
+	"github.com/tether-dev/tether/lib/assertion/assertiontest"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
 // newIdentityKeys is a gateway's signer and an agent's verifier under one
 // new identity root.
 func newIdentityKeys(t *testing.T) (*assertion.Signer, *assertion.Verifier) {
-	t.Helper()
-	_, rootKey, _ := ed25519.GenerateKey(rand.Reader)
-	root, err := assertion.NewRoot(rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, err := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := assertion.NewSigner(priv, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := assertion.NewVerifier(root.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signer, verifier
+	return assertiontest.Keys(t)
 }
 
 func TestAdmit(t *testing.T) {

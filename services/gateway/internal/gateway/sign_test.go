@@ -1,39 +1,19 @@
 package gateway
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/tether-dev/tether/lib/assertion"
+	"github.com/tether-dev/tether/lib/assertion/assertiontest"
 	"github.com/tether-dev/tether/services/gateway/internal/identity"
 )
 
 // testIdentityKeys is a gateway signing key under a new identity root, and
 // the verifier an agent installed with that root would use.
 func testIdentityKeys(t *testing.T) (*assertion.Signer, *assertion.Verifier) {
-	t.Helper()
-	_, rootKey, _ := ed25519.GenerateKey(rand.Reader)
-	root, err := assertion.NewRoot(rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, err := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := assertion.NewSigner(priv, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := assertion.NewVerifier(root.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, v
+	return assertiontest.Keys(t)
 }
 
 // What the gateway signs is what the agent of that cluster accepts for
