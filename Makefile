@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/.bin
 MODULES := lib dev cmd/tetherctl services/gateway services/router services/subscriber services/agent \
-	services/agent-registry services/audit services/autoscaler
+	services/agent-registry services/audit services/autoscaler services/nats-auth
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # The chaos test runs a fleet of its own (3 NATS nodes, 20 agents) and
 # takes both cores: alone, after the rest. It needs root, iproute2 and
@@ -73,7 +73,7 @@ clean:
 	rm -rf .state .bin
 
 ## images: FROM-scratch images of every binary (tether/<name>:dev), for docker compose and deploy/
-IMAGES := gateway router subscriber agent agent-registry audit autoscaler natsd tetherctl
+IMAGES := gateway router subscriber agent agent-registry audit autoscaler nats-auth natsd tetherctl
 # Each image carries the build machine's CA roots (Debian's ca-certificates),
 # where Go looks for them: agents trust public subscriber certificates.
 CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt

@@ -11,7 +11,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"github.com/nats-io/nkeys"
 
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/stack"
@@ -33,7 +36,11 @@ type Options struct {
 
 // internalComponents are the chart's components with an internal
 // certificate (deploy/helm/tether, secretNames.internalTLSPrefix).
-var internalComponents = []string{"gateway", "router", "subscriber", "agent-registry", "audit", "autoscaler", "nats"}
+var internalComponents = []string{"gateway", "router", "subscriber", "agent-registry", "audit", "autoscaler", "nats-auth", "nats"}
+
+// TokenRoles log in to NATS with their pods' ServiceAccount tokens in the
+// chart (nats-auth), not with a password.
+var TokenRoles = []string{"router", "subscriber"}
 
 // List returns the Secrets as a Kubernetes List (JSON), each new: NATS
 // passwords, a key pair for agent credentials, an internal CA with a
@@ -45,17 +52,34 @@ func List(o Options) ([]byte, error) {
 		return nil, fmt.Errorf("chartsecrets: a namespace and a release are required")
 	}
 	full := Fullname(o.Release)
-	passwords := stack.NewNATSPasswords(stack.NATSUsers(nil))
+	// Routers and subscribers log in with their pods' tokens; the rest,
+	// and nats-auth itself, with a password.
+	var users []string
+	for _, u := range stack.NATSUsers(nil) {
+		if !slices.Contains(TokenRoles, u) {
+			users = append(users, u)
+		}
+	}
+	passwords := stack.NewNATSPasswords(append(users, "nats-auth"))
 	hashes, err := stack.NATSHashes(passwords)
 	if err != nil {
 		return nil, err
 	}
-	// Each service mounts its own password; the NATS nodes get only the
-	// bcrypt hashes (KEY.bcrypt), so their configuration holds no password.
-	natsAuth := make(map[string]string, 2*len(passwords))
+	// Each service mounts its own password; nats-auth and the NATS nodes
+	// get only the bcrypt hashes (KEY.bcrypt).
+	natsAuth := make(map[string]string, 2*len(passwords)+2)
 	for name, pw := range passwords {
 		natsAuth[name], natsAuth[name+".bcrypt"] = pw, hashes[name]
 	}
+	// The key nats-auth signs its answers with: the nodes trust its
+	// public half.
+	issuer, err := nkeys.CreateAccount()
+	if err != nil {
+		return nil, fmt.Errorf("chartsecrets: the NATS auth issuer: %w", err)
+	}
+	seed, _ := issuer.Seed()
+	pubKey, _ := issuer.PublicKey()
+	natsAuth["issuer.nk"], natsAuth["issuer.pub"] = string(seed), pubKey
 	dir, err := os.MkdirTemp("", "tether-keys-")
 	if err != nil {
 		return nil, fmt.Errorf("chartsecrets: %w", err)

@@ -2,12 +2,15 @@ package helmchart
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tether-dev/tether/dev/kube"
@@ -105,12 +108,12 @@ func TestRenderedObjects(t *testing.T) {
 		profile string
 		want    map[string]int // kind/name suffix -> count; kind alone counts every object of it
 	}{
-		{"", map[string]int{"StatefulSet/nats": 1, "Deployment": 6, "HorizontalPodAutoscaler/gateway": 1, "HorizontalPodAutoscaler/router": 1,
-			"PodDisruptionBudget": 5, "NetworkPolicy": 8, "NetworkPolicy/default-deny": 1, "Service/gateway-public": 1, "Service/agents-public": 1,
+		{"", map[string]int{"StatefulSet/nats": 1, "Deployment": 7, "Deployment/nats-auth": 1, "HorizontalPodAutoscaler/gateway": 1, "HorizontalPodAutoscaler/router": 1,
+			"PodDisruptionBudget": 6, "NetworkPolicy": 9, "NetworkPolicy/nats-auth": 1, "ClusterRoleBinding/tether-helm-nats-auth": 1, "NetworkPolicy/default-deny": 1, "Service/gateway-public": 1, "Service/agents-public": 1,
 			"Certificate": 0, "TLSRoute": 0}},
-		{"minimal.yaml", map[string]int{"StatefulSet/nats": 1, "Deployment": 4, "HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 0, "NetworkPolicy": 6}},
-		{"production-secrets.yaml", map[string]int{"Deployment": 6, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 5, "Certificate": 0}},
-		{"production-cert-manager.yaml", map[string]int{"Certificate": 10, "Issuer": 2, "TLSRoute": 2, "Service/gateway-public": 0, "HorizontalPodAutoscaler": 2}},
+		{"minimal.yaml", map[string]int{"StatefulSet/nats": 1, "Deployment": 5, "HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 0, "NetworkPolicy": 7}},
+		{"production-secrets.yaml", map[string]int{"Deployment": 7, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 6, "Certificate": 0}},
+		{"production-cert-manager.yaml", map[string]int{"Certificate": 11, "Issuer": 2, "TLSRoute": 2, "Service/gateway-public": 0, "HorizontalPodAutoscaler": 2}},
 	} {
 		t.Run(name(tc.profile), func(t *testing.T) {
 			p := tc.profile
@@ -142,7 +145,7 @@ func TestRenderedObjects(t *testing.T) {
 
 // checkWorkload checks what the Pod Security Standard does not: probes,
 // resources, images tagged with the chart's version, no service account
-// token.
+// token but nats-auth's (its TokenReviews need one).
 func checkWorkload(t *testing.T, o map[string]any) {
 	t.Helper()
 	kind, _ := o["kind"].(string)
@@ -169,7 +172,11 @@ func checkWorkload(t *testing.T, o map[string]any) {
 		t.Fatal(err)
 	}
 	ps := w.Spec.Template.Spec
-	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
+	if w.Metadata.Name == release+"-nats-auth" {
+		if ps.AutomountServiceAccountToken != nil && !*ps.AutomountServiceAccountToken {
+			t.Errorf("%s %s has no token for its TokenReviews", kind, w.Metadata.Name)
+		}
+	} else if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
 		t.Errorf("%s %s mounts a service account token", kind, w.Metadata.Name)
 	}
 	for _, c := range ps.Containers {
@@ -191,17 +198,7 @@ func checkWorkload(t *testing.T, o map[string]any) {
 // since admission only warns about a Deployment's template.
 func TestChartAppliesToARestrictedNamespace(t *testing.T) {
 	f := newFixture(t)
-	ctx := t.Context()
-	bin, err := kube.EnsureBinaries(ctx, f.root, testWriter{t})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := kube.Start(ctx, kube.Config{BinDir: bin, Dir: t.TempDir(), Log: testWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cp.Stop() })
-	k := &kubectl{bin: kubectlPath(bin), kubeconfig: cp.AdminKubeconfig, cache: t.TempDir()}
+	k := controlPlane(t, f)
 
 	// The agent's namespace too: deploy/agent.yaml is checked below.
 	for _, ns := range []string{namespace, "tether-system"} {
@@ -339,6 +336,50 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 }
 
 type kubectl struct{ bin, kubeconfig, cache string }
+
+// shared is the one control plane of this package's tests: starting one
+// takes a good part of the package's time on two cores.
+var shared struct {
+	once sync.Once
+	cp   *kube.ControlPlane
+	k    *kubectl
+	err  error
+}
+
+// controlPlane starts the package's kube-apiserver the first time it is
+// asked for; TestMain stops it.
+func controlPlane(t *testing.T, f *fixture) *kubectl {
+	t.Helper()
+	shared.once.Do(func() {
+		ctx := context.Background()
+		bin, err := kube.EnsureBinaries(ctx, f.root, testWriter{t})
+		if err != nil {
+			shared.err = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "tether-helmchart-kube-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.cp, shared.err = kube.Start(ctx, kube.Config{BinDir: bin, Dir: dir, Log: io.Discard})
+		if shared.err == nil {
+			shared.k = &kubectl{bin: kubectlPath(bin), kubeconfig: shared.cp.AdminKubeconfig, cache: filepath.Join(dir, "kubectl-cache")}
+		}
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.k
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.cp != nil {
+		_ = shared.cp.Stop()
+	}
+	os.Exit(code)
+}
 
 // createServiceAccounts creates, for real, the ServiceAccounts among objs:
 // admission refuses a Pod whose account does not exist, even in a dry run.

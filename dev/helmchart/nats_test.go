@@ -14,31 +14,31 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"golang.org/x/crypto/bcrypt"
 
+	"github.com/tether-dev/tether/dev/chartsecrets"
 	"github.com/tether-dev/tether/dev/pki"
 	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/dev/stack"
 )
 
 // The nats.conf the chart writes is one that nats-server (the version the
-// chart's image tag names, which the dev module embeds) accepts; its users
-// are the development stack's, with the same permissions; and a node
-// serves the health endpoints the probes call, to clients over TLS. The
-// nodes get only the passwords' bcrypt hashes, and a service logs in with
-// its password.
+// chart's image tag names, which the dev module embeds) accepts, with
+// nats-auth as its auth callout; the roles nats-auth gets are the
+// development stack's users, with the same permissions; and a node serves
+// the health endpoints the probes call, to clients over TLS. The nodes get
+// only nats-auth's bcrypt hash and its issuer's public key. Then, against a
+// real kube-apiserver, nats-auth (the binary) gives each router pod a NATS
+// user of its own (TestNATSAuthGivesEachPodItsOwnUser's checks).
 func TestNATSConfig(t *testing.T) {
 	f := newFixture(t)
-	passwords := stack.NewNATSPasswords(stack.NATSUsers(nil))
-	hashes, err := stack.NATSHashes(passwords)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, h := range hashes {
-		t.Setenv("NATS_PASSWORD_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_")), h)
-	}
+	secrets := newNATSAuthSecrets(t)
+	t.Setenv("NATS_PASSWORD_NATS_AUTH", secrets.hashes["nats-auth"])
+	t.Setenv("NATS_AUTH_ISSUER", secrets.issuerPub)
 	t.Setenv("POD_NAME", "tether-nats-0")
-	want := devStackUsers(t, hashes)
 	natsReadsOnlyHashes(t, f)
+	sameRolesAsTheDevStack(t, f.natsAuthRoles(t, namespace))
 
 	for _, nodes := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d nodes", nodes), func(t *testing.T) {
@@ -52,7 +52,7 @@ func TestNATSConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("nats-server refuses the chart's configuration: %v", err)
 			}
-			checkUsers(t, opts.Users, want)
+			checkCallout(t, opts, secrets)
 			if opts.ServerName != "tether-nats-0" || opts.LameDuckDuration != 30*time.Second || opts.LameDuckGracePeriod != 10*time.Second ||
 				opts.JetStreamMaxStore != 8<<30 || opts.JetStreamMaxMemory != 256<<20 || opts.MaxPayload != 1<<20 ||
 				opts.PingInterval != 2*time.Second || opts.MaxPingsOut != 2 || opts.TLSConfig == nil || !opts.JetStream {
@@ -66,8 +66,133 @@ func TestNATSConfig(t *testing.T) {
 				}
 				return
 			}
-			serve(t, opts, ports, caFile, passwords["router"])
+			url := serve(t, opts, ports, caFile)
+			if _, err := nats.Connect(url, nats.UserInfo("nats-auth", secrets.passwords["nats-auth"])); err == nil {
+				t.Fatal("a client without TLS connected")
+			}
+			eachPodItsOwnUser(t, f, url, caFile, secrets)
 		})
+	}
+}
+
+// natsAuthSecrets are what tether-dev secrets puts in the nats-auth Secret.
+type natsAuthSecrets struct {
+	passwords, hashes     map[string]string
+	issuerSeed, issuerPub string
+}
+
+func newNATSAuthSecrets(t *testing.T) natsAuthSecrets {
+	t.Helper()
+	var users []string
+	for _, u := range stack.NATSUsers(nil) {
+		if !slices.Contains(chartsecrets.TokenRoles, u) {
+			users = append(users, u)
+		}
+	}
+	passwords := stack.NewNATSPasswords(append(users, "nats-auth"))
+	hashes, err := stack.NATSHashes(passwords)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := issuer.Seed()
+	pub, _ := issuer.PublicKey()
+	return natsAuthSecrets{passwords: passwords, hashes: hashes, issuerSeed: string(seed), issuerPub: pub}
+}
+
+// checkCallout checks that every client but nats-auth goes to the callout,
+// and that nats-auth itself may only answer it.
+func checkCallout(t *testing.T, opts *server.Options, s natsAuthSecrets) {
+	t.Helper()
+	if opts.AuthCallout == nil || opts.AuthCallout.Issuer != s.issuerPub || !slices.Equal(opts.AuthCallout.AuthUsers, []string{"nats-auth"}) {
+		t.Fatalf("auth callout %+v: want issuer %s and auth user nats-auth", opts.AuthCallout, s.issuerPub)
+	}
+	if len(opts.Users) != 1 || opts.Users[0].Username != "nats-auth" {
+		t.Fatalf("%d configured users, want nats-auth alone", len(opts.Users))
+	}
+	u := opts.Users[0]
+	switch {
+	case u.Password != s.hashes["nats-auth"] || !strings.HasPrefix(u.Password, "$2a$"):
+		t.Errorf("nats-auth: the configuration holds %q, not the bcrypt hash from its environment variable", u.Password)
+	case u.Permissions == nil || u.Permissions.Publish == nil || !slices.Equal(u.Permissions.Publish.Deny, []string{">"}) || len(u.Permissions.Publish.Allow) > 0:
+		t.Errorf("nats-auth may publish %+v: it only answers", u.Permissions)
+	case !slices.Equal(u.Permissions.Subscribe.Allow, []string{"$SYS.REQ.USER.AUTH tether-nats-auth", "_INBOX_nats-auth.>"}) || u.Permissions.Response == nil:
+		t.Errorf("nats-auth may subscribe %+v", u.Permissions.Subscribe)
+	}
+}
+
+// role is an entry of the roles.json the chart gives nats-auth.
+type role struct {
+	Name             string   `json:"name"`
+	PasswordHashFile string   `json:"passwordHashFile"`
+	ServiceAccount   string   `json:"serviceAccount"`
+	Publish          []string `json:"publish"`
+	Subscribe        []string `json:"subscribe"`
+	Responses        bool     `json:"responses"`
+}
+
+// natsAuthRoles renders the chart for ns and returns nats-auth's roles.json.
+func (f *fixture) natsAuthRoles(t *testing.T, ns string) string {
+	t.Helper()
+	out, err := f.helm.Run(t.Context(), "template", release, f.chart, "--namespace", ns, "--show-only", "templates/nats-auth.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := Objects(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o["kind"] == "ConfigMap" {
+			if r, _ := o["data"].(map[string]any)["roles.json"].(string); r != "" {
+				return r
+			}
+		}
+	}
+	t.Fatal("no roles.json in nats-auth's ConfigMap")
+	return ""
+}
+
+// sameRolesAsTheDevStack checks the chart's roles against the
+// development stack's users: the same permissions; routers and
+// subscribers by their pods' tokens, the rest by password.
+func sameRolesAsTheDevStack(t *testing.T, rolesJSON string) {
+	t.Helper()
+	var file struct{ Roles []role }
+	if err := json.Unmarshal([]byte(rolesJSON), &file); err != nil {
+		t.Fatal(err)
+	}
+	want := devStackUsers(t)
+	if len(file.Roles) != len(want) {
+		t.Errorf("%d roles, want %d (the development stack's users)", len(file.Roles), len(want))
+	}
+	own := func(subjects []string, name string) []string {
+		out := make([]string, len(subjects))
+		for i, s := range subjects {
+			out[i] = strings.ReplaceAll(s, stack.UserToken, name)
+		}
+		return slices.Sorted(slices.Values(out))
+	}
+	for _, r := range file.Roles {
+		w, ok := want[r.Name]
+		token := slices.Contains(chartsecrets.TokenRoles, r.Name)
+		switch {
+		case !ok:
+			t.Errorf("role %s is not one of the development stack's users", r.Name)
+		case token && r.ServiceAccount != "system:serviceaccount:"+namespace+":"+release+"-"+r.Name, token && r.PasswordHashFile != "":
+			t.Errorf("role %s logs in as %q, %q; want its pods' tokens", r.Name, r.ServiceAccount, r.PasswordHashFile)
+		case !token && (r.ServiceAccount != "" || r.PasswordHashFile != r.Name+".bcrypt"):
+			t.Errorf("role %s logs in as %q, %q; want its password", r.Name, r.ServiceAccount, r.PasswordHashFile)
+		case !slices.Equal(own(r.Publish, r.Name), slices.Sorted(slices.Values(w.Publish))):
+			t.Errorf("role %s may publish %v, want %v", r.Name, r.Publish, w.Publish)
+		case !slices.Equal(own(r.Subscribe, r.Name), slices.Sorted(slices.Values(w.Subscribe))):
+			t.Errorf("role %s may subscribe %v, want %v", r.Name, r.Subscribe, w.Subscribe)
+		case r.Responses != w.Responses:
+			t.Errorf("role %s: answers requests %v, want %v", r.Name, r.Responses, w.Responses)
+		}
 	}
 }
 
@@ -109,8 +234,8 @@ func natsReadsOnlyHashes(t *testing.T, f *fixture) {
 		for _, e := range c.Env {
 			if ref := e.ValueFrom.SecretKeyRef; ref != nil {
 				n++
-				if !strings.HasSuffix(ref.Key, ".bcrypt") {
-					t.Errorf("the NATS nodes read %s from key %s of a Secret, not a bcrypt hash", e.Name, ref.Key)
+				if !strings.HasSuffix(ref.Key, ".bcrypt") && ref.Key != "issuer.pub" {
+					t.Errorf("the NATS nodes read %s from key %s of a Secret, not a bcrypt hash nor the issuer's public key", e.Name, ref.Key)
 				}
 			}
 		}
@@ -180,8 +305,17 @@ type natsUser struct {
 	Responses          bool
 }
 
-func devStackUsers(t *testing.T, hashes map[string]string) map[string]natsUser {
+// devStackUsers are the development stack's NATS users, one per service.
+func devStackUsers(t *testing.T) map[string]natsUser {
 	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte("unused"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hashes := map[string]string{}
+	for _, u := range stack.NATSUsers(nil) {
+		hashes[u] = string(h)
+	}
 	b, err := stack.NATSAuth(hashes)
 	if err != nil {
 		t.Fatal(err)
@@ -197,44 +331,9 @@ func devStackUsers(t *testing.T, hashes map[string]string) map[string]natsUser {
 	return out
 }
 
-func checkUsers(t *testing.T, got []*server.User, want map[string]natsUser) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Errorf("%d NATS users, want %d (the development stack's)", len(got), len(want))
-	}
-	allowOrNothing := func(allow []string) *server.SubjectPermission {
-		if len(allow) == 0 {
-			return &server.SubjectPermission{Deny: []string{">"}}
-		}
-		return &server.SubjectPermission{Allow: allow}
-	}
-	same := func(a, b *server.SubjectPermission) bool {
-		return a != nil && b != nil && slices.Equal(slices.Sorted(slices.Values(a.Allow)), slices.Sorted(slices.Values(b.Allow))) &&
-			slices.Equal(a.Deny, b.Deny)
-	}
-	for _, u := range got {
-		w, ok := want[u.Username]
-		switch {
-		case !ok:
-			t.Errorf("user %s is not one of the development stack's", u.Username)
-		case u.Password != w.Password:
-			t.Errorf("user %s: the password is not the hash from its environment variable", u.Username)
-		case !strings.HasPrefix(u.Password, "$2a$"):
-			t.Errorf("user %s: the configuration holds a password, not its bcrypt hash", u.Username)
-		case u.Permissions == nil:
-			t.Errorf("user %s has no permissions: it may do anything", u.Username)
-		case !same(u.Permissions.Publish, allowOrNothing(w.Publish)):
-			t.Errorf("user %s may publish %+v, want %v", u.Username, u.Permissions.Publish, w.Publish)
-		case !same(u.Permissions.Subscribe, allowOrNothing(w.Subscribe)):
-			t.Errorf("user %s may subscribe %+v, want %v", u.Username, u.Permissions.Subscribe, w.Subscribe)
-		case (u.Permissions.Response != nil) != w.Responses:
-			t.Errorf("user %s: answers requests %v, want %v", u.Username, u.Permissions.Response != nil, w.Responses)
-		}
-	}
-}
-
-// serve starts the node and checks what the probes and the services use.
-func serve(t *testing.T, opts *server.Options, ports []int, caFile, routerPassword string) {
+// serve starts the node, checks what the probes call, and returns the
+// clients' URL.
+func serve(t *testing.T, opts *server.Options, ports []int, caFile string) string {
 	t.Helper()
 	opts.NoSigs = true
 	s, err := server.NewServer(opts)
@@ -263,24 +362,5 @@ func serve(t *testing.T, opts *server.Options, ports []int, caFile, routerPasswo
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	url := "nats://localhost:" + strconv.Itoa(ports[0])
-	if _, err := nats.Connect(url, nats.UserInfo("router", routerPassword)); err == nil {
-		t.Fatal("a client without TLS connected")
-	}
-	nc, err := nats.Connect(url, nats.RootCAs(caFile), nats.UserInfo("router", routerPassword))
-	if err != nil {
-		t.Fatalf("the router's user over TLS: %v", err)
-	}
-	defer nc.Close()
-	// The router may subscribe to its inbox, not to requests.
-	if _, err := nc.SubscribeSync("tether.req.c1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if err := nc.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
-		t.Fatalf("the router's subscription to requests: %v, want a permissions violation", err)
-	}
+	return "nats://localhost:" + strconv.Itoa(ports[0])
 }

@@ -101,6 +101,11 @@ type NATS struct {
 	URL          string
 	User         string
 	PasswordFile string
+	// TokenFile, instead of PasswordFile, holds a projected ServiceAccount
+	// token that the NATS auth callout reviews (services/nats-auth): User
+	// is then this pod's name. It is read again at every connect, as the
+	// kubelet rotates it.
+	TokenFile string
 	// CAFile, if set, makes the connection TLS, trusting this CA.
 	CAFile string
 }
@@ -110,6 +115,7 @@ func (n *NATS) Register(fs *flag.FlagSet) {
 	fs.StringVar(&n.URL, "nats-url", EnvOr("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
 	fs.StringVar(&n.User, "nats-user", os.Getenv("TETHER_NATS_USER"), "NATS user (its permissions say what this service may publish and subscribe to); empty: none")
 	fs.StringVar(&n.PasswordFile, "nats-password-file", os.Getenv("TETHER_NATS_PASSWORD_FILE"), "file holding the NATS user's password, so it shows in no process list")
+	fs.StringVar(&n.TokenFile, "nats-token-file", os.Getenv("TETHER_NATS_TOKEN_FILE"), "instead of a password: this pod's projected ServiceAccount token, which the NATS auth callout reviews; --nats-user is then the pod's name")
 	fs.StringVar(&n.CAFile, "nats-ca-file", os.Getenv("TETHER_NATS_CA_FILE"), "CA of the NATS servers' certificates: connect with TLS (required where NATS is on another machine)")
 }
 
@@ -117,16 +123,35 @@ func (n *NATS) Register(fs *flag.FlagSet) {
 func (env *Env) ConnectNATS(ctx context.Context, n NATS, name string) (*nats.Conn, error) {
 	var extra []nats.Option
 	if n.User != "" {
-		pw, err := os.ReadFile(n.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading the NATS password: %w", err)
-		}
 		if !subject.ValidToken(n.User) {
 			return nil, fmt.Errorf("NATS user %q must match [A-Za-z0-9_-]{1,64}: it names the user's inbox", n.User)
 		}
+		secret := n.PasswordFile
+		if n.TokenFile != "" {
+			if n.PasswordFile != "" {
+				return nil, errors.New("--nats-password-file and --nats-token-file: one or the other")
+			}
+			secret = n.TokenFile
+		}
+		pw, err := os.ReadFile(secret)
+		if err != nil {
+			return nil, fmt.Errorf("reading the NATS password or token: %w", err)
+		}
+		login := nats.UserInfo(n.User, strings.TrimSpace(string(pw)))
+		if n.TokenFile != "" {
+			// The kubelet replaces the token before it expires; a
+			// reconnect must present the current one.
+			user, last := n.User, strings.TrimSpace(string(pw))
+			login = nats.UserInfoHandler(func() (string, string) {
+				if b, err := os.ReadFile(secret); err == nil {
+					last = strings.TrimSpace(string(b))
+				}
+				return user, last
+			})
+		}
 		// Replies (JetStream's API among them) come to an inbox only this
 		// user may read: another service never sees them (ADR 012).
-		extra = append(extra, nats.UserInfo(n.User, strings.TrimSpace(string(pw))), nats.CustomInboxPrefix(subject.Inbox(n.User)))
+		extra = append(extra, login, nats.CustomInboxPrefix(subject.Inbox(n.User)))
 	}
 	if n.CAFile != "" {
 		// The password crosses the network only inside TLS.

@@ -64,7 +64,7 @@ securityContext:
 {{/* Pod-level settings shared by every pod; args: root, component, values. */}}
 {{- define "tether.podSpec" -}}
 serviceAccountName: {{ include "tether.fullname" .root }}-{{ .component }}
-automountServiceAccountToken: false
+automountServiceAccountToken: {{ .kubeAPI | default false }}
 enableServiceLinks: false
 terminationGracePeriodSeconds: {{ .values.terminationGracePeriodSeconds }}
 securityContext:
@@ -105,8 +105,13 @@ topologySpreadConstraints:
 - --shutdown-timeout={{ sub (int .values.terminationGracePeriodSeconds) 15 }}s
 {{- if .nats }}
 - --nats-url={{ include "tether.natsURL" .root }}
+{{- if .natsToken }}
+- --nats-user=$(POD_NAME)
+- --nats-token-file=/etc/tether/nats/token
+{{- else }}
 - --nats-user={{ .component }}
 - --nats-password-file=/etc/tether/nats/password
+{{- end }}
 - --nats-ca-file=/etc/tether/internal/ca.crt
 {{- end }}
 {{- end -}}
@@ -121,7 +126,10 @@ topologySpreadConstraints:
 {{/*
 A Tether service's Deployment, ServiceAccount, Service and PDB.
 args: root, component, values, args (list of flags), ports (list of {name, port}),
-mounts (list of {name, path, secret, items}), env (list), nats (bool), hpa (bool).
+mounts (list of {name, path, secret or configMap, items}), env (list), nats (bool),
+natsToken (bool: log in to NATS as the pod, with its projected token; needs
+POD_NAME in env), kubeAPI (bool: the pod gets its ServiceAccount's token for
+the kube-apiserver), hpa (bool).
 */}}
 {{- define "tether.service" -}}
 {{- $full := include "tether.fullname" .root -}}
@@ -132,7 +140,8 @@ metadata:
   namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "tether.labels" . | nindent 4 }}
-automountServiceAccountToken: false
+# Only a service that calls the kube-apiserver (kubeAPI) gets a token for it.
+automountServiceAccountToken: {{ .kubeAPI | default false }}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -204,7 +213,18 @@ spec:
       volumes:
       - name: internal-tls
         secret: {secretName: {{ include "tether.internalSecret" . }}}
-      {{- if .nats }}
+      {{- if and .nats .natsToken }}
+      # A token for nats-auth alone (its audience), which the kubelet
+      # renews; it proves which pod this is, so the pod gets a NATS user
+      # of its own.
+      - name: nats
+        projected:
+          sources:
+          - serviceAccountToken:
+              audience: {{ .root.Values.natsAuth.tokenAudience }}
+              expirationSeconds: 3600
+              path: token
+      {{- else if .nats }}
       - name: nats
         secret:
           secretName: {{ include "tether.secretName" (dict "root" .root "value" .root.Values.secretNames.natsAuth "suffix" "nats-auth") }}
@@ -212,12 +232,17 @@ spec:
       {{- end }}
       {{- range .mounts }}
       - name: {{ .name }}
+        {{- if .configMap }}
+        configMap:
+          name: {{ .configMap }}
+        {{- else }}
         secret:
           secretName: {{ .secret }}
           {{- with .items }}
           items:
           {{- toYaml . | nindent 10 }}
           {{- end }}
+        {{- end }}
       {{- end }}
 ---
 apiVersion: v1
@@ -280,10 +305,12 @@ spec:
 {{- end -}}
 
 {{/*
-Each service's NATS user and what it may do, as in the development stack
+Each service's NATS role and what it may do, as in the development stack
 (dev/stack natsRoles; dev/helmchart compares the two). A YAML list of
-{name, publish, subscribe}; "{user}" in a subject stands for the user's
-own name: each user reads only its own router inbox and _INBOX (ADR 012).
+{name, publish, subscribe, token}; "{user}" in a subject stands for the
+user's own name: each user reads only its own router inbox and _INBOX (ADR
+012). A token role's users are its pods, each logging in with its
+projected ServiceAccount token (nats-auth names the user after the pod).
 */}}
 {{- define "tether.natsUsers" -}}
 {{- $followClusters := list "$JS.API.STREAM.INFO.CLUSTERS" "$JS.API.CONSUMER.CREATE.CLUSTERS.>" "$JS.API.CONSUMER.DELETE.CLUSTERS.>" "$JS.API.CONSUMER.INFO.CLUSTERS.>" "$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>" -}}
@@ -295,8 +322,8 @@ own name: each user reads only its own router inbox and _INBOX (ADR 012).
   "$JS.API.STREAM.MSG.GET.KV_AGENTS_STATE" "$JS.API.DIRECT.GET.KV_AGENTS_STATE.>" "$KV.AGENTS_STATE.>"
   "$JS.API.CONSUMER.CREATE.KV_AGENTS_STATE.>" "$JS.API.CONSUMER.DELETE.KV_AGENTS_STATE.>" "$JS.FC.>" -}}
 {{- $users := list
-  (dict "name" "router" "publish" (concat (list "tether.req.*" "tether.sess.*.*") $followClusters) "subscribe" (list "tether.rtr.{user}.>" "_INBOX_{user}.>"))
-  (dict "name" "subscriber" "publish" (concat (list "tether.rtr.*.*.*" "tether.agents.*") $followClusters) "subscribe" (list "tether.req.* subscribers" "tether.sess.*.*" "_INBOX_{user}.>"))
+  (dict "name" "router" "token" true "publish" (concat (list "tether.req.*" "tether.sess.*.*") $followClusters) "subscribe" (list "tether.rtr.{user}.>" "_INBOX_{user}.>"))
+  (dict "name" "subscriber" "token" true "publish" (concat (list "tether.rtr.*.*.*" "tether.agents.*") $followClusters) "subscribe" (list "tether.req.* subscribers" "tether.sess.*.*" "_INBOX_{user}.>"))
   (dict "name" "agent-registry" "publish" (concat (list "tether.clusters.*" "$JS.API.STREAM.CREATE.CLUSTERS" "$JS.API.STREAM.UPDATE.CLUSTERS") $followClusters $projectAgents) "subscribe" (list "_INBOX_{user}.>"))
   (dict "name" "audit" "publish" (list) "subscribe" (list))
   (dict "name" "autoscaler" "publish" (list) "subscribe" (list))
