@@ -243,3 +243,33 @@ func openWatch(t *testing.T, ctx context.Context) io.ReadCloser {
 	}
 	return resp.Body
 }
+
+// TestIdentityCheckedByMACOnceTheGatewayKnowsTheAgent: after a cluster's
+// first answer through a gateway, which announces its agent's key, the
+// agent checks the identities that gateway signs by their MAC, not their
+// signature (ADR 011, item 7): through the real router, NATS and
+// subscriber, which pass both unchanged.
+func TestIdentityCheckedByMACOnceTheGatewayKnowsTheAgent(t *testing.T) {
+	get := func() {
+		resp := call(t, "GET", "/clusters/dev/api/v1/namespaces/default/configmaps?limit=1", token("admin"), nil, nil)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET: %d", resp.StatusCode)
+		}
+	}
+	get() // the gateway learns the agent's key, if it had not yet
+	macs := gauge(t, "agent", `tether_agent_identity_checks_total{by="mac"}`)
+	sigs := gauge(t, "agent", `tether_agent_identity_checks_total{by="signature"}`)
+	const n = 10
+	for range n {
+		get()
+	}
+	gotMAC := gauge(t, "agent", `tether_agent_identity_checks_total{by="mac"}`) - macs
+	gotSig := gauge(t, "agent", `tether_agent_identity_checks_total{by="signature"}`) - sigs
+	// Each gateway instance learns the key on its first answer: at most
+	// one signature check per gateway.
+	if gotMAC < n-2 || gotMAC+gotSig < n {
+		t.Fatalf("of %d requests, %v were checked by MAC and %v by signature", n, gotMAC, gotSig)
+	}
+}

@@ -32,7 +32,7 @@ func newSigner(t *testing.T, r *Root, from, to time.Time) *Signer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := r.Certify(pub, from, to)
+	cert, err := r.Certify(pub, AgreementPublic(priv), from, to)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +79,32 @@ func TestVerify(t *testing.T) {
 	swapped := proto.Clone(good).(*tetherv1.SignedIdentity)
 	swapped.KeyCertificate = rogue.cert
 
+	// The MAC for this agent stands in for the signature; for another
+	// agent, or wrong, the signature decides.
+	signFor := func(s *Signer, a *tetherv1.IdentityAssertion, agent []byte) *tetherv1.SignedIdentity {
+		si, err := s.SignFor(a, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(si.Mac) == 0 {
+			t.Fatal("no MAC for a known agent key")
+		}
+		return si
+	}
+	other, _ := NewVerifier(root.Public())
+	macOnly := signFor(signer, assertionAt(now, time.Minute), v.AgentKey())
+	macOnly.Signature = nil
+	macForOther := signFor(signer, assertionAt(now, time.Minute), other.AgentKey())
+	macForOther.Signature = nil
+	macAltered := signFor(signer, assertionAt(now, time.Minute), v.AgentKey())
+	macAltered.Assertion = altered.Assertion
+	macAltered.Signature = nil
+	badMACGoodSig := signFor(signer, assertionAt(now, time.Minute), v.AgentKey())
+	badMACGoodSig.Mac[0] ^= 1
+	// A rogue's own certified-by-another-root key agreeing with this agent.
+	rogueMAC := signFor(rogue, assertionAt(now, time.Minute), v.AgentKey())
+	rogueMAC.Signature = nil
+
 	tests := []struct {
 		name string
 		si   *tetherv1.SignedIdentity
@@ -95,6 +121,12 @@ func TestVerify(t *testing.T) {
 		{"issued in the future", sign(signer, assertionAt(now.Add(10*time.Minute), time.Hour)), now, false},
 		{"key not yet valid", sign(newSigner(t, root, now.Add(time.Hour), now.Add(2*time.Hour)), assertionAt(now, time.Minute)), now, false},
 		{"key past its window", sign(newSigner(t, root, now.Add(-2*time.Hour), now.Add(-time.Hour)), assertionAt(now, time.Minute)), now, false},
+		{"a MAC for this agent, no signature", macOnly, now, true},
+		{"a MAC for another agent, no signature", macForOther, now, false},
+		{"a MAC over another assertion", macAltered, now, false},
+		{"a wrong MAC and a good signature", badMACGoodSig, now, true},
+		{"a MAC from a key another root certified", rogueMAC, now, false},
+		{"a MAC expired", macOnly, now.Add(2 * time.Minute), false},
 		{"oversized", &tetherv1.SignedIdentity{Assertion: make([]byte, MaxAssertion+1), Signature: good.Signature, KeyCertificate: good.KeyCertificate}, now, false},
 	}
 	for _, tt := range tests {
@@ -117,7 +149,7 @@ func TestSignerRefusesACertificateOfAnotherKey(t *testing.T) {
 	root := newRoot(t)
 	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, err := root.Certify(pub, time.Now(), time.Now().Add(time.Hour))
+	cert, err := root.Certify(pub, nil, time.Now(), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,17 +220,49 @@ func TestBind(t *testing.T) {
 	}
 }
 
-func BenchmarkSignAndVerify(b *testing.B) {
+func TestNoMACWithoutAnAgreementKey(t *testing.T) {
+	root := newRoot(t)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	cert, err := root.Certify(pub, nil, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSigner(priv, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := NewVerifier(root.Public())
+	si, err := s.SignFor(assertionAt(time.Now(), time.Minute), v.AgentKey())
+	if err != nil || len(si.Mac) != 0 {
+		t.Fatalf("a gateway whose certificate names no agreement key made a MAC (%v)", err)
+	}
+	if _, err := v.Verify(si, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// A certificate naming another agreement key than the gateway's own.
+	cert, _ = root.Certify(pub, v.AgentKey(), time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if _, err := NewSigner(priv, cert); err == nil {
+		t.Fatal("a signer took a certificate with another agreement key")
+	}
+}
+
+// benchKeys is a gateway's signer and an agent's verifier under one root,
+// and the request they are for.
+func benchKeys() (*Signer, *Verifier, *tetherv1.Open) {
 	_, rootKey, _ := ed25519.GenerateKey(rand.Reader)
 	root, _ := NewRoot(rootKey)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	cert, _ := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	cert, _ := root.Certify(pub, AgreementPublic(priv), time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	s, _ := NewSigner(priv, cert)
 	v, _ := NewVerifier(root.Public())
-	open := &tetherv1.Open{RequestId: "r1", ClusterId: "dev", Method: "GET", Path: "/api/v1/pods", Query: "limit=5"}
+	return s, v, &tetherv1.Open{RequestId: "r1", ClusterId: "dev", Method: "GET", Path: "/api/v1/pods", Query: "limit=5"}
+}
+
+// benchSignAndCheck signs for agent (nil: by signature only) and checks.
+func benchSignAndCheck(b *testing.B, s *Signer, v *Verifier, open *tetherv1.Open, agent []byte) {
 	now := time.Now()
 	for b.Loop() {
-		si, err := s.Sign(assertionAt(now, time.Minute))
+		si, err := s.SignFor(assertionAt(now, time.Minute), agent)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -209,5 +273,19 @@ func BenchmarkSignAndVerify(b *testing.B) {
 		if err := Bind(a, open, "dev"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func BenchmarkSignAndVerify(b *testing.B) {
+	s, v, open := benchKeys()
+	benchSignAndCheck(b, s, v, open, nil)
+}
+
+// The steady state: the gateway knows the agent's key.
+func BenchmarkSignForAndCheckMAC(b *testing.B) {
+	s, v, open := benchKeys()
+	benchSignAndCheck(b, s, v, open, v.AgentKey())
+	if n, _ := v.Checks(); n == 0 {
+		b.Fatal("no identity was checked by its MAC")
 	}
 }

@@ -139,7 +139,7 @@ func run(ctx context.Context, c config) error {
 	}
 
 	r.gzipC, r.gzipD = gzipCost()
-	if r.identSign, r.identVerify, err = identityCost(20000); err != nil {
+	if r.identSign, r.identVerify, r.identVerifySig, err = identityCost(20000); err != nil {
 		return fmt.Errorf("signed identity: %w", err)
 	}
 	logf("NATS: core request/reply vs JetStream work queue, %d iterations", c.natsN)

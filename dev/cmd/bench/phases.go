@@ -34,11 +34,13 @@ type results struct {
 	other    []otherLoad // CPU of processes not ours, by phase
 	gzipC    float64     // ms per MB to gzip the big list's kind of data
 	// identSign and identVerify time the signed identity's two ends: the
-	// gateway's signature, the agent's check (ADR 011).
-	identSign, identVerify samples
-	gzipD                  float64
-	tetherErrs             []string
-	profiles               map[string]string // go tool pprof -top, by service
+	// gateway's signature and MAC, the agent's check of the MAC (ADR 011);
+	// identVerifySig the check of the signature alone (a cluster's first
+	// request through a gateway).
+	identSign, identVerify, identVerifySig samples
+	gzipD                                  float64
+	tetherErrs                             []string
+	profiles                               map[string]string // go tool pprof -top, by service
 }
 
 // otherLoad is the share of the machine's CPU that processes other than the

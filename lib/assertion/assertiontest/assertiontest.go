@@ -26,7 +26,7 @@ func New() (*assertion.Signer, *assertion.Verifier, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := root.Certify(pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	cert, err := root.Certify(pub, assertion.AgreementPublic(priv), time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -166,7 +166,16 @@ func New(cfg Config) (*Agent, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations, m.refused, m.privileged} {
+	verifier := cfg.Admission.Verifier
+	checks := []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_agent_identity_checks_total", ConstLabels: prometheus.Labels{"by": "mac"},
+			Help: "Signed identities accepted, by how: mac (the gateway knew this agent's key), signature (a cluster's first request through a gateway, or after a restart)."},
+			func() float64 { n, _ := verifier.Checks(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tether_agent_identity_checks_total", ConstLabels: prometheus.Labels{"by": "signature"},
+			Help: "Signed identities accepted, by how: mac (the gateway knew this agent's key), signature (a cluster's first request through a gateway, or after a restart)."},
+			func() float64 { _, n := verifier.Checks(); return float64(n) }),
+	}
+	for _, c := range append([]prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations, m.refused, m.privileged}, checks...) {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}

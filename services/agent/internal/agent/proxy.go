@@ -183,6 +183,10 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 // header that is not UTF-8, a status out of range), says so instead of
 // leaving the caller waiting.
 func (a *Agent) sendHead(s *tunnel.Stream, log *slog.Logger, rh *tetherv1.Response) bool {
+	// The gateway adds a MAC for this key to the cluster's next signed
+	// identities, which this agent checks at a fraction of a signature's
+	// cost (ADR 011).
+	rh.AgentKey = a.admit.cfg.Verifier.AgentKey()
 	if err := s.SendHead(&tetherv1.Frame{Kind: &tetherv1.Frame_Response{Response: rh}}); err != nil {
 		a.fail(s, log, http.StatusBadGateway, "the kube-apiserver's response cannot be carried: "+err.Error())
 		return false

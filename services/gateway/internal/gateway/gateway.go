@@ -74,6 +74,8 @@ type Gateway struct {
 	// authLog logs failed authentications, at a bounded rate: anyone can
 	// send a bad token.
 	authLog *ratelog.Logger
+	// agentKeys: each cluster's agent's MAC key, as last announced.
+	agentKeys agentKeys
 
 	short, long admission
 	// down[i]: until when router i is skipped, after it could not be
@@ -333,6 +335,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code = int(resp.Status)
+	g.agentKeys.learn(cluster, resp.AgentKey)
 	if call.upgrade != nil {
 		if code == http.StatusSwitchingProtocols {
 			g.duration.WithLabelValues("gateway").Observe(time.Since(start).Seconds())

@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -24,7 +26,7 @@ const (
 // router may only send again or resume, with whom user asked to act as,
 // if anyone.
 func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.Identity, now time.Time) (*tetherv1.SignedIdentity, error) {
-	return g.cfg.Identities.Sign(&tetherv1.IdentityAssertion{
+	return g.cfg.Identities.SignFor(&tetherv1.IdentityAssertion{
 		Identity:         &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
 		Tenants:          user.Tenants,
 		ClusterId:        open.ClusterId,
@@ -36,7 +38,43 @@ func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.
 		ExpiresUnixMilli: now.Add(signedFor(open.Query)).UnixMilli(),
 		Issuer:           g.cfg.Issuer,
 		Impersonate:      asked,
-	})
+	}, g.agentKeys.get(open.ClusterId))
+}
+
+// agentKeys remember the X25519 key each cluster's agent last announced
+// (Response.agent_key), so the next signed identities carry a MAC that
+// agent checks instead of the signature. A key changed on the way costs
+// only that: the agent checks the signature.
+type agentKeys struct {
+	mu   sync.Mutex
+	keys map[string][]byte
+}
+
+// maxAgentKeys bounds the clusters remembered: a 10,000-cluster fleet
+// fits; past it, the map starts over.
+const maxAgentKeys = 10000
+
+func (k *agentKeys) get(cluster string) []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.keys[cluster]
+}
+
+// learn remembers key for cluster, which answered a request that this
+// gateway authorized for the user (so no id the user may not see).
+func (k *agentKeys) learn(cluster string, key []byte) {
+	if len(key) != 32 {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if old, ok := k.keys[cluster]; ok && bytes.Equal(old, key) {
+		return
+	}
+	if k.keys == nil || len(k.keys) >= maxAgentKeys {
+		k.keys = map[string][]byte{}
+	}
+	k.keys[cluster] = bytes.Clone(key)
 }
 
 // signedFor is how long the identity of a request with query stays good.

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"fmt"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -61,5 +63,25 @@ func TestSignBindsTheRequest(t *testing.T) {
 		if _, err := v.Verify(si, now.Add(tc.ttl)); err == nil {
 			t.Errorf("%s: still good after %v", tc.target, tc.ttl)
 		}
+	}
+}
+
+func TestAgentKeys(t *testing.T) {
+	var k agentKeys
+	key := bytes.Repeat([]byte{7}, 32)
+	k.learn("dev", key)
+	k.learn("other", []byte("short"))
+	key[0] = 9 // the caller's buffer may change: the gateway keeps a copy
+	if got := k.get("dev"); len(got) != 32 || got[0] != 7 {
+		t.Fatalf("dev: %x", got)
+	}
+	if got := k.get("other"); got != nil {
+		t.Fatalf("a key that is no X25519 key was kept: %x", got)
+	}
+	for i := range maxAgentKeys + 1 {
+		k.learn(fmt.Sprintf("c%d", i), key)
+	}
+	if n := len(k.keys); n > maxAgentKeys {
+		t.Fatalf("%d clusters remembered, more than %d", n, maxAgentKeys)
 	}
 }
