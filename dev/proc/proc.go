@@ -10,10 +10,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -184,18 +187,49 @@ func Tail(path string, n int) string {
 }
 
 // FreePorts returns n distinct 127.0.0.1 ports that were free a moment ago.
-// All listeners stay open until the end so the kernel cannot hand out one
-// twice. Another process can still take a port before the child binds it;
-// see PortConflict.
+// All listeners stay open until the end so none is handed out twice.
+//
+// They are picked at random below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), never from it: every outgoing connection
+// of every process on the machine takes its source port from that range,
+// so a port picked there and freed again can be taken by, say, a
+// kube-apiserver's client before the child binds it (seen in CI, with test
+// packages running side by side). Another test process can still pick the
+// same port between probing and binding, rarely; see PortConflict.
 func FreePorts(n int) ([]int, error) {
+	lo, hi := portsBelowEphemeral()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
+	for len(ports) < n {
+		var l net.Listener
+		var err error
+		for try := 0; try < 100; try++ {
+			p := lo + rand.IntN(hi-lo)
+			if l, err = net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err == nil {
+				break
+			}
+		}
+		if l == nil {
+			// A crowded range: let the kernel choose.
+			if l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				return nil, fmt.Errorf("pick a free port: %w", err)
+			}
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// portsBelowEphemeral is the range FreePorts picks from: from 10000 to the
+// start of the ephemeral range (32768 on Linux by default).
+func portsBelowEphemeral() (lo, hi int) {
+	lo, hi = 10000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+				hi = start
+			}
+		}
+	}
+	return lo, hi
 }

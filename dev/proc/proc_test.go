@@ -2,8 +2,10 @@ package proc
 
 import (
 	"errors"
+	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,5 +168,27 @@ func waitFor(t *testing.T, ok func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("timed out")
 		}
+	}
+}
+
+// Ports come from below the ephemeral range, where no outgoing
+// connection's source port can take them, distinct, and free.
+func TestFreePorts(t *testing.T) {
+	_, hi := portsBelowEphemeral()
+	ports, err := FreePorts(20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] || p >= hi {
+			t.Fatalf("port %d: seen %v, ephemeral range from %d", p, seen[p], hi)
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			t.Fatalf("port %d is not free: %v", p, err)
+		}
+		l.Close()
 	}
 }
