@@ -35,19 +35,26 @@ func startOwnAgent(t *testing.T, name string, ready bool, args ...string) (*proc
 	}
 	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
 	if ready {
-		waitFor(t, 30*time.Second, func() bool {
-			if p.Exited() {
-				t.Fatalf("agent exited: %v", p.ExitError())
-			}
-			resp, err := http.Get("http://" + admin + "/readyz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		})
+		waitReady(t, p, admin, 30*time.Second)
 	}
 	return p, admin
+}
+
+// waitReady waits until the process p, whose admin address is admin, is
+// ready, failing the test if it exits first.
+func waitReady(t *testing.T, p *proc.Process, admin string, within time.Duration) {
+	t.Helper()
+	waitFor(t, within, func() bool {
+		if p.Exited() {
+			t.Fatalf("%s exited: %v", admin, p.ExitError())
+		}
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // TestBreakGlass: an OIDC user in the platform's break-glass group

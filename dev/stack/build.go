@@ -19,6 +19,7 @@ var Binaries = map[string]string{
 	"router":         "./services/router/cmd/router",
 	"subscriber":     "./services/subscriber/cmd/subscriber",
 	"agent":          "./services/agent/cmd/agent",
+	"agentsim":       "./services/agent/cmd/agentsim",
 	"agent-registry": "./services/agent-registry/cmd/agent-registry",
 	"audit":          "./services/audit/cmd/audit",
 	"autoscaler":     "./services/autoscaler/cmd/autoscaler",

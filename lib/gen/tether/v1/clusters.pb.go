@@ -1055,6 +1055,95 @@ func (x *CreateClusterResponse) GetBootstrap() *BootstrapToken {
 	return nil
 }
 
+type EnsureClustersRequest struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Clusters      []*CreateClusterRequest `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnsureClustersRequest) Reset() {
+	*x = EnsureClustersRequest{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnsureClustersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnsureClustersRequest) ProtoMessage() {}
+
+func (x *EnsureClustersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnsureClustersRequest.ProtoReflect.Descriptor instead.
+func (*EnsureClustersRequest) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EnsureClustersRequest) GetClusters() []*CreateClusterRequest {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// EnsureClustersResponse answers in the request's order.
+type EnsureClustersResponse struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Clusters      []*CreateClusterResponse `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnsureClustersResponse) Reset() {
+	*x = EnsureClustersResponse{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnsureClustersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnsureClustersResponse) ProtoMessage() {}
+
+func (x *EnsureClustersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnsureClustersResponse.ProtoReflect.Descriptor instead.
+func (*EnsureClustersResponse) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *EnsureClustersResponse) GetClusters() []*CreateClusterResponse {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
 // BootstrapToken is what an agent's install manifest carries.
 type BootstrapToken struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1073,7 +1162,7 @@ type BootstrapToken struct {
 
 func (x *BootstrapToken) Reset() {
 	*x = BootstrapToken{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1174,7 @@ func (x *BootstrapToken) String() string {
 func (*BootstrapToken) ProtoMessage() {}
 
 func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1187,7 @@ func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapToken.ProtoReflect.Descriptor instead.
 func (*BootstrapToken) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BootstrapToken) GetToken() string {
@@ -1145,7 +1234,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1246,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1259,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteClusterRequest) GetId() string {
@@ -1188,7 +1277,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1289,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1302,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
 }
 
 type ListClustersRequest struct {
@@ -1226,7 +1315,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1327,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1340,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListClustersRequest) GetTenants() []string {
@@ -1270,7 +1359,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1371,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1384,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1314,7 +1403,7 @@ type IssueBootstrapTokenRequest struct {
 
 func (x *IssueBootstrapTokenRequest) Reset() {
 	*x = IssueBootstrapTokenRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1415,7 @@ func (x *IssueBootstrapTokenRequest) String() string {
 func (*IssueBootstrapTokenRequest) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1428,7 @@ func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IssueBootstrapTokenRequest) GetId() string {
@@ -1358,7 +1447,7 @@ type IssueBootstrapTokenResponse struct {
 
 func (x *IssueBootstrapTokenResponse) Reset() {
 	*x = IssueBootstrapTokenResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[20]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1459,7 @@ func (x *IssueBootstrapTokenResponse) String() string {
 func (*IssueBootstrapTokenResponse) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[20]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1472,7 @@ func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{20}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IssueBootstrapTokenResponse) GetBootstrap() *BootstrapToken {
@@ -1403,7 +1492,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[21]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1504,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[21]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1517,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{21}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *EnrollRequest) GetClusterId() string {
@@ -1454,7 +1543,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[22]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1555,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[22]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1568,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{22}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EnrollResponse) GetCredential() *AgentCredential {
@@ -1498,7 +1587,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[23]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1599,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[23]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1612,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{23}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewRequest) GetCredential() string {
@@ -1542,7 +1631,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[24]
+	mi := &file_tether_v1_clusters_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1643,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[24]
+	mi := &file_tether_v1_clusters_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1656,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{24}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewResponse) GetCredential() *AgentCredential {
@@ -1589,7 +1678,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[25]
+	mi := &file_tether_v1_clusters_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1690,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[25]
+	mi := &file_tether_v1_clusters_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1703,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{25}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AgentCredential) GetToken() string {
@@ -1706,7 +1795,11 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"~\n" +
 	"\x15CreateClusterResponse\x12,\n" +
 	"\acluster\x18\x01 \x01(\v2\x12.tether.v1.ClusterR\acluster\x127\n" +
-	"\tbootstrap\x18\x02 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"\xb4\x01\n" +
+	"\tbootstrap\x18\x02 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"T\n" +
+	"\x15EnsureClustersRequest\x12;\n" +
+	"\bclusters\x18\x01 \x03(\v2\x1f.tether.v1.CreateClusterRequestR\bclusters\"V\n" +
+	"\x16EnsureClustersResponse\x12<\n" +
+	"\bclusters\x18\x01 \x03(\v2 .tether.v1.CreateClusterResponseR\bclusters\"\xb4\x01\n" +
 	"\x0eBootstrapToken\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
 	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\x12%\n" +
@@ -1748,12 +1841,13 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x19\n" +
 	"\x15AGENT_STATE_UNHEALTHY\x10\x02\x12\x1c\n" +
-	"\x18AGENT_STATE_DISCONNECTED\x10\x032\xef\x02\n" +
+	"\x18AGENT_STATE_DISCONNECTED\x10\x032\xc6\x03\n" +
 	"\x0eClusterService\x12R\n" +
 	"\rCreateCluster\x12\x1f.tether.v1.CreateClusterRequest\x1a .tether.v1.CreateClusterResponse\x12R\n" +
 	"\rDeleteCluster\x12\x1f.tether.v1.DeleteClusterRequest\x1a .tether.v1.DeleteClusterResponse\x12O\n" +
 	"\fListClusters\x12\x1e.tether.v1.ListClustersRequest\x1a\x1f.tether.v1.ListClustersResponse\x12d\n" +
-	"\x13IssueBootstrapToken\x12%.tether.v1.IssueBootstrapTokenRequest\x1a&.tether.v1.IssueBootstrapTokenResponse2\x8e\x01\n" +
+	"\x13IssueBootstrapToken\x12%.tether.v1.IssueBootstrapTokenRequest\x1a&.tether.v1.IssueBootstrapTokenResponse\x12U\n" +
+	"\x0eEnsureClusters\x12 .tether.v1.EnsureClustersRequest\x1a!.tether.v1.EnsureClustersResponse2\x8e\x01\n" +
 	"\x11EnrollmentService\x12=\n" +
 	"\x06Enroll\x12\x18.tether.v1.EnrollRequest\x1a\x19.tether.v1.EnrollResponse\x12:\n" +
 	"\x05Renew\x12\x17.tether.v1.RenewRequest\x1a\x18.tether.v1.RenewResponseB9Z7github.com/tether-dev/tether/lib/gen/tether/v1;tetherv1b\x06proto3"
@@ -1771,7 +1865,7 @@ func file_tether_v1_clusters_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_clusters_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tether_v1_clusters_proto_goTypes = []any{
 	(AgentState)(0),                     // 0: tether.v1.AgentState
 	(*ClusterEvent)(nil),                // 1: tether.v1.ClusterEvent
@@ -1788,18 +1882,20 @@ var file_tether_v1_clusters_proto_goTypes = []any{
 	(*AgentHeartbeat)(nil),              // 12: tether.v1.AgentHeartbeat
 	(*CreateClusterRequest)(nil),        // 13: tether.v1.CreateClusterRequest
 	(*CreateClusterResponse)(nil),       // 14: tether.v1.CreateClusterResponse
-	(*BootstrapToken)(nil),              // 15: tether.v1.BootstrapToken
-	(*DeleteClusterRequest)(nil),        // 16: tether.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),       // 17: tether.v1.DeleteClusterResponse
-	(*ListClustersRequest)(nil),         // 18: tether.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),        // 19: tether.v1.ListClustersResponse
-	(*IssueBootstrapTokenRequest)(nil),  // 20: tether.v1.IssueBootstrapTokenRequest
-	(*IssueBootstrapTokenResponse)(nil), // 21: tether.v1.IssueBootstrapTokenResponse
-	(*EnrollRequest)(nil),               // 22: tether.v1.EnrollRequest
-	(*EnrollResponse)(nil),              // 23: tether.v1.EnrollResponse
-	(*RenewRequest)(nil),                // 24: tether.v1.RenewRequest
-	(*RenewResponse)(nil),               // 25: tether.v1.RenewResponse
-	(*AgentCredential)(nil),             // 26: tether.v1.AgentCredential
+	(*EnsureClustersRequest)(nil),       // 15: tether.v1.EnsureClustersRequest
+	(*EnsureClustersResponse)(nil),      // 16: tether.v1.EnsureClustersResponse
+	(*BootstrapToken)(nil),              // 17: tether.v1.BootstrapToken
+	(*DeleteClusterRequest)(nil),        // 18: tether.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),       // 19: tether.v1.DeleteClusterResponse
+	(*ListClustersRequest)(nil),         // 20: tether.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),        // 21: tether.v1.ListClustersResponse
+	(*IssueBootstrapTokenRequest)(nil),  // 22: tether.v1.IssueBootstrapTokenRequest
+	(*IssueBootstrapTokenResponse)(nil), // 23: tether.v1.IssueBootstrapTokenResponse
+	(*EnrollRequest)(nil),               // 24: tether.v1.EnrollRequest
+	(*EnrollResponse)(nil),              // 25: tether.v1.EnrollResponse
+	(*RenewRequest)(nil),                // 26: tether.v1.RenewRequest
+	(*RenewResponse)(nil),               // 27: tether.v1.RenewResponse
+	(*AgentCredential)(nil),             // 28: tether.v1.AgentCredential
 }
 var file_tether_v1_clusters_proto_depIdxs = []int32{
 	2,  // 0: tether.v1.ClusterEvent.created:type_name -> tether.v1.ClusterCreated
@@ -1814,28 +1910,32 @@ var file_tether_v1_clusters_proto_depIdxs = []int32{
 	11, // 9: tether.v1.AgentEvent.disconnected:type_name -> tether.v1.AgentDisconnected
 	12, // 10: tether.v1.AgentEvent.heartbeat:type_name -> tether.v1.AgentHeartbeat
 	6,  // 11: tether.v1.CreateClusterResponse.cluster:type_name -> tether.v1.Cluster
-	15, // 12: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	6,  // 13: tether.v1.ListClustersResponse.clusters:type_name -> tether.v1.Cluster
-	15, // 14: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	26, // 15: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
-	26, // 16: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
-	13, // 17: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
-	16, // 18: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
-	18, // 19: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
-	20, // 20: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
-	22, // 21: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
-	24, // 22: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
-	14, // 23: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
-	17, // 24: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
-	19, // 25: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
-	21, // 26: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
-	23, // 27: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
-	25, // 28: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 12: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	13, // 13: tether.v1.EnsureClustersRequest.clusters:type_name -> tether.v1.CreateClusterRequest
+	14, // 14: tether.v1.EnsureClustersResponse.clusters:type_name -> tether.v1.CreateClusterResponse
+	6,  // 15: tether.v1.ListClustersResponse.clusters:type_name -> tether.v1.Cluster
+	17, // 16: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	28, // 17: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
+	28, // 18: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
+	13, // 19: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
+	18, // 20: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
+	20, // 21: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
+	22, // 22: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
+	15, // 23: tether.v1.ClusterService.EnsureClusters:input_type -> tether.v1.EnsureClustersRequest
+	24, // 24: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
+	26, // 25: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
+	14, // 26: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
+	19, // 27: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
+	21, // 28: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
+	23, // 29: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
+	16, // 30: tether.v1.ClusterService.EnsureClusters:output_type -> tether.v1.EnsureClustersResponse
+	25, // 31: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
+	27, // 32: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_clusters_proto_init() }
@@ -1860,7 +1960,7 @@ func file_tether_v1_clusters_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_clusters_proto_rawDesc), len(file_tether_v1_clusters_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -37,8 +37,9 @@ func NewClusterAPI(auth Authenticator, registry tetherv1connect.ClusterServiceCl
 
 // Handler is the ClusterService handler to mount beside the gateway.
 func (c *ClusterAPI) Handler() (string, http.Handler) {
-	// Requests are a name or two: anything bigger is refused unread.
-	return tetherv1connect.NewClusterServiceHandler(c, connect.WithReadMaxBytes(16<<10))
+	// Requests are a name or two, or a list of at most 1,000 (EnsureClusters,
+	// about 150 bytes each at most): anything bigger is refused unread.
+	return tetherv1connect.NewClusterServiceHandler(c, connect.WithReadMaxBytes(256<<10))
 }
 
 // actorHeader tells agent-registry who asked, for the event's record.
@@ -107,6 +108,14 @@ func (c *ClusterAPI) DeleteCluster(ctx context.Context, req *connect.Request[tet
 		return nil, err
 	}
 	return c.registry.DeleteCluster(ctx, forward(h, req.Msg))
+}
+
+func (c *ClusterAPI) EnsureClusters(ctx context.Context, req *connect.Request[tetherv1.EnsureClustersRequest]) (*connect.Response[tetherv1.EnsureClustersResponse], error) {
+	h, err := c.admin(ctx, req.Header(), fmt.Sprintf("ensuring %d clusters", len(req.Msg.GetClusters())))
+	if err != nil {
+		return nil, err
+	}
+	return c.registry.EnsureClusters(ctx, forward(h, req.Msg))
 }
 
 func (c *ClusterAPI) IssueBootstrapToken(ctx context.Context, req *connect.Request[tetherv1.IssueBootstrapTokenRequest]) (*connect.Response[tetherv1.IssueBootstrapTokenResponse], error) {

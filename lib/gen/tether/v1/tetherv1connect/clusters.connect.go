@@ -47,6 +47,9 @@ const (
 	// ClusterServiceIssueBootstrapTokenProcedure is the fully-qualified name of the ClusterService's
 	// IssueBootstrapToken RPC.
 	ClusterServiceIssueBootstrapTokenProcedure = "/tether.v1.ClusterService/IssueBootstrapToken"
+	// ClusterServiceEnsureClustersProcedure is the fully-qualified name of the ClusterService's
+	// EnsureClusters RPC.
+	ClusterServiceEnsureClustersProcedure = "/tether.v1.ClusterService/EnsureClusters"
 	// EnrollmentServiceEnrollProcedure is the fully-qualified name of the EnrollmentService's Enroll
 	// RPC.
 	EnrollmentServiceEnrollProcedure = "/tether.v1.EnrollmentService/Enroll"
@@ -62,6 +65,12 @@ type ClusterServiceClient interface {
 	// IssueBootstrapToken gives an existing cluster a new one-time token, to
 	// install its agent again.
 	IssueBootstrapToken(context.Context, *connect.Request[v1.IssueBootstrapTokenRequest]) (*connect.Response[v1.IssueBootstrapTokenResponse], error)
+	// EnsureClusters creates each cluster that does not exist and gives
+	// each, new or not, a new one-time bootstrap token: a fleet at once (an
+	// agent simulator's 10,000 clusters, a migration), at most 1,000 a call,
+	// its events written in two pipelined rounds instead of two round trips
+	// per cluster.
+	EnsureClusters(context.Context, *connect.Request[v1.EnsureClustersRequest]) (*connect.Response[v1.EnsureClustersResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the tether.v1.ClusterService service. By default,
@@ -99,6 +108,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("IssueBootstrapToken")),
 			connect.WithClientOptions(opts...),
 		),
+		ensureClusters: connect.NewClient[v1.EnsureClustersRequest, v1.EnsureClustersResponse](
+			httpClient,
+			baseURL+ClusterServiceEnsureClustersProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("EnsureClusters")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -108,6 +123,7 @@ type clusterServiceClient struct {
 	deleteCluster       *connect.Client[v1.DeleteClusterRequest, v1.DeleteClusterResponse]
 	listClusters        *connect.Client[v1.ListClustersRequest, v1.ListClustersResponse]
 	issueBootstrapToken *connect.Client[v1.IssueBootstrapTokenRequest, v1.IssueBootstrapTokenResponse]
+	ensureClusters      *connect.Client[v1.EnsureClustersRequest, v1.EnsureClustersResponse]
 }
 
 // CreateCluster calls tether.v1.ClusterService.CreateCluster.
@@ -130,6 +146,11 @@ func (c *clusterServiceClient) IssueBootstrapToken(ctx context.Context, req *con
 	return c.issueBootstrapToken.CallUnary(ctx, req)
 }
 
+// EnsureClusters calls tether.v1.ClusterService.EnsureClusters.
+func (c *clusterServiceClient) EnsureClusters(ctx context.Context, req *connect.Request[v1.EnsureClustersRequest]) (*connect.Response[v1.EnsureClustersResponse], error) {
+	return c.ensureClusters.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the tether.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	CreateCluster(context.Context, *connect.Request[v1.CreateClusterRequest]) (*connect.Response[v1.CreateClusterResponse], error)
@@ -138,6 +159,12 @@ type ClusterServiceHandler interface {
 	// IssueBootstrapToken gives an existing cluster a new one-time token, to
 	// install its agent again.
 	IssueBootstrapToken(context.Context, *connect.Request[v1.IssueBootstrapTokenRequest]) (*connect.Response[v1.IssueBootstrapTokenResponse], error)
+	// EnsureClusters creates each cluster that does not exist and gives
+	// each, new or not, a new one-time bootstrap token: a fleet at once (an
+	// agent simulator's 10,000 clusters, a migration), at most 1,000 a call,
+	// its events written in two pipelined rounds instead of two round trips
+	// per cluster.
+	EnsureClusters(context.Context, *connect.Request[v1.EnsureClustersRequest]) (*connect.Response[v1.EnsureClustersResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -171,6 +198,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("IssueBootstrapToken")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceEnsureClustersHandler := connect.NewUnaryHandler(
+		ClusterServiceEnsureClustersProcedure,
+		svc.EnsureClusters,
+		connect.WithSchema(clusterServiceMethods.ByName("EnsureClusters")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tether.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceCreateClusterProcedure:
@@ -181,6 +214,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceListClustersHandler.ServeHTTP(w, r)
 		case ClusterServiceIssueBootstrapTokenProcedure:
 			clusterServiceIssueBootstrapTokenHandler.ServeHTTP(w, r)
+		case ClusterServiceEnsureClustersProcedure:
+			clusterServiceEnsureClustersHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -204,6 +239,10 @@ func (UnimplementedClusterServiceHandler) ListClusters(context.Context, *connect
 
 func (UnimplementedClusterServiceHandler) IssueBootstrapToken(context.Context, *connect.Request[v1.IssueBootstrapTokenRequest]) (*connect.Response[v1.IssueBootstrapTokenResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tether.v1.ClusterService.IssueBootstrapToken is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) EnsureClusters(context.Context, *connect.Request[v1.EnsureClustersRequest]) (*connect.Response[v1.EnsureClustersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tether.v1.ClusterService.EnsureClusters is not implemented"))
 }
 
 // EnrollmentServiceClient is a client for the tether.v1.EnrollmentService service.
