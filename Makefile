@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/.bin
 MODULES := lib dev cmd/tetherctl services/gateway services/router services/subscriber services/agent \
-	services/agent-registry services/audit services/autoscaler services/nats-auth
+	services/agent-registry services/audit services/autoscaler services/nats-auth loadtest
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # The chaos test runs a fleet of its own (3 NATS nodes, 20 agents) and
 # takes both cores: alone, after the rest. It needs root, iproute2 and
@@ -15,7 +15,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_CONNECT := connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: run test test-short chaos bench fuzz proto kube vet fmt clean images
+.PHONY: run test test-short chaos bench loadtest fuzz proto kube vet fmt clean images
 
 ## run: the whole stack on this machine; AGENT_KUBECONFIG=~/.kube/config to use your cluster, REPLICAS=2 for two of each gateway, router, subscriber, CLUSTER=3 for a three-node NATS cluster, CHECK=1 to check it through kubectl and stop
 # Built and exec'd rather than `go run`, so Ctrl-C reaches tether-dev
@@ -44,6 +44,15 @@ chaos:
 bench:
 	bash hack/kube/build.sh >/dev/null
 	$(GO) run ./dev/cmd/bench --out bench/results
+
+## loadtest: a fleet of simulated agents and one load scenario against the stack; SCENARIO=idle|steady|mixed|spike|watches AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
+SCENARIO ?= steady
+AGENTS ?= 1000
+RATE ?= 200
+DURATION ?= 60s
+loadtest:
+	bash hack/kube/build.sh >/dev/null
+	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --out bench/results
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tether-dev/tether/dev/proc"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/loadtest/driver"
 )
 
 // TestAgentSimulator is the load harness's smoke run: agentsim ensures a
@@ -98,6 +99,34 @@ func TestAgentSimulator(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden && resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("a user of another tenant reached a simulated cluster: %d", resp.StatusCode)
+	}
+
+	// The load harness's smoke run: open-loop GETs, lists, creates and
+	// patches over every simulated cluster from two users, and watches
+	// held open, through the real stack. What a run measures is make
+	// loadtest's; here every request must succeed and every watch see
+	// events.
+	clusters := make([]string, agents)
+	for i := range clusters {
+		clusters[i] = fmt.Sprintf("e2esim-%05d", i)
+	}
+	target := driver.Target{GatewayURL: env.stack.GatewayURL, CAFile: env.stack.CAFile, Tokens: []string{token("admin"), token("alice")},
+		Clusters: clusters, Namespace: "load"}
+	res, err := driver.Run(t.Context(), target, driver.Mixed(100, 3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent() < 200 || res.Failed() > 0 {
+		t.Fatalf("mixed load: %d sent, codes %v, errors %v", res.Sent(), res.Codes, res.Errors)
+	}
+	t.Logf("mixed load: %d requests, p50 %v, p99 %v", res.Sent(), time.Duration(res.All.ValueAtQuantile(50))*time.Microsecond,
+		time.Duration(res.All.ValueAtQuantile(99))*time.Microsecond)
+	w, err := driver.RunWatches(t.Context(), target, 50, 4*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Opened != 50 || w.Broken != 0 || w.Events < 50 {
+		t.Fatalf("watches: %d of 50 opened, %d broken, %d events, errors %v", w.Opened, w.Broken, w.Events, w.Errors)
 	}
 
 	stopped = true

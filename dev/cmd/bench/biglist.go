@@ -7,11 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/tether-dev/tether/dev/procstat"
 )
 
 const bigNamespace = "bench-big"
@@ -91,21 +90,6 @@ func mbps(ls []listing) (float64, int64) {
 	return float64(b) / 1e6 / d.Seconds(), b / int64(max(len(ls), 1))
 }
 
-// rssKB is VmRSS of pid in KiB, or 0 if it cannot be read.
-func rssKB(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			return v
-		}
-	}
-	return 0
-}
-
 // rssSampler records the peak VmRSS of some processes every 50 ms.
 type rssSampler struct {
 	pids map[string]int
@@ -124,7 +108,7 @@ func sampleRSS(pids map[string]int) *rssSampler {
 		for {
 			s.mu.Lock()
 			for name, pid := range s.pids {
-				s.peak[name] = max(s.peak[name], rssKB(pid))
+				s.peak[name] = max(s.peak[name], procstat.RSSKB(pid))
 			}
 			s.mu.Unlock()
 			select {

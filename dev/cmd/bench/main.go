@@ -27,7 +27,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tether-dev/tether/dev/kube"
 	"github.com/tether-dev/tether/dev/stack"
 )
 
@@ -79,26 +78,15 @@ func main() {
 func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
 
 func run(ctx context.Context, c config) error {
-	root, err := stack.RepoRoot(".")
+	w, err := stack.NewWorkspace(ctx, "tether-bench-", os.Stderr)
 	if err != nil {
 		return err
 	}
-	kubeBin, err := kube.EnsureBinaries(ctx, root, os.Stderr)
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "tether-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "bin")
-	if err := stack.Build(ctx, root, bin, os.Stderr); err != nil {
-		return err
-	}
+	defer w.Close()
+	root, dir, bin := w.Root, w.Dir, w.BinDir
 	quiet := []string{"--log-level", "warn", "--pprof"}
 	s, err := stack.Up(ctx, stack.Options{
-		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: kubeBin, Log: os.Stderr,
+		Root: root, BinDir: bin, StateDir: filepath.Join(dir, "state"), KubeBinDir: w.KubeBin, Log: os.Stderr,
 		Args: map[string][]string{"gateway": quiet, "router": quiet, "subscriber": quiet, "agent": quiet},
 	})
 	if err != nil {

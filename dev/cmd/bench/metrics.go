@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tether-dev/tether/dev/procstat"
 )
 
 // hist is the sum and count of one histogram series.
@@ -106,7 +108,7 @@ func (h hist) meanMS() float64 {
 func cpuTimes() map[string]time.Duration {
 	out := map[string]time.Duration{}
 	self := os.Getpid()
-	if d, _, _, ok := procStat(self); ok {
+	if d, _, _, ok := procstat.Stat(self); ok {
 		out["bench (client)"] = d
 	}
 	entries, _ := os.ReadDir("/proc")
@@ -115,36 +117,12 @@ func cpuTimes() map[string]time.Duration {
 		if err != nil {
 			continue
 		}
-		d, ppid, comm, ok := procStat(pid)
+		d, ppid, comm, ok := procstat.Stat(pid)
 		if ok && ppid == self {
 			out[comm] += d
 		}
 	}
 	return out
-}
-
-// procStat reads utime+stime, the parent and the command of pid. It
-// assumes USER_HZ is 100, as on every Linux this runs on.
-func procStat(pid int) (time.Duration, int, string, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, "", false
-	}
-	s := string(b)
-	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || close < open {
-		return 0, 0, "", false
-	}
-	comm := s[open+1 : close]
-	f := strings.Fields(s[close+1:])
-	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
-	if len(f) < 13 {
-		return 0, 0, "", false
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond, ppid, comm, true
 }
 
 func cpuDelta(before, after map[string]time.Duration) map[string]time.Duration {

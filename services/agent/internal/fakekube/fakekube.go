@@ -45,6 +45,11 @@ type Config struct {
 	MaxOverlay int
 }
 
+// EmittedAnnotation is set on each watch event's object to when the
+// simulated cluster sent it (Unix nanoseconds): a load driver on the same
+// machine reads the event's lag from it.
+const EmittedAnnotation = "tether.dev/emitted"
+
 // Fleet holds what all its clusters share.
 type Fleet struct {
 	cfg  Config
@@ -321,6 +326,8 @@ func (c *Cluster) watch(r *http.Request, ns string, q map[string][]string) *http
 			rv := c.rv
 			c.mu.Unlock()
 			obj := bytes.Replace(c.fleet.inNamespace(i%len(c.fleet.base), ns), []byte(`"resourceVersion":"1"`), []byte(`"resourceVersion":"`+strconv.FormatInt(rv, 10)+`"`), 1)
+			// When the event left the cluster, for a load test's lag.
+			obj = bytes.Replace(obj, []byte(`"metadata":{`), []byte(`"metadata":{"annotations":{"`+EmittedAnnotation+`":"`+strconv.FormatInt(time.Now().UnixNano(), 10)+`"},`), 1)
 			if _, err := fmt.Fprintf(pw, `{"type":"MODIFIED","object":%s}`+"\n", obj); err != nil {
 				return
 			}

@@ -1,0 +1,245 @@
+// Command loadtest is `make loadtest`: it starts the stack on this machine
+// (two gateways, routers and subscribers, as the e2e stack), connects a
+// fleet of simulated agents (agentsim), measures what the idle fleet
+// costs, runs one scenario of the load driver (loadtest/driver) against
+// it while sampling every Tether process, and writes
+// bench/results/capacity-SCENARIO.md.
+//
+//	go run ./dev/cmd/loadtest --scenario steady --agents 1000 --rate 200 --duration 60s
+//
+// Scenarios: idle (the fleet's connection costs only), steady, mixed,
+// spike, watches (--watches held open for --duration).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tether-dev/tether/dev/proc"
+	"github.com/tether-dev/tether/dev/stack"
+	"github.com/tether-dev/tether/loadtest/driver"
+)
+
+// config is what a run does.
+type config struct {
+	scenario  string
+	agents    int
+	rate      float64
+	duration  time.Duration
+	watches   int
+	idle      time.Duration
+	startRate float64
+	out       string
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.scenario, "scenario", "steady", "idle, steady, mixed, spike or watches")
+	flag.IntVar(&c.agents, "agents", 1000, "simulated agents (clusters)")
+	flag.Float64Var(&c.rate, "rate", 200, "requests per second offered (steady, mixed; spike's base rate)")
+	flag.DurationVar(&c.duration, "duration", time.Minute, "how long the scenario's load lasts")
+	flag.IntVar(&c.watches, "watches", 1000, "watches held open (watches)")
+	flag.DurationVar(&c.idle, "idle", 30*time.Second, "how long the connected fleet idles before it is measured")
+	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
+	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, "loadtest: "+format+"\n", a...) }
+
+// services are the Tether processes sampled.
+var services = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd", "agentsim"}
+
+func run(ctx context.Context, c config) error {
+	switch c.scenario {
+	case "idle", "steady", "mixed", "spike", "watches":
+	default:
+		return fmt.Errorf("no scenario %q (idle, steady, mixed, spike, watches)", c.scenario)
+	}
+	if c.agents < 1 {
+		return errors.New("--agents must be at least 1")
+	}
+	w, err := stack.NewWorkspace(ctx, "tether-loadtest-", os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	dir := w.Dir
+	quiet := []string{"--log-level", "warn"}
+	s, err := stack.Up(ctx, stack.Options{
+		Root: w.Root, BinDir: w.BinDir, StateDir: filepath.Join(dir, "state"), KubeBinDir: w.KubeBin, Log: os.Stderr, Replicas: 2,
+		Args: map[string][]string{"gateway": quiet, "router": quiet, "subscriber": quiet, "agent": quiet, "agent-registry": quiet},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = s.Down() }()
+	r := &report{cfg: c, started: time.Now(), commit: commit(w.Root)}
+
+	admin := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(admin, []byte(s.Users["admin"].Token), 0o600); err != nil {
+		return err
+	}
+	js, err := agentsStream(s, filepath.Join(dir, "state"))
+	if err != nil {
+		return err
+	}
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	simAdmin := "127.0.0.1:" + strconv.Itoa(ports[0])
+	r.before = sample(s, nil, simAdmin)
+	logf("starting %d simulated agents", c.agents)
+	start := time.Now()
+	sim, err := proc.Start("agentsim", s.Bin("agentsim"), filepath.Join(dir, "state", "logs"), nil,
+		"--admin-addr", simAdmin, "--log-level", "warn", "--gateway-url", s.GatewayURL, "--gateway-ca", s.CAFile, "--token-file", admin,
+		"--subscriber-url", joinURLs(s.SubscriberURLs), "--subscriber-ca", s.CAFile, "--identity-root-key", s.Identity.RootPublic,
+		"--agents", strconv.Itoa(c.agents), "--prefix", "sim", "--tenant", "acme", "--start-rate", strconv.FormatFloat(c.startRate, 'f', -1, 64))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sim.Stop(time.Minute) }()
+	if err := waitReady(ctx, sim, "http://"+simAdmin+"/readyz", time.Duration(float64(c.agents)/c.startRate*float64(time.Second))+3*time.Minute); err != nil {
+		return err
+	}
+	r.connectTime = time.Since(start)
+	logf("%d agents connected in %v; idling %v", c.agents, r.connectTime.Round(time.Millisecond), c.idle)
+	r.pids = pids(s, sim)
+	first, err := lastSeq(ctx, js)
+	if err != nil {
+		return err
+	}
+	idleStart := sample(s, r.pids, simAdmin)
+	if !sleep(ctx, c.idle) {
+		return ctx.Err()
+	}
+	idleEnd := sample(s, r.pids, simAdmin)
+	last, err := lastSeq(ctx, js)
+	if err != nil {
+		return err
+	}
+	r.idle = idleEnd
+	r.idleCPU = cpuDelta(idleStart, idleEnd)
+	r.agentsEventsPerSec = float64(last-first) / c.idle.Seconds()
+
+	if c.scenario != "idle" {
+		clusters := make([]string, c.agents)
+		for i := range clusters {
+			clusters[i] = fmt.Sprintf("sim-%05d", i)
+		}
+		target := driver.Target{Gateways: s.GatewayURLs, CAFile: s.CAFile, Clusters: clusters, Namespace: "load",
+			Tokens: []string{s.Users["admin"].Token, s.Users["alice"].Token}}
+		sampler := startSampler(s, r.pids, simAdmin)
+		loadStart := sample(s, r.pids, simAdmin)
+		switch c.scenario {
+		case "steady":
+			r.load, err = driver.Run(ctx, target, driver.Steady(c.rate, c.duration))
+		case "mixed":
+			r.load, err = driver.Run(ctx, target, driver.Mixed(c.rate, c.duration))
+		case "spike":
+			r.load, err = driver.Run(ctx, target, driver.Spike(c.rate, c.duration))
+		case "watches":
+			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
+		}
+		loadEnd := sample(s, r.pids, simAdmin)
+		r.timeline = sampler.stop()
+		if err != nil {
+			return err
+		}
+		r.loadCPU = cpuDelta(loadStart, loadEnd)
+		r.loadEnd = loadEnd
+	}
+	path := filepath.Join(c.out, "capacity-"+c.scenario+".md")
+	if err := os.MkdirAll(c.out, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s", path)
+	return nil
+}
+
+func joinURLs(urls []string) string {
+	out := ""
+	for i, u := range urls {
+		if i > 0 {
+			out += ","
+		}
+		out += u
+	}
+	return out
+}
+
+// agentsStream reads the AGENTS stream as agent-registry, whose user may.
+func agentsStream(s *stack.Stack, stateDir string) (jetstream.Stream, error) {
+	pw, err := os.ReadFile(filepath.Join(stateDir, "nats-users", "agent-registry"))
+	if err != nil {
+		return nil, fmt.Errorf("reading agent-registry's NATS password: %w", err)
+	}
+	nc, err := nats.Connect(s.NATSURL, nats.UserInfo("agent-registry", string(pw)), nats.RootCAs(s.CAFile), nats.CustomInboxPrefix("_INBOX_agent-registry"))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return js.Stream(context.Background(), "AGENTS")
+}
+
+func lastSeq(ctx context.Context, st jetstream.Stream) (uint64, error) {
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("reading the AGENTS stream: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+func waitReady(ctx context.Context, p *proc.Process, url string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		if p.Exited() {
+			return fmt.Errorf("agentsim exited: %v", p.ExitError())
+		}
+		if code, _ := get(ctx, url); code == 200 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_, body := get(ctx, url)
+			return fmt.Errorf("the fleet was not connected within %v: %s", within, body)
+		}
+		if !sleep(ctx, time.Second) {
+			return ctx.Err()
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tether-dev/tether/dev/proc"
+	"github.com/tether-dev/tether/dev/procstat"
+	"github.com/tether-dev/tether/dev/stack"
+	"github.com/tether-dev/tether/loadtest/driver"
+)
+
+// point is one process at one moment.
+type point struct {
+	cpu        time.Duration
+	rssKB      int64
+	fds        int
+	goroutines float64
+	streams    float64 // a subscriber's agent streams
+}
+
+// snapshot is every sampled process at one moment.
+type snapshot struct {
+	at    time.Time
+	procs map[string]point
+}
+
+// pids are the sampled processes: the stack's services and agentsim.
+func pids(s *stack.Stack, sim *proc.Process) map[string]int {
+	out := map[string]int{"agentsim": sim.Pid()}
+	for _, name := range services {
+		if p := s.Process(name); p != nil {
+			out[name] = p.Pid()
+		}
+	}
+	return out
+}
+
+// sample reads each process's CPU, memory and files from /proc and its
+// goroutines from its own metrics.
+func sample(s *stack.Stack, pids map[string]int, simAdmin string) snapshot {
+	snap := snapshot{at: time.Now(), procs: map[string]point{}}
+	if pids == nil {
+		pids = map[string]int{}
+		for _, name := range services {
+			if p := s.Process(name); p != nil {
+				pids[name] = p.Pid()
+			}
+		}
+	}
+	for name, pid := range pids {
+		cpu, _, _, _ := procstat.Stat(pid)
+		p := point{cpu: cpu, rssKB: procstat.RSSKB(pid), fds: procstat.FDs(pid)}
+		switch name {
+		case "agentsim":
+			p.goroutines, _ = stack.MetricAt("http://"+simAdmin+"/metrics", "go_goroutines")
+		case "natsd":
+			// natsd serves no metrics of its own.
+			p.goroutines = -1
+		default:
+			p.goroutines, _ = s.Metric(name, "go_goroutines")
+			p.streams, _ = s.Metric(name, "tether_agent_streams")
+		}
+		snap.procs[name] = p
+	}
+	return snap
+}
+
+func cpuDelta(a, b snapshot) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, p := range b.procs {
+		out[name] = p.cpu - a.procs[name].cpu
+	}
+	return out
+}
+
+// sampler takes a snapshot every second while the load runs.
+type sampler struct {
+	stopc chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex
+	snaps []snapshot
+}
+
+func startSampler(s *stack.Stack, pids map[string]int, simAdmin string) *sampler {
+	sm := &sampler{stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(sm.done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-sm.stopc:
+				return
+			case <-t.C:
+			}
+			snap := sample(s, pids, simAdmin)
+			sm.mu.Lock()
+			sm.snaps = append(sm.snaps, snap)
+			sm.mu.Unlock()
+		}
+	}()
+	return sm
+}
+
+func (sm *sampler) stop() []snapshot {
+	close(sm.stopc)
+	<-sm.done
+	return sm.snaps
+}
+
+// report is what a run found.
+type report struct {
+	cfg     config
+	started time.Time
+	commit  string
+
+	pids               map[string]int
+	before, idle       snapshot
+	idleCPU            map[string]time.Duration
+	connectTime        time.Duration
+	agentsEventsPerSec float64
+
+	load     *driver.Result
+	watches  *driver.WatchResult
+	loadCPU  map[string]time.Duration
+	loadEnd  snapshot
+	timeline []snapshot
+}
+
+// tetherProcs are the processes whose cost is Tether's (not the
+// simulator's, not the control plane's).
+var tetherProcs = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd"}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	c := r.cfg
+	fmt.Fprintf(&b, "# Capacity: %s\n\n", c.scenario)
+	fmt.Fprintf(&b, "- Date: %s\n- Tether: commit %s\n- Machine: %d CPUs (nproc), %s/%s, %s\n", r.started.UTC().Format("2006-01-02 15:04 UTC"), r.commit, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Fprintf(&b, "- Command: `make loadtest SCENARIO=%s AGENTS=%d RATE=%g DURATION=%v` (`go run ./dev/cmd/loadtest`)\n", c.scenario, c.agents, c.rate, c.duration)
+	fmt.Fprintf(&b, "- Stack: 2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, all in one process on the same cores\n\n", c.agents)
+
+	b.WriteString("## The connected fleet, idle\n\n")
+	fmt.Fprintf(&b, "%d agents enrolled (each with its own bootstrap token, from `EnsureClusters`) and held their streams %v after agentsim started (at %g agents/s). Then %v idle:\n\n", c.agents, r.connectTime.Round(time.Millisecond), c.startRate, c.idle)
+	b.WriteString("| Process | streams held | RSS (MiB) | RSS per stream (KiB) | goroutines | goroutines per stream | open files | CPU while idle (% of a core) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, name := range append(append([]string{}, tetherProcs...), "agentsim") {
+		p, ok := r.idle.procs[name]
+		if !ok {
+			continue
+		}
+		base := r.before.procs[name]
+		perStream, gPerStream := "", ""
+		if p.streams > 0 {
+			perStream = fmt.Sprintf("%.1f", float64(p.rssKB-base.rssKB)/p.streams)
+			gPerStream = fmt.Sprintf("%.2f", (p.goroutines-base.goroutines)/p.streams)
+		}
+		streams := ""
+		if p.streams > 0 {
+			streams = fmt.Sprintf("%.0f", p.streams)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %s | %s | %s | %d | %.1f |\n", name, streams, float64(p.rssKB)/1024, perStream, count(p.goroutines), gPerStream, p.fds,
+			100*r.idleCPU[name].Seconds()/c.idle.Seconds())
+	}
+	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`).\n\n")
+	fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.1f events/s to `AGENTS` (connect, disconnect and heartbeat events; the stream's last sequence over the idle window).\n\n", r.agentsEventsPerSec)
+
+	if r.load != nil {
+		r.loadSection(&b)
+	}
+	if r.watches != nil {
+		r.watchSection(&b)
+	}
+	return b.String()
+}
+
+func us(v int64) string { return fmt.Sprintf("%.2f", float64(v)/1000) }
+
+func (r *report) loadSection(b *strings.Builder) {
+	l := r.load
+	sc := l.Scenario
+	fmt.Fprintf(b, "## Load: %s\n\n", sc.Name)
+	fmt.Fprintf(b, "Open loop (vegeta's pacer: requests leave on schedule whatever the earlier ones did), %g requests/s", sc.Rate)
+	if sc.SpikeFactor > 1 {
+		fmt.Fprintf(b, ", ×%g from %v for %v", sc.SpikeFactor, sc.SpikeAt, sc.SpikeFor)
+	}
+	fmt.Fprintf(b, " for %v, spread at random over all %d clusters and two users; latency in HDR histograms.\n\n", sc.Duration, r.cfg.agents)
+	fmt.Fprintf(b, "Sent %d in %v (%.1f/s), failed %d. Codes: %s.", l.Sent(), l.Elapsed.Round(time.Millisecond), float64(l.Sent())/l.Elapsed.Seconds(), l.Failed(), codes(l.Codes))
+	if len(l.Errors) > 0 {
+		fmt.Fprintf(b, " Errors: %v.", l.Errors)
+	}
+	b.WriteString("\n\n| Requests (ms) | count | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	row := func(name string, h interface {
+		TotalCount() int64
+		ValueAtQuantile(float64) int64
+		Max() int64
+	}) {
+		fmt.Fprintf(b, "| %s | %d | %s | %s | %s | %s | %s |\n", name, h.TotalCount(), us(h.ValueAtQuantile(50)), us(h.ValueAtQuantile(90)),
+			us(h.ValueAtQuantile(99)), us(h.ValueAtQuantile(99.9)), us(h.Max()))
+	}
+	row("all", l.All)
+	var kinds []string
+	for k := range l.Latency {
+		kinds = append(kinds, string(k))
+	}
+	sort.Strings(kinds)
+	for _, k := range kinds {
+		row(k, l.Latency[driver.Kind(k)])
+	}
+	r.costSection(b, float64(l.Sent()))
+	b.WriteString("\nSecond by second:\n\n| s | offered/s | sent | ok | failed | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|\n")
+	for i, s := range l.Timeline {
+		fmt.Fprintf(b, "| %d | %.0f | %d | %d | %d | %.2f | %.2f |\n", i, s.Offered, s.Sent, s.OK, s.Fail, float64(s.P50)/1e6, float64(s.P99)/1e6)
+	}
+}
+
+// costSection gives the CPU and memory the load cost Tether's processes.
+func (r *report) costSection(b *strings.Builder, requests float64) {
+	var cpu time.Duration
+	b.WriteString("\n| Process | CPU during the load (s) | RSS at the end (MiB) | goroutines at the end |\n|---|---:|---:|---:|\n")
+	for _, name := range append(append([]string{}, tetherProcs...), "agentsim") {
+		p, ok := r.loadEnd.procs[name]
+		if !ok {
+			continue
+		}
+		if name != "agentsim" {
+			cpu += r.loadCPU[name]
+		}
+		fmt.Fprintf(b, "| %s | %.2f | %.1f | %s |\n", name, r.loadCPU[name].Seconds(), float64(p.rssKB)/1024, count(p.goroutines))
+	}
+	if requests > 0 {
+		fmt.Fprintf(b, "\nTether's processes (all but agentsim): %.2f CPU-seconds per 1,000 requests.\n", cpu.Seconds()/requests*1000)
+	}
+}
+
+func (r *report) watchSection(b *strings.Builder) {
+	w := r.watches
+	fmt.Fprintf(b, "## Watches\n\n%d watches through the gateways (spread over the clusters), held %v, each cluster sending an event every second per watch (agentsim --watch-every).\n\n", w.Watches, r.cfg.duration)
+	fmt.Fprintf(b, "Opened %d, broken before their end %d, events read %d. Errors: %v.\n\n", w.Opened, w.Broken, w.Events, w.Errors)
+	fmt.Fprintf(b, "Event lag, from the simulated cluster's send to the client's read (ms): p50 %s, p99 %s, p99.9 %s, max %s.\n", us(w.Lag.ValueAtQuantile(50)),
+		us(w.Lag.ValueAtQuantile(99)), us(w.Lag.ValueAtQuantile(99.9)), us(w.Lag.Max()))
+	b.WriteString("\n| Process | RSS with the watches open, minus idle (KiB per watch) |\n|---|---:|\n")
+	peak := map[string]int64{}
+	for _, s := range r.timeline {
+		for name, p := range s.procs {
+			peak[name] = max(peak[name], p.rssKB)
+		}
+	}
+	for _, name := range tetherProcs {
+		if _, ok := peak[name]; ok && w.Opened > 0 {
+			fmt.Fprintf(b, "| %s | %.1f |\n", name, float64(peak[name]-r.idle.procs[name].rssKB)/float64(w.Opened))
+		}
+	}
+	r.costSection(b, 0)
+}
+
+// count is a count, or — where there is none.
+func count(v float64) string {
+	if v < 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func codes(m map[int]int) string {
+	var ks []int
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Ints(ks)
+	var parts []string
+	for _, k := range ks {
+		parts = append(parts, fmt.Sprintf("%d×%d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func get(ctx context.Context, url string) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(body)
+}
+
+func commit(root string) string {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, _ := exec.Command("git", "-C", root, "status", "--porcelain", "--", "services", "lib", "dev", "loadtest").Output(); len(st) > 0 {
+		c += " with uncommitted changes"
+	}
+	return c
+}

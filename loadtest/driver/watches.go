@@ -1,0 +1,130 @@
+package driver
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// emittedAnnotation is where agentsim's simulated clusters put the time
+// they sent a watch event (fakekube.EmittedAnnotation).
+const emittedAnnotation = "tether.dev/emitted"
+
+// WatchResult is what a run of watches measured.
+type WatchResult struct {
+	Watches int
+	// Opened is how many got their 200 within OpenTimeout; Broken how
+	// many ended before the run did.
+	Opened, Broken int
+	Events         int64
+	// Lag is from the simulated cluster's send to the driver's read, in
+	// microseconds (same machine, same clock).
+	Lag     *hdrhistogram.Histogram
+	Errors  map[string]int
+	Elapsed time.Duration
+}
+
+// RunWatches holds n watches through the gateway for d, spread over the
+// target's clusters and users, and measures each event's lag.
+func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchResult, error) {
+	if t.gateway() == "" || len(t.Tokens) == 0 || len(t.Clusters) == 0 || n <= 0 || d <= 0 {
+		return nil, errors.New("driver: a gateway URL, tokens, clusters, a number of watches and a duration are required")
+	}
+	if t.Namespace == "" {
+		t.Namespace = "load"
+	}
+	// No client timeout: a watch lasts d; its own timeoutSeconds ends it.
+	client, err := Client(t.CAFile, 0)
+	if err != nil {
+		return nil, err
+	}
+	res := &WatchResult{Watches: n, Lag: newHistogram(), Errors: map[string]int{}}
+	var mu sync.Mutex
+	fail := func(why string) {
+		mu.Lock()
+		res.Errors[why]++
+		mu.Unlock()
+	}
+	start := time.Now()
+	end := start.Add(d)
+	ctx, cancel := context.WithDeadline(ctx, end.Add(30*time.Second))
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cluster := t.Clusters[i%len(t.Clusters)]
+			secs := int(time.Until(end).Seconds())
+			if secs < 1 {
+				return
+			}
+			url := strings.TrimSuffix(t.gateway(), "/") + "/clusters/" + cluster + "/api/v1/namespaces/" + t.Namespace +
+				"/configmaps?watch=true&timeoutSeconds=" + strconv.Itoa(secs)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			req.Header.Set("Authorization", "Bearer "+t.Tokens[rand.IntN(len(t.Tokens))])
+			resp, err := client.Do(req)
+			if err != nil {
+				fail(shorten(err.Error()))
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				fail(fmt.Sprintf("HTTP %d", resp.StatusCode))
+				return
+			}
+			mu.Lock()
+			res.Opened++
+			mu.Unlock()
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+			lags := newHistogram()
+			var events int64
+			for sc.Scan() {
+				var ev struct {
+					Object struct {
+						Metadata struct{ Annotations map[string]string }
+					}
+				}
+				if json.Unmarshal(sc.Bytes(), &ev) != nil {
+					continue
+				}
+				if sent, err := strconv.ParseInt(ev.Object.Metadata.Annotations[emittedAnnotation], 10, 64); err == nil {
+					_ = lags.RecordValue(max(time.Since(time.Unix(0, sent)).Microseconds(), 1))
+				}
+				events++
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.Events += events
+			res.Lag.Merge(lags)
+			// A watch ends at its timeoutSeconds, a few seconds before d.
+			if time.Until(end) > 5*time.Second {
+				res.Broken++
+				if err := sc.Err(); err != nil {
+					res.Errors[shorten(err.Error())]++
+				}
+			}
+		}()
+		// Open them at 500 a second at most, as clients coming in would.
+		if i%500 == 499 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
