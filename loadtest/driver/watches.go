@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -35,7 +34,7 @@ type WatchResult struct {
 }
 
 // RunWatches holds n watches through the gateway for d, spread over the
-// target's clusters and users, and measures each event's lag.
+// target's clusters and, evenly, its users, and measures each event's lag.
 func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchResult, error) {
 	if t.gateway() == "" || len(t.Tokens) == 0 || len(t.Clusters) == 0 || n <= 0 || d <= 0 {
 		return nil, errors.New("driver: a gateway URL, tokens, clusters, a number of watches and a duration are required")
@@ -72,7 +71,9 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 			url := strings.TrimSuffix(t.gateway(), "/") + "/clusters/" + cluster + "/api/v1/namespaces/" + t.Namespace +
 				"/configmaps?watch=true&timeoutSeconds=" + strconv.Itoa(secs)
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			req.Header.Set("Authorization", "Bearer "+t.Tokens[rand.IntN(len(t.Tokens))])
+			// Users in turn, so each holds an even share (gateways limit
+			// the watches one user holds).
+			req.Header.Set("Authorization", "Bearer "+t.Tokens[i%len(t.Tokens)])
 			resp, err := client.Do(req)
 			if err != nil {
 				fail(shorten(err.Error()))
