@@ -64,6 +64,9 @@ func main() {
 
 func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, "loadtest: "+format+"\n", a...) }
 
+// loadUserCount is how many users send the load (load-00, load-01, ...).
+const loadUserCount = 64
+
 // services are the Tether processes sampled.
 var services = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd", "agentsim"}
 
@@ -83,8 +86,17 @@ func run(ctx context.Context, c config) error {
 	defer w.Close()
 	dir := w.Dir
 	quiet := []string{"--log-level", "warn"}
+	// The load comes from many users, as in a fleet: a gateway limits what
+	// one user may hold (--max-long-running-per-user, 200).
+	users := stack.DefaultUsers()
+	var loadUsers []string
+	for i := range loadUserCount {
+		name := fmt.Sprintf("load-%02d", i)
+		loadUsers = append(loadUsers, name)
+		users = append(users, stack.User{Name: name, Groups: []string{"acme:developers"}, Tenants: []string{"acme"}})
+	}
 	s, err := stack.Up(ctx, stack.Options{
-		Root: w.Root, BinDir: w.BinDir, StateDir: filepath.Join(dir, "state"), KubeBinDir: w.KubeBin, Log: os.Stderr, Replicas: 2,
+		Root: w.Root, BinDir: w.BinDir, StateDir: filepath.Join(dir, "state"), KubeBinDir: w.KubeBin, Log: os.Stderr, Replicas: 2, Users: users,
 		Args: map[string][]string{"gateway": quiet, "router": quiet, "subscriber": quiet, "agent": quiet, "agent-registry": quiet},
 	})
 	if err != nil {
@@ -145,8 +157,10 @@ func run(ctx context.Context, c config) error {
 		for i := range clusters {
 			clusters[i] = fmt.Sprintf("sim-%05d", i)
 		}
-		target := driver.Target{Gateways: s.GatewayURLs, CAFile: s.CAFile, Clusters: clusters, Namespace: "load",
-			Tokens: []string{s.Users["admin"].Token, s.Users["alice"].Token}}
+		target := driver.Target{Gateways: s.GatewayURLs, CAFile: s.CAFile, Clusters: clusters, Namespace: "load"}
+		for _, u := range loadUsers {
+			target.Tokens = append(target.Tokens, s.Users[u].Token)
+		}
 		sampler := startSampler(s, r.pids, simAdmin)
 		loadStart := sample(s, r.pids, simAdmin)
 		switch c.scenario {

@@ -191,7 +191,7 @@ func (r *report) loadSection(b *strings.Builder) {
 	if sc.SpikeFactor > 1 {
 		fmt.Fprintf(b, ", ×%g from %v for %v", sc.SpikeFactor, sc.SpikeAt, sc.SpikeFor)
 	}
-	fmt.Fprintf(b, " for %v, spread at random over all %d clusters and two users; latency in HDR histograms.\n\n", sc.Duration, r.cfg.agents)
+	fmt.Fprintf(b, " for %v, spread at random over all %d clusters and %d users (tenant acme); latency in HDR histograms.\n\n", sc.Duration, r.cfg.agents, loadUserCount)
 	fmt.Fprintf(b, "Sent %d in %v (%.1f/s), failed %d. Codes: %s.", l.Sent(), l.Elapsed.Round(time.Millisecond), float64(l.Sent())/l.Elapsed.Seconds(), l.Failed(), codes(l.Codes))
 	if len(l.Errors) > 0 {
 		fmt.Fprintf(b, " Errors: %v.", l.Errors)
