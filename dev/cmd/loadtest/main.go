@@ -185,6 +185,13 @@ func run(ctx context.Context, c config) error {
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err
 	}
+	if r.load != nil {
+		png := "capacity-" + c.scenario + ".png"
+		if err := plotLoad(filepath.Join(c.out, png), c.scenario, r.load.Timeline); err != nil {
+			return err
+		}
+		r.plot = png
+	}
 	if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
 		return err
 	}

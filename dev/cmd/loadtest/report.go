@@ -134,6 +134,8 @@ type report struct {
 	loadCPU  map[string]time.Duration
 	loadEnd  snapshot
 	timeline []snapshot
+	// plot is the PNG of the load's seconds, beside the report.
+	plot string
 }
 
 // tetherProcs are the processes whose cost is Tether's (not the
@@ -215,6 +217,9 @@ func (r *report) loadSection(b *strings.Builder) {
 		row(k, l.Latency[driver.Kind(k)])
 	}
 	r.costSection(b, float64(l.Sent()))
+	if r.plot != "" {
+		fmt.Fprintf(b, "\n![requests and latency, second by second](%s)\n", r.plot)
+	}
 	b.WriteString("\nSecond by second:\n\n| s | offered/s | sent | ok | failed | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, s := range l.Timeline {
 		fmt.Fprintf(b, "| %d | %.0f | %d | %d | %d | %.2f | %.2f |\n", i, s.Offered, s.Sent, s.OK, s.Fail, float64(s.P50)/1e6, float64(s.P99)/1e6)
