@@ -20,7 +20,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -215,7 +214,7 @@ func Run(ctx context.Context, t Target, sc Scenario) (*Result, error) {
 		case r, ok := <-results:
 			if !ok {
 				res.Elapsed = time.Since(res.Start)
-				res.Timeline = timeline(perSecond, pacer, res.Elapsed)
+				res.Timeline = timeline(perSecond, pacer, min(res.Elapsed, sc.Duration))
 				return res, nil
 			}
 			res.record(r, perSecond)
@@ -279,15 +278,21 @@ func shorten(e string) string {
 	return e
 }
 
-func timeline(perSecond map[int]*secondAcc, p vegeta.Pacer, elapsed time.Duration) []Second {
-	var keys []int
-	for k := range perSecond {
-		keys = append(keys, k)
-	}
-	sort.Ints(keys)
-	n := int(elapsed/time.Second) + 1
-	if len(keys) > 0 {
-		n = max(n, keys[len(keys)-1]+1)
+func timeline(perSecond map[int]*secondAcc, p vegeta.Pacer, d time.Duration) []Second {
+	// Whole seconds of the run: a request sent in the last moment's
+	// rounding counts in the last second, not in a second of its own.
+	n := max(int((d+time.Second-1)/time.Second), 1)
+	for k, acc := range perSecond {
+		if k >= n {
+			last := perSecond[n-1]
+			if last == nil {
+				last = &secondAcc{h: newHistogram()}
+				perSecond[n-1] = last
+			}
+			last.sent, last.ok, last.fail = last.sent+acc.sent, last.ok+acc.ok, last.fail+acc.fail
+			last.h.Merge(acc.h)
+			delete(perSecond, k)
+		}
 	}
 	out := make([]Second, n)
 	for i := range out {
