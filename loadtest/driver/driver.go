@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -178,26 +179,11 @@ func Run(ctx context.Context, t Target, sc Scenario) (*Result, error) {
 	}
 	var seq atomic.Uint64
 	targeter := func(tg *vegeta.Target) error {
-		n := seq.Add(1)
-		cluster := t.Clusters[rand.IntN(len(t.Clusters))]
-		base := strings.TrimSuffix(t.gateway(), "/") + "/clusters/" + cluster + "/api/v1/namespaces/" + t.Namespace + "/configmaps"
-		obj := fmt.Sprintf("cm-%05d", rand.IntN(t.Objects))
-		kind := pick()
+		r := t.Request(pick(), seq.Add(1), res.Start)
+		tg.Method, tg.URL, tg.Body = r.Method, r.URL, r.Body
 		tg.Header = http.Header{"Authorization": {"Bearer " + t.Tokens[rand.IntN(len(t.Tokens))]}}
-		tg.Body = nil
-		switch kind {
-		case Get:
-			tg.Method, tg.URL = http.MethodGet, base+"/"+obj
-		case List:
-			tg.Method, tg.URL = http.MethodGet, base+"?limit=10"
-		case Create:
-			tg.Method, tg.URL = http.MethodPost, base
-			tg.Header.Set("Content-Type", "application/json")
-			tg.Body = fmt.Appendf(nil, `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"load-%d-%d"},"data":{"k":"v"}}`, res.Start.UnixNano(), n)
-		case Patch:
-			tg.Method, tg.URL = http.MethodPatch, base+"/"+obj
-			tg.Header.Set("Content-Type", "application/merge-patch+json")
-			tg.Body = []byte(`{"metadata":{"annotations":{"load":"1"}}}`)
+		if r.ContentType != "" {
+			tg.Header.Set("Content-Type", r.ContentType)
 		}
 		return nil
 	}
@@ -220,6 +206,58 @@ func Run(ctx context.Context, t Target, sc Scenario) (*Result, error) {
 			res.record(r, perSecond)
 		}
 	}
+}
+
+// Request is one request of a kind, without its user.
+type Request struct {
+	Method, URL, ContentType string
+	Body                     []byte
+}
+
+// ListLimit is how many objects a list asks for.
+const ListLimit = 10
+
+// Request is the request of kind that Run sends as its n-th of a run that
+// started at start, to a cluster and an object at random (the k6 scripts
+// send the same: loadtest/k6).
+func (t Target) Request(kind Kind, n uint64, start time.Time) Request {
+	ns := t.Namespace
+	if ns == "" {
+		ns = "load"
+	}
+	objects := max(t.Objects, 1)
+	cluster := t.Clusters[rand.IntN(len(t.Clusters))]
+	base := strings.TrimSuffix(t.gateway(), "/") + "/clusters/" + cluster + "/api/v1/namespaces/" + ns + "/configmaps"
+	obj := fmt.Sprintf("cm-%05d", rand.IntN(objects))
+	switch kind {
+	case List:
+		return Request{Method: http.MethodGet, URL: fmt.Sprintf("%s?limit=%d", base, ListLimit)}
+	case Create:
+		return Request{Method: http.MethodPost, URL: base, ContentType: "application/json",
+			Body: fmt.Appendf(nil, `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"load-%d-%d"},"data":{"k":"v"}}`, start.UnixNano(), n)}
+	case Patch:
+		return Request{Method: http.MethodPatch, URL: base + "/" + obj, ContentType: "application/merge-patch+json",
+			Body: []byte(`{"metadata":{"annotations":{"load":"1"}}}`)}
+	}
+	return Request{Method: http.MethodGet, URL: base + "/" + obj}
+}
+
+// WatchURL is the i-th watch of RunWatches, lasting secs.
+func (t Target) WatchURL(i, secs int) string {
+	ns := t.Namespace
+	if ns == "" {
+		ns = "load"
+	}
+	return strings.TrimSuffix(t.gateways(i), "/") + "/clusters/" + t.Clusters[i%len(t.Clusters)] + "/api/v1/namespaces/" + ns +
+		"/configmaps?watch=true&timeoutSeconds=" + strconv.Itoa(secs)
+}
+
+// gateways is the i-th request's gateway when they are taken in turn.
+func (t Target) gateways(i int) string {
+	if len(t.Gateways) > 0 {
+		return t.Gateways[i%len(t.Gateways)]
+	}
+	return t.GatewayURL
 }
 
 // secondAcc gathers one second of results.

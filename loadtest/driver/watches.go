@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -63,14 +62,11 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cluster := t.Clusters[i%len(t.Clusters)]
 			secs := int(time.Until(end).Seconds())
 			if secs < 1 {
 				return
 			}
-			url := strings.TrimSuffix(t.gateway(), "/") + "/clusters/" + cluster + "/api/v1/namespaces/" + t.Namespace +
-				"/configmaps?watch=true&timeoutSeconds=" + strconv.Itoa(secs)
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.WatchURL(i, secs), nil)
 			// Users in turn, so each holds an even share (gateways limit
 			// the watches one user holds).
 			req.Header.Set("Authorization", "Bearer "+t.Tokens[i%len(t.Tokens)])
