@@ -45,7 +45,7 @@ bench:
 	bash hack/kube/build.sh >/dev/null
 	$(GO) run ./dev/cmd/bench --out bench/results
 
-## loadtest: a fleet of simulated agents and one load scenario against the stack; SCENARIO=idle|steady|mixed|spike|watches AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
+## loadtest: a fleet of simulated agents and one load scenario against the stack; SCENARIO=idle|steady|mixed|spike|watches|storm AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
 SCENARIO ?= steady
 AGENTS ?= 1000
 RATE ?= 200

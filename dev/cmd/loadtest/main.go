@@ -8,7 +8,8 @@
 //	go run ./dev/cmd/loadtest --scenario steady --agents 1000 --rate 200 --duration 60s
 //
 // Scenarios: idle (the fleet's connection costs only), steady, mixed,
-// spike, watches (--watches held open for --duration).
+// spike, watches (--watches held open for --duration), storm (steady load
+// while the subscriber holding half the fleet is SIGKILLed and restarted).
 package main
 
 import (
@@ -45,7 +46,7 @@ type config struct {
 
 func main() {
 	var c config
-	flag.StringVar(&c.scenario, "scenario", "steady", "idle, steady, mixed, spike or watches")
+	flag.StringVar(&c.scenario, "scenario", "steady", "idle, steady, mixed, spike, watches or storm")
 	flag.IntVar(&c.agents, "agents", 1000, "simulated agents (clusters)")
 	flag.Float64Var(&c.rate, "rate", 200, "requests per second offered (steady, mixed; spike's base rate)")
 	flag.DurationVar(&c.duration, "duration", time.Minute, "how long the scenario's load lasts")
@@ -72,9 +73,9 @@ var services = []string{"gateway", "gateway-1", "router", "router-1", "subscribe
 
 func run(ctx context.Context, c config) error {
 	switch c.scenario {
-	case "idle", "steady", "mixed", "spike", "watches":
+	case "idle", "steady", "mixed", "spike", "watches", "storm":
 	default:
-		return fmt.Errorf("no scenario %q (idle, steady, mixed, spike, watches)", c.scenario)
+		return fmt.Errorf("no scenario %q (idle, steady, mixed, spike, watches, storm)", c.scenario)
 	}
 	if c.agents < 1 {
 		return errors.New("--agents must be at least 1")
@@ -172,6 +173,8 @@ func run(ctx context.Context, c config) error {
 			r.load, err = driver.Run(ctx, target, driver.Spike(c.rate, c.duration))
 		case "watches":
 			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
+		case "storm":
+			r.load, r.storm, err = storm(ctx, c, s, target, simAdmin)
 		}
 		loadEnd := sample(s, r.pids, simAdmin)
 		r.timeline = sampler.stop()

@@ -135,7 +135,8 @@ type report struct {
 	loadEnd  snapshot
 	timeline []snapshot
 	// plot is the PNG of the load's seconds, beside the report.
-	plot string
+	plot  string
+	storm *stormResult
 }
 
 // tetherProcs are the processes whose cost is Tether's (not the
@@ -174,6 +175,9 @@ func (r *report) markdown() string {
 	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`).\n\n")
 	fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.1f events/s to `AGENTS` (connect, disconnect and heartbeat events; the stream's last sequence over the idle window).\n\n", r.agentsEventsPerSec)
 
+	if r.storm != nil {
+		r.stormSection(&b)
+	}
 	if r.load != nil {
 		r.loadSection(&b)
 	}

@@ -262,19 +262,29 @@ func (s *simulation) agents() []*agent.Agent {
 }
 
 func (s *simulation) connected() int {
-	c := 0
+	c, _ := s.counts()
+	return c
+}
+
+// counts is how many agents hold a stream, and how many hold all of
+// theirs (--streams).
+func (s *simulation) counts() (connected, full int) {
 	for _, a := range s.agents() {
-		if a.Connected() {
-			c++
+		n := a.Streams()
+		if n > 0 {
+			connected++
+		}
+		if n >= s.streams {
+			full++
 		}
 	}
-	return c
+	return connected, full
 }
 
 // collector counts the agents started and those holding a stream, at
 // each scrape.
 func (s *simulation) collector() prometheus.Collector {
-	return &agentsCollector{s: s, desc: prometheus.NewDesc("tether_agentsim_agents", "Simulated agents, by state: started, connected (holding at least one stream).", []string{"state"}, nil)}
+	return &agentsCollector{s: s, desc: prometheus.NewDesc("tether_agentsim_agents", "Simulated agents, by state: started, connected (holding at least one stream), full (holding all their streams).", []string{"state"}, nil)}
 }
 
 type agentsCollector struct {
@@ -285,8 +295,10 @@ type agentsCollector struct {
 func (c *agentsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *agentsCollector) Collect(ch chan<- prometheus.Metric) {
+	connected, full := c.s.counts()
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(len(c.s.agents())), "started")
-	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.s.connected()), "connected")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(connected), "connected")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(full), "full")
 }
 
 // memoryStore keeps a simulated agent's credential in memory: a restart

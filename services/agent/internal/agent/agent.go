@@ -200,6 +200,9 @@ func New(cfg Config) (*Agent, error) {
 // Connected reports whether the agent holds a stream now (readiness).
 func (a *Agent) Connected() bool { return a.streams.Load() > 0 }
 
+// Streams is how many welcomed streams the agent holds now.
+func (a *Agent) Streams() int { return int(a.streams.Load()) }
+
 // Run holds Config.Streams streams to subscribers, each reconnecting with
 // jittered backoff, until ctx ends. Then it refuses new requests, lets
 // those in flight finish for up to drain, and closes the streams;
