@@ -390,7 +390,7 @@ func (s *Stack) startService(ctx context.Context, name string, a string, args ..
 	if err != nil {
 		return err
 	}
-	if err := waitReady(ctx, a, p); err != nil {
+	if err := waitServing(ctx, a, p, args); err != nil {
 		return err
 	}
 	fmt.Fprintf(s.opts.Log, "stack: %s ready (admin http://%s)\n", name, a)
@@ -496,7 +496,7 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 			return s.waitNATS(ctx, p, s.NATSURLs[i])
 		}
 	}
-	return waitReady(ctx, s.Admin[name], p)
+	return waitServing(ctx, s.Admin[name], p, s.args[name])
 }
 
 // Down stops every process, newest first, each with SIGTERM and a grace
@@ -575,6 +575,60 @@ func waitReady(ctx context.Context, adminAddr string, p *proc.Process) error {
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// waitServing waits until the service is ready and, if it serves on a
+// --listen address, until it listens there. A service reports ready on its
+// admin address before it binds its own: in that moment the next
+// FreePorts could hand the same port to another service, which would
+// take it first (seen in CI).
+func waitServing(ctx context.Context, adminAddr string, p *proc.Process, args []string) error {
+	if err := waitReady(ctx, adminAddr, p); err != nil {
+		return err
+	}
+	for i, a := range args {
+		if a != "--listen" || i+1 >= len(args) {
+			continue
+		}
+		_, port, err := net.SplitHostPort(args[i+1])
+		if err != nil {
+			return fmt.Errorf("stack: %s --listen %q: %w", p.Name, args[i+1], err)
+		}
+		n, _ := strconv.Atoi(port)
+		return poll(ctx, p, 60*time.Second, func() bool { return listening(p.Pid(), n) })
+	}
+	return nil
+}
+
+// listening reports whether pid itself holds a socket listening on port,
+// from /proc: no connection is made, so nothing lands in the service's
+// log, and a port another process took does not count.
+func listening(pid, port int) bool {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	own := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:[") {
+			own[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	hex := fmt.Sprintf(":%04X", port)
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			// sl local_address rem_address st ... inode: st 0A is LISTEN.
+			fields := strings.Fields(line)
+			if len(fields) > 9 && fields[3] == "0A" && strings.HasSuffix(fields[1], hex) && own[fields[9]] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // poll waits for ok, failing early if the process dies.
