@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -69,7 +68,7 @@ func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, "loadtest: "+format+
 const loadUserCount = 64
 
 // services are the Tether processes sampled.
-var services = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd", "agentsim"}
+var services = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd"}
 
 func run(ctx context.Context, c config) error {
 	switch c.scenario {
@@ -114,37 +113,26 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	ports, err := proc.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	simAdmin := "127.0.0.1:" + strconv.Itoa(ports[0])
-	r.before = sample(s, nil, simAdmin)
+	r.before = sample(s, nil, nil)
 	logf("starting %d simulated agents", c.agents)
 	start := time.Now()
-	sim, err := proc.Start("agentsim", s.Bin("agentsim"), filepath.Join(dir, "state", "logs"), nil,
-		"--admin-addr", simAdmin, "--log-level", "warn", "--gateway-url", s.GatewayURL, "--gateway-ca", s.CAFile, "--token-file", admin,
-		"--subscriber-url", joinURLs(s.SubscriberURLs), "--subscriber-ca", s.CAFile, "--identity-root-key", s.Identity.RootPublic,
-		"--agents", strconv.Itoa(c.agents), "--prefix", "sim", "--tenant", "acme", "--start-rate", strconv.FormatFloat(c.startRate, 'f', -1, 64))
+	sims, err := startFleet(ctx, c, s, logDir(dir), admin)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = sim.Stop(time.Minute) }()
-	if err := waitReady(ctx, sim, "http://"+simAdmin+"/readyz", time.Duration(float64(c.agents)/c.startRate*float64(time.Second))+3*time.Minute); err != nil {
-		return err
-	}
+	defer sims.stop()
 	r.connectTime = time.Since(start)
 	logf("%d agents connected in %v; idling %v", c.agents, r.connectTime.Round(time.Millisecond), c.idle)
-	r.pids = pids(s, sim)
+	r.pids = pidsOfStack(s)
 	first, err := lastSeq(ctx, js)
 	if err != nil {
 		return err
 	}
-	idleStart := sample(s, r.pids, simAdmin)
+	idleStart := sample(s, r.pids, sims)
 	if !sleep(ctx, c.idle) {
 		return ctx.Err()
 	}
-	idleEnd := sample(s, r.pids, simAdmin)
+	idleEnd := sample(s, r.pids, sims)
 	last, err := lastSeq(ctx, js)
 	if err != nil {
 		return err
@@ -162,8 +150,8 @@ func run(ctx context.Context, c config) error {
 		for _, u := range loadUsers {
 			target.Tokens = append(target.Tokens, s.Users[u].Token)
 		}
-		sampler := startSampler(s, r.pids, simAdmin)
-		loadStart := sample(s, r.pids, simAdmin)
+		sampler := startSampler(s, r.pids, sims)
+		loadStart := sample(s, r.pids, sims)
 		switch c.scenario {
 		case "steady":
 			r.load, err = driver.Run(ctx, target, driver.Steady(c.rate, c.duration))
@@ -174,9 +162,9 @@ func run(ctx context.Context, c config) error {
 		case "watches":
 			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
 		case "storm":
-			r.load, r.storm, err = storm(ctx, c, s, target, simAdmin)
+			r.load, r.storm, err = storm(ctx, c, s, target, sims)
 		}
-		loadEnd := sample(s, r.pids, simAdmin)
+		loadEnd := sample(s, r.pids, sims)
 		r.timeline = sampler.stop()
 		if err != nil {
 			return err

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/dev/procstat"
 	"github.com/tether-dev/tether/dev/stack"
 	"github.com/tether-dev/tether/loadtest/driver"
@@ -33,9 +32,9 @@ type snapshot struct {
 	procs map[string]point
 }
 
-// pids are the sampled processes: the stack's services and agentsim.
-func pids(s *stack.Stack, sim *proc.Process) map[string]int {
-	out := map[string]int{"agentsim": sim.Pid()}
+// pidsOfStack are the stack's sampled processes.
+func pidsOfStack(s *stack.Stack) map[string]int {
+	out := map[string]int{}
 	for _, name := range services {
 		if p := s.Process(name); p != nil {
 			out[name] = p.Pid()
@@ -45,31 +44,35 @@ func pids(s *stack.Stack, sim *proc.Process) map[string]int {
 }
 
 // sample reads each process's CPU, memory and files from /proc and its
-// goroutines from its own metrics.
-func sample(s *stack.Stack, pids map[string]int, simAdmin string) snapshot {
+// goroutines from its own metrics; "agentsim" is the fleet's processes
+// together.
+func sample(s *stack.Stack, pids map[string]int, sims *fleet) snapshot {
 	snap := snapshot{at: time.Now(), procs: map[string]point{}}
 	if pids == nil {
-		pids = map[string]int{}
-		for _, name := range services {
-			if p := s.Process(name); p != nil {
-				pids[name] = p.Pid()
-			}
-		}
+		pids = pidsOfStack(s)
 	}
 	for name, pid := range pids {
 		cpu, _, _, _ := procstat.Stat(pid)
 		p := point{cpu: cpu, rssKB: procstat.RSSKB(pid), fds: procstat.FDs(pid)}
-		switch name {
-		case "agentsim":
-			p.goroutines, _ = stack.MetricAt("http://"+simAdmin+"/metrics", "go_goroutines")
-		case "natsd":
+		if name == "natsd" {
 			// natsd serves no metrics of its own.
 			p.goroutines = -1
-		default:
+		} else {
 			p.goroutines, _ = s.Metric(name, "go_goroutines")
 			p.streams, _ = s.Metric(name, "tether_agent_streams")
 		}
 		snap.procs[name] = p
+	}
+	if sims != nil {
+		var all point
+		for _, p := range sims.procs {
+			cpu, _, _, _ := procstat.Stat(p.Pid())
+			all.cpu += cpu
+			all.rssKB += procstat.RSSKB(p.Pid())
+			all.fds += procstat.FDs(p.Pid())
+		}
+		all.goroutines = sims.metric("go_goroutines")
+		snap.procs["agentsim"] = all
 	}
 	return snap
 }
@@ -90,7 +93,7 @@ type sampler struct {
 	snaps []snapshot
 }
 
-func startSampler(s *stack.Stack, pids map[string]int, simAdmin string) *sampler {
+func startSampler(s *stack.Stack, pids map[string]int, sims *fleet) *sampler {
 	sm := &sampler{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(sm.done)
@@ -102,7 +105,7 @@ func startSampler(s *stack.Stack, pids map[string]int, simAdmin string) *sampler
 				return
 			case <-t.C:
 			}
-			snap := sample(s, pids, simAdmin)
+			snap := sample(s, pids, sims)
 			sm.mu.Lock()
 			sm.snaps = append(sm.snaps, snap)
 			sm.mu.Unlock()
@@ -149,7 +152,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "# Capacity: %s\n\n", c.scenario)
 	fmt.Fprintf(&b, "- Date: %s\n- Tether: commit %s\n- Machine: %d CPUs (nproc), %s/%s, %s\n", r.started.UTC().Format("2006-01-02 15:04 UTC"), r.commit, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(&b, "- Command: `make loadtest SCENARIO=%s AGENTS=%d RATE=%g DURATION=%v` (`go run ./dev/cmd/loadtest`)\n", c.scenario, c.agents, c.rate, c.duration)
-	fmt.Fprintf(&b, "- Stack: 2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, all in one process on the same cores\n\n", c.agents)
+	fmt.Fprintf(&b, "- Stack: 2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, in %d agentsim process(es) on the same cores\n\n", c.agents, (c.agents+perProcess-1)/perProcess)
 
 	b.WriteString("## The connected fleet, idle\n\n")
 	fmt.Fprintf(&b, "%d agents enrolled (each with its own bootstrap token, from `EnsureClusters`) and held their streams %v after agentsim started (at %g agents/s). Then %v idle:\n\n", c.agents, r.connectTime.Round(time.Millisecond), c.startRate, c.idle)

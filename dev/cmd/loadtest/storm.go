@@ -39,7 +39,7 @@ type stormResult struct {
 // storm runs steady load for c.duration, SIGKILLs the subscriber holding
 // half the fleet a third of the way in, restarts it as Kubernetes would,
 // and follows the fleet second by second until the load ends.
-func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, simAdmin string) (*driver.Result, *stormResult, error) {
+func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, sims *fleet) (*driver.Result, *stormResult, error) {
 	type loadDone struct {
 		res *driver.Result
 		err error
@@ -90,8 +90,8 @@ func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, 
 		case <-tick.C:
 		}
 		sec := stormSecond{at: time.Since(killed).Round(time.Second)}
-		sec.connected, _ = stack.MetricAt("http://"+simAdmin+"/metrics", `tether_agentsim_agents{state="connected"}`)
-		sec.full, _ = stack.MetricAt("http://"+simAdmin+"/metrics", `tether_agentsim_agents{state="full"}`)
+		sec.connected = sims.metric(`tether_agentsim_agents{state="connected"}`)
+		sec.full = sims.metric(`tether_agentsim_agents{state="full"}`)
 		for i, sub := range []string{"subscriber", stormVictim} {
 			sec.streams[i] = gaugeOf(s, sub, "tether_agent_streams")
 		}

@@ -57,6 +57,7 @@ func main() {
 		subCA      string
 		rootKey    string
 		n          int
+		first      int
 		prefix     string
 		tenant     string
 		streams    int
@@ -74,6 +75,7 @@ func main() {
 	fs.StringVar(&rootKey, "identity-root-key", "", "PEM file of the identity root's public key, as for the agent")
 	fs.IntVar(&n, "agents", 100, "simulated agents, each serving a cluster of its own")
 	fs.StringVar(&prefix, "prefix", "sim", "cluster ids are PREFIX-00000, PREFIX-00001, ...")
+	fs.IntVar(&first, "first", 0, "the first cluster's number: several agentsim processes share a fleet (one process holds two connections per agent, and a process's open files are limited)")
 	fs.StringVar(&tenant, "tenant", "acme", "the clusters' tenant")
 	fs.IntVar(&streams, "streams", 2, "streams each agent holds")
 	fs.Float64Var(&startRate, "start-rate", 200, "agents started per second")
@@ -87,8 +89,8 @@ func main() {
 
 	os.Exit(svc.Run("agentsim", common, func(ctx context.Context, env *svc.Env) error {
 		switch {
-		case n < 1 || n > 100000:
-			return fmt.Errorf("--agents %d: 1 to 100,000", n)
+		case n < 1 || n > 100000 || first < 0 || first+n > 100000:
+			return fmt.Errorf("--agents %d from --first %d: 1 to 100,000 clusters, numbered below 100,000", n, first)
 		case gatewayURL == "" || tokenFile == "" || subURL == "" || rootKey == "":
 			return errors.New("--gateway-url, --token-file, --subscriber-url and --identity-root-key are required")
 		case startRate <= 0:
@@ -100,7 +102,7 @@ func main() {
 		}
 		ids := make([]string, n)
 		for i := range ids {
-			ids[i] = fmt.Sprintf("%s-%05d", prefix, i)
+			ids[i] = fmt.Sprintf("%s-%05d", prefix, first+i)
 		}
 		start := time.Now()
 		tokens, err := ensureClusters(ctx, gatewayURL, gatewayCA, tokenFile, tenant, ids)

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/tether-dev/tether/dev/proc"
+	"github.com/tether-dev/tether/dev/stack"
+)
+
+// perProcess is how many agents one agentsim process runs: each holds two
+// connections (and files) per agent, and a process's open files are
+// limited (20,000 on the machine this was sized on).
+const perProcess = 5000
+
+// fleet is the agentsim processes that run the simulated agents.
+type fleet struct {
+	procs  []*proc.Process
+	admins []string
+}
+
+// startFleet starts agents simulated agents over as many agentsim
+// processes as they need, together at startRate agents a second, and waits
+// until every agent holds a stream.
+func startFleet(ctx context.Context, c config, s *stack.Stack, logDir, adminToken string) (*fleet, error) {
+	n := (c.agents + perProcess - 1) / perProcess
+	ports, err := proc.FreePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	f := &fleet{}
+	for i := range n {
+		first := i * perProcess
+		count := min(perProcess, c.agents-first)
+		admin := "127.0.0.1:" + strconv.Itoa(ports[i])
+		p, err := proc.Start(fmt.Sprintf("agentsim-%d", i), s.Bin("agentsim"), logDir, nil,
+			"--admin-addr", admin, "--log-level", "warn", "--gateway-url", s.GatewayURL, "--gateway-ca", s.CAFile, "--token-file", adminToken,
+			"--subscriber-url", joinURLs(s.SubscriberURLs), "--subscriber-ca", s.CAFile, "--identity-root-key", s.Identity.RootPublic,
+			"--agents", strconv.Itoa(count), "--first", strconv.Itoa(first), "--prefix", "sim", "--tenant", "acme",
+			"--start-rate", strconv.FormatFloat(c.startRate/float64(n), 'f', -1, 64))
+		if err != nil {
+			f.stop()
+			return nil, err
+		}
+		f.procs, f.admins = append(f.procs, p), append(f.admins, admin)
+	}
+	within := time.Duration(float64(c.agents)/c.startRate*float64(time.Second)) + 3*time.Minute
+	for i, p := range f.procs {
+		if err := waitReady(ctx, p, "http://"+f.admins[i]+"/readyz", within); err != nil {
+			f.stop()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func (f *fleet) stop() {
+	for _, p := range f.procs {
+		_ = p.Stop(time.Minute)
+	}
+}
+
+// metric sums series over the fleet's processes.
+func (f *fleet) metric(series string) float64 {
+	var sum float64
+	for _, a := range f.admins {
+		v, _ := stack.MetricAt("http://"+a+"/metrics", series)
+		sum += v
+	}
+	return sum
+}
+
+// logDir is where the fleet's logs go, beside the stack's.
+func logDir(dir string) string { return filepath.Join(dir, "state", "logs") }
