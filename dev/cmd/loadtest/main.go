@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -122,7 +123,8 @@ func run(ctx context.Context, c config) error {
 	}
 	defer sims.stop()
 	r.connectTime = time.Since(start)
-	logf("%d agents connected in %v; idling %v", c.agents, r.connectTime.Round(time.Millisecond), c.idle)
+	r.connected, r.incomplete = int(sims.metric(`tether_agentsim_agents{state="connected"}`)), sims.incomplete
+	logf("%d of %d agents connected in %v; idling %v", r.connected, c.agents, r.connectTime.Round(time.Millisecond), c.idle)
 	r.pids = pidsOfStack(s)
 	first, err := lastSeq(ctx, js)
 	if err != nil {
@@ -226,6 +228,9 @@ func lastSeq(ctx context.Context, st jetstream.Stream) (uint64, error) {
 	return info.State.LastSeq, nil
 }
 
+// errNotReady: the process runs, and was not ready in time.
+var errNotReady = errors.New("not ready in time")
+
 func waitReady(ctx context.Context, p *proc.Process, url string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
@@ -237,7 +242,8 @@ func waitReady(ctx context.Context, p *proc.Process, url string, within time.Dur
 		}
 		if time.Now().After(deadline) {
 			_, body := get(ctx, url)
-			return fmt.Errorf("the fleet was not connected within %v: %s", within, body)
+			logf("%s: not ready within %v: %s", p.Name, within.Round(time.Second), strings.TrimSpace(body))
+			return errNotReady
 		}
 		if !sleep(ctx, time.Second) {
 			return ctx.Err()
