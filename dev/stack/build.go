@@ -115,3 +115,14 @@ func (w *Workspace) Kubectl() string {
 
 // Close removes the scratch folder.
 func (w *Workspace) Close() error { return os.RemoveAll(w.Dir) }
+
+// Commit is the short hash of root's HEAD, and whether paths differ from
+// it: what a report says it measured.
+func Commit(root string, paths ...string) (hash string, dirty bool) {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown", false
+	}
+	diff := exec.Command("git", append([]string{"-C", root, "diff", "--quiet", "HEAD", "--"}, paths...)...)
+	return strings.TrimSpace(string(out)), diff.Run() != nil
+}

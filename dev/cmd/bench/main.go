@@ -20,10 +20,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -150,12 +148,8 @@ func run(ctx context.Context, c config) error {
 // commit names the tree the binaries were built from: HEAD, and whether
 // the services differ from it. Read-only git commands.
 func commit(root string) string {
-	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "unknown"
-	}
-	c := strings.TrimSpace(string(out))
-	if exec.Command("git", "-C", root, "diff", "--quiet", "HEAD", "--", "services", "lib", "dev/stack", "dev/cmd/natsd").Run() != nil {
+	c, dirty := stack.Commit(root, "services", "lib", "dev/stack", "dev/cmd/natsd")
+	if dirty {
 		c += " with uncommitted changes to the services"
 	}
 	return c

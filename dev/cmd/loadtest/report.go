@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"runtime"
 	"sort"
 	"strings"
@@ -315,12 +314,8 @@ func get(ctx context.Context, url string) (int, string) {
 }
 
 func commit(root string) string {
-	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "unknown"
-	}
-	c := strings.TrimSpace(string(out))
-	if st, _ := exec.Command("git", "-C", root, "status", "--porcelain", "--", "services", "lib", "dev", "loadtest").Output(); len(st) > 0 {
+	c, dirty := stack.Commit(root, "services", "lib", "dev", "loadtest")
+	if dirty {
 		c += " with uncommitted changes"
 	}
 	return c
