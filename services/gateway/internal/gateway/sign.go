@@ -46,7 +46,9 @@ func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.
 // agent checks instead of the signature. A key changed on the way costs
 // only that: the agent checks the signature.
 type agentKeys struct {
-	mu   sync.Mutex
+	// Read on every request and checked on every response; written only
+	// when an agent's key changes.
+	mu   sync.RWMutex
 	keys map[string][]byte
 }
 
@@ -55,22 +57,19 @@ type agentKeys struct {
 const maxAgentKeys = 10000
 
 func (k *agentKeys) get(cluster string) []byte {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return k.keys[cluster]
 }
 
 // learn remembers key for cluster, which answered a request that this
 // gateway authorized for the user (so no id the user may not see).
 func (k *agentKeys) learn(cluster string, key []byte) {
-	if len(key) != 32 {
+	if len(key) != 32 || bytes.Equal(k.get(cluster), key) {
 		return
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if old, ok := k.keys[cluster]; ok && bytes.Equal(old, key) {
-		return
-	}
 	if k.keys == nil || len(k.keys) >= maxAgentKeys {
 		k.keys = map[string][]byte{}
 	}
