@@ -22,7 +22,8 @@ import (
 // natsRoles are what each service may do on NATS: a router sends requests
 // and their frames and listens on its own inbox; a subscriber takes
 // requests (only in the subscribers' queue group, so it never gets a copy
-// of another's), session frames, answers routers and reports agent events;
+// of another's), session frames, answers routers, reports agent events and
+// renews its lease;
 // agent-registry alone writes cluster events and manages their stream, and
 // projects the agent events; routers and subscribers may only read the
 // cluster events. audit and autoscaler may do nothing yet. All answer
@@ -31,7 +32,7 @@ import (
 var natsRoles = map[string]struct{ publish, subscribe []string }{
 	"router": {publish: append([]string{"tether.req.*", "tether.sess.*.*"}, followClusters...),
 		subscribe: []string{"tether.rtr." + UserToken + ".>", subject.Inbox(UserToken) + ".>"}},
-	"subscriber": {publish: append([]string{"tether.rtr.*.*.*", "tether.agents.*"}, followClusters...),
+	"subscriber": {publish: append([]string{"tether.rtr.*.*.*", "tether.agents.*", subject.SubscriberLeasesAll}, followClusters...),
 		subscribe: []string{"tether.req.* " + subject.QueueGroup, "tether.sess.*.*", subject.Inbox(UserToken) + ".>"}},
 	"agent-registry": {publish: append(append([]string{"tether.clusters.*", "$JS.API.STREAM.CREATE.CLUSTERS", "$JS.API.STREAM.UPDATE.CLUSTERS"}, followClusters...), projectAgents...),
 		subscribe: []string{subject.Inbox(UserToken) + ".>"}},
@@ -44,8 +45,12 @@ var natsRoles = map[string]struct{ publish, subscribe []string }{
 const UserToken = "{user}"
 
 // projectAgents is what agent-registry needs to consume the agent events
-// with its durable consumer and keep their projection in a KV bucket.
+// with its durable consumer, keep their projection in a KV bucket, follow
+// the subscribers' leases and sweep the streams of dead ones (ADR 014).
 var projectAgents = []string{
+	"tether.agents.*",
+	"$JS.API.STREAM.CREATE.SUBSCRIBERS", "$JS.API.STREAM.UPDATE.SUBSCRIBERS", "$JS.API.STREAM.INFO.SUBSCRIBERS",
+	"$JS.API.CONSUMER.CREATE.SUBSCRIBERS.>", "$JS.API.CONSUMER.DELETE.SUBSCRIBERS.>", "$JS.API.CONSUMER.INFO.SUBSCRIBERS.>", "$JS.API.CONSUMER.MSG.NEXT.SUBSCRIBERS.>",
 	"$JS.API.INFO", "$JS.API.STREAM.CREATE.AGENTS", "$JS.API.STREAM.UPDATE.AGENTS", "$JS.API.STREAM.INFO.AGENTS",
 	"$JS.API.CONSUMER.CREATE.AGENTS.>", "$JS.API.CONSUMER.DURABLE.CREATE.AGENTS.>", "$JS.API.CONSUMER.DELETE.AGENTS.>",
 	"$JS.API.CONSUMER.INFO.AGENTS.>", "$JS.API.CONSUMER.MSG.NEXT.AGENTS.>", "$JS.ACK.AGENTS.>",

@@ -115,3 +115,15 @@ func AgentEvents(cluster string) (string, error) {
 
 // AgentEventsAll is every cluster's agent events.
 const AgentEventsAll = "tether.agents.*"
+
+// SubscriberLease is where subscriber id renews its lease (JetStream stream
+// SUBSCRIBERS, ADR 014).
+func SubscriberLease(id string) (string, error) {
+	if !ValidToken(id) {
+		return "", fmt.Errorf("invalid subscriber id %q", id)
+	}
+	return "tether.subscribers." + id, nil
+}
+
+// SubscriberLeasesAll is every subscriber's lease.
+const SubscriberLeasesAll = "tether.subscribers.*"

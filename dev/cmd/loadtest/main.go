@@ -110,7 +110,7 @@ func run(ctx context.Context, c config) error {
 	if err := os.WriteFile(admin, []byte(s.Users["admin"].Token), 0o600); err != nil {
 		return err
 	}
-	js, err := agentsStream(s, filepath.Join(dir, "state"))
+	js, err := registryJetStream(s, filepath.Join(dir, "state"))
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func run(ctx context.Context, c config) error {
 	r.connected, r.incomplete = int(sims.metric(`tether_agentsim_agents{state="connected"}`)), sims.incomplete
 	logf("%d of %d agents connected in %v; idling %v", r.connected, c.agents, r.connectTime.Round(time.Millisecond), c.idle)
 	r.pids = pidsOfStack(s)
-	first, err := lastSeq(ctx, js)
+	first, err := lastSeqs(ctx, js)
 	if err != nil {
 		return err
 	}
@@ -135,13 +135,16 @@ func run(ctx context.Context, c config) error {
 		return ctx.Err()
 	}
 	idleEnd := sample(s, r.pids, sims)
-	last, err := lastSeq(ctx, js)
+	last, err := lastSeqs(ctx, js)
 	if err != nil {
 		return err
 	}
 	r.idle = idleEnd
 	r.idleCPU = cpuDelta(idleStart, idleEnd)
-	r.agentsEventsPerSec = float64(last-first) / c.idle.Seconds()
+	r.idleWrites = map[string]float64{}
+	for _, name := range writtenStreams {
+		r.idleWrites[name] = float64(last[name]-first[name]) / c.idle.Seconds()
+	}
 
 	if c.scenario != "idle" {
 		clusters := make([]string, c.agents)
@@ -203,8 +206,13 @@ func joinURLs(urls []string) string {
 	return out
 }
 
-// agentsStream reads the AGENTS stream as agent-registry, whose user may.
-func agentsStream(s *stack.Stack, stateDir string) (jetstream.Stream, error) {
+// writtenStreams are the JetStream streams the fleet's presence writes
+// to: agent events, the subscribers' leases, the agents' projection and
+// the clusters' events.
+var writtenStreams = []string{"AGENTS", "SUBSCRIBERS", "KV_AGENTS_STATE", "CLUSTERS"}
+
+// registryJetStream reads the streams as agent-registry, whose user may.
+func registryJetStream(s *stack.Stack, stateDir string) (jetstream.JetStream, error) {
 	pw, err := os.ReadFile(filepath.Join(stateDir, "nats-users", "agent-registry"))
 	if err != nil {
 		return nil, fmt.Errorf("reading agent-registry's NATS password: %w", err)
@@ -213,19 +221,20 @@ func agentsStream(s *stack.Stack, stateDir string) (jetstream.Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	return js.Stream(context.Background(), "AGENTS")
+	return jetstream.New(nc)
 }
 
-func lastSeq(ctx context.Context, st jetstream.Stream) (uint64, error) {
-	info, err := st.Info(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("reading the AGENTS stream: %w", err)
+// lastSeqs is each written stream's last sequence: what was ever written.
+func lastSeqs(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, name := range writtenStreams {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s stream: %w", name, err)
+		}
+		out[name] = st.CachedInfo().State.LastSeq
 	}
-	return info.State.LastSeq, nil
+	return out, nil
 }
 
 // errNotReady: the process runs, and was not ready in time.

@@ -125,13 +125,14 @@ type report struct {
 	started time.Time
 	commit  string
 
-	pids               map[string]int
-	before, idle       snapshot
-	idleCPU            map[string]time.Duration
-	connectTime        time.Duration
-	connected          int
-	incomplete         bool
-	agentsEventsPerSec float64
+	pids         map[string]int
+	before, idle snapshot
+	idleCPU      map[string]time.Duration
+	connectTime  time.Duration
+	connected    int
+	incomplete   bool
+	// idleWrites is each JetStream stream's writes/s over the idle window.
+	idleWrites map[string]float64
 
 	load     *driver.Result
 	watches  *driver.WatchResult
@@ -181,7 +182,13 @@ func (r *report) markdown() string {
 			100*r.idleCPU[name].Seconds()/c.idle.Seconds())
 	}
 	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`).\n\n")
-	fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.1f events/s to `AGENTS` (connect, disconnect and heartbeat events; the stream's last sequence over the idle window).\n\n", r.agentsEventsPerSec)
+	var total float64
+	var per []string
+	for _, name := range writtenStreams {
+		total += r.idleWrites[name]
+		per = append(per, fmt.Sprintf("`%s` %.2f", name, r.idleWrites[name]))
+	}
+	fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.2f/s (%s; each stream's last sequence over the idle window; ADR 014).\n\n", total, strings.Join(per, ", "))
 
 	if r.storm != nil {
 		r.stormSection(&b)

@@ -315,6 +315,9 @@ projected ServiceAccount token (nats-auth names the user after the pod).
 {{- define "tether.natsUsers" -}}
 {{- $followClusters := list "$JS.API.STREAM.INFO.CLUSTERS" "$JS.API.CONSUMER.CREATE.CLUSTERS.>" "$JS.API.CONSUMER.DELETE.CLUSTERS.>" "$JS.API.CONSUMER.INFO.CLUSTERS.>" "$JS.API.CONSUMER.MSG.NEXT.CLUSTERS.>" -}}
 {{- $projectAgents := list
+  "tether.agents.*"
+  "$JS.API.STREAM.CREATE.SUBSCRIBERS" "$JS.API.STREAM.UPDATE.SUBSCRIBERS" "$JS.API.STREAM.INFO.SUBSCRIBERS"
+  "$JS.API.CONSUMER.CREATE.SUBSCRIBERS.>" "$JS.API.CONSUMER.DELETE.SUBSCRIBERS.>" "$JS.API.CONSUMER.INFO.SUBSCRIBERS.>" "$JS.API.CONSUMER.MSG.NEXT.SUBSCRIBERS.>"
   "$JS.API.INFO" "$JS.API.STREAM.CREATE.AGENTS" "$JS.API.STREAM.UPDATE.AGENTS" "$JS.API.STREAM.INFO.AGENTS"
   "$JS.API.CONSUMER.CREATE.AGENTS.>" "$JS.API.CONSUMER.DURABLE.CREATE.AGENTS.>" "$JS.API.CONSUMER.DELETE.AGENTS.>"
   "$JS.API.CONSUMER.INFO.AGENTS.>" "$JS.API.CONSUMER.MSG.NEXT.AGENTS.>" "$JS.ACK.AGENTS.>"
@@ -323,7 +326,7 @@ projected ServiceAccount token (nats-auth names the user after the pod).
   "$JS.API.CONSUMER.CREATE.KV_AGENTS_STATE.>" "$JS.API.CONSUMER.DELETE.KV_AGENTS_STATE.>" "$JS.FC.>" -}}
 {{- $users := list
   (dict "name" "router" "token" true "publish" (concat (list "tether.req.*" "tether.sess.*.*") $followClusters) "subscribe" (list "tether.rtr.{user}.>" "_INBOX_{user}.>"))
-  (dict "name" "subscriber" "token" true "publish" (concat (list "tether.rtr.*.*.*" "tether.agents.*") $followClusters) "subscribe" (list "tether.req.* subscribers" "tether.sess.*.*" "_INBOX_{user}.>"))
+  (dict "name" "subscriber" "token" true "publish" (concat (list "tether.rtr.*.*.*" "tether.agents.*" "tether.subscribers.*") $followClusters) "subscribe" (list "tether.req.* subscribers" "tether.sess.*.*" "_INBOX_{user}.>"))
   (dict "name" "agent-registry" "publish" (concat (list "tether.clusters.*" "$JS.API.STREAM.CREATE.CLUSTERS" "$JS.API.STREAM.UPDATE.CLUSTERS") $followClusters $projectAgents) "subscribe" (list "_INBOX_{user}.>"))
   (dict "name" "audit" "publish" (list) "subscribe" (list))
   (dict "name" "autoscaler" "publish" (list) "subscribe" (list))

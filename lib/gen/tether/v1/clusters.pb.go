@@ -524,9 +524,9 @@ func (x *Cluster) GetAgent() *AgentStatus {
 // AgentStatus is a cluster's agent as the subscribers reported it.
 type AgentStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// CONNECTED: a stream whose heartbeats are on time; UNHEALTHY: streams
-	// whose heartbeats stopped (a subscriber that died without saying so);
-	// DISCONNECTED: no stream.
+	// CONNECTED: a stream its subscriber still vouches for (ADR 014);
+	// UNHEALTHY: streams no live subscriber vouches for (one that died
+	// without saying so); DISCONNECTED: no stream.
 	State   AgentState     `protobuf:"varint,1,opt,name=state,proto3,enum=tether.v1.AgentState" json:"state,omitempty"`
 	Streams []*AgentStream `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
 	// When the current state began.
@@ -610,9 +610,13 @@ type AgentStream struct {
 	AgentVersion      string                 `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	KubernetesVersion string                 `protobuf:"bytes,4,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
 	ConnectedUnix     int64                  `protobuf:"varint,5,opt,name=connected_unix,json=connectedUnix,proto3" json:"connected_unix,omitempty"`
-	LastHeartbeatUnix int64                  `protobuf:"varint,6,opt,name=last_heartbeat_unix,json=lastHeartbeatUnix,proto3" json:"last_heartbeat_unix,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The last time its subscriber vouched for it: the subscriber's lease,
+	// as agent-registry last saw it renewed (ADR 014).
+	LastHeartbeatUnix int64 `protobuf:"varint,6,opt,name=last_heartbeat_unix,json=lastHeartbeatUnix,proto3" json:"last_heartbeat_unix,omitempty"`
+	// The subscriber process that reported it (ADR 014).
+	SubscriberIncarnation string `protobuf:"bytes,7,opt,name=subscriber_incarnation,json=subscriberIncarnation,proto3" json:"subscriber_incarnation,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *AgentStream) Reset() {
@@ -687,6 +691,13 @@ func (x *AgentStream) GetLastHeartbeatUnix() int64 {
 	return 0
 }
 
+func (x *AgentStream) GetSubscriberIncarnation() string {
+	if x != nil {
+		return x.SubscriberIncarnation
+	}
+	return ""
+}
+
 // AgentEvent is what a subscriber reports about an agent stream, on the
 // JetStream stream AGENTS, subject tether.agents.<cluster>.
 type AgentEvent struct {
@@ -695,6 +706,9 @@ type AgentEvent struct {
 	SessionId    string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	SubscriberId string                 `protobuf:"bytes,3,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
 	TimeUnixNano int64                  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// The reporting subscriber process: its streams live as long as its
+	// lease names it (SubscriberLease, ADR 014).
+	SubscriberIncarnation string `protobuf:"bytes,5,opt,name=subscriber_incarnation,json=subscriberIncarnation,proto3" json:"subscriber_incarnation,omitempty"`
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*AgentEvent_Connected
@@ -763,6 +777,13 @@ func (x *AgentEvent) GetTimeUnixNano() int64 {
 	return 0
 }
 
+func (x *AgentEvent) GetSubscriberIncarnation() string {
+	if x != nil {
+		return x.SubscriberIncarnation
+	}
+	return ""
+}
+
 func (x *AgentEvent) GetKind() isAgentEvent_Kind {
 	if x != nil {
 		return x.Kind
@@ -810,6 +831,8 @@ type AgentEvent_Disconnected struct {
 }
 
 type AgentEvent_Heartbeat struct {
+	// Only from subscribers older than ADR 014, which reported every
+	// stream every few seconds; still folded during an upgrade.
 	Heartbeat *AgentHeartbeat `protobuf:"bytes,12,opt,name=heartbeat,proto3,oneof"`
 }
 
@@ -872,10 +895,14 @@ func (x *AgentConnected) GetKubernetesVersion() string {
 }
 
 type AgentDisconnected struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When set, only the stream as reported by this subscriber incarnation
+	// ended: agent-registry's sweep of a dead incarnation, which must not end
+	// the same session announced again by a live one.
+	StreamIncarnation string `protobuf:"bytes,2,opt,name=stream_incarnation,json=streamIncarnation,proto3" json:"stream_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AgentDisconnected) Reset() {
@@ -915,6 +942,89 @@ func (x *AgentDisconnected) GetReason() string {
 	return ""
 }
 
+func (x *AgentDisconnected) GetStreamIncarnation() string {
+	if x != nil {
+		return x.StreamIncarnation
+	}
+	return ""
+}
+
+// SubscriberLease is a subscriber's word that its streams are alive, on
+// the JetStream stream SUBSCRIBERS, subject tether.subscribers.<id>,
+// renewed every few seconds: one write per subscriber, not per stream.
+// agent-registry holds a stream alive while its subscriber's latest lease
+// is fresh and names the stream's incarnation (ADR 014).
+type SubscriberLease struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SubscriberId string                 `protobuf:"bytes,1,opt,name=subscriber_id,json=subscriberId,proto3" json:"subscriber_id,omitempty"`
+	// The live incarnations: one, or two while the subscriber announces its
+	// streams again under a new one.
+	Incarnations []string `protobuf:"bytes,2,rep,name=incarnations,proto3" json:"incarnations,omitempty"`
+	// Streams held when the lease was written.
+	Streams       uint32 `protobuf:"varint,3,opt,name=streams,proto3" json:"streams,omitempty"`
+	TimeUnixNano  int64  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscriberLease) Reset() {
+	*x = SubscriberLease{}
+	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscriberLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscriberLease) ProtoMessage() {}
+
+func (x *SubscriberLease) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscriberLease.ProtoReflect.Descriptor instead.
+func (*SubscriberLease) Descriptor() ([]byte, []int) {
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SubscriberLease) GetSubscriberId() string {
+	if x != nil {
+		return x.SubscriberId
+	}
+	return ""
+}
+
+func (x *SubscriberLease) GetIncarnations() []string {
+	if x != nil {
+		return x.Incarnations
+	}
+	return nil
+}
+
+func (x *SubscriberLease) GetStreams() uint32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+func (x *SubscriberLease) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
 type AgentHeartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -923,7 +1033,7 @@ type AgentHeartbeat struct {
 
 func (x *AgentHeartbeat) Reset() {
 	*x = AgentHeartbeat{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	mi := &file_tether_v1_clusters_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1045,7 @@ func (x *AgentHeartbeat) String() string {
 func (*AgentHeartbeat) ProtoMessage() {}
 
 func (x *AgentHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[11]
+	mi := &file_tether_v1_clusters_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1058,7 @@ func (x *AgentHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentHeartbeat.ProtoReflect.Descriptor instead.
 func (*AgentHeartbeat) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{11}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{12}
 }
 
 type CreateClusterRequest struct {
@@ -961,7 +1071,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[12]
+	mi := &file_tether_v1_clusters_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1083,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[12]
+	mi := &file_tether_v1_clusters_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1096,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{12}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateClusterRequest) GetId() string {
@@ -1013,7 +1123,7 @@ type CreateClusterResponse struct {
 
 func (x *CreateClusterResponse) Reset() {
 	*x = CreateClusterResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[13]
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1135,7 @@ func (x *CreateClusterResponse) String() string {
 func (*CreateClusterResponse) ProtoMessage() {}
 
 func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[13]
+	mi := &file_tether_v1_clusters_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1148,7 @@ func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
 func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{13}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateClusterResponse) GetCluster() *Cluster {
@@ -1064,7 +1174,7 @@ type EnsureClustersRequest struct {
 
 func (x *EnsureClustersRequest) Reset() {
 	*x = EnsureClustersRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1186,7 @@ func (x *EnsureClustersRequest) String() string {
 func (*EnsureClustersRequest) ProtoMessage() {}
 
 func (x *EnsureClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[14]
+	mi := &file_tether_v1_clusters_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1199,7 @@ func (x *EnsureClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureClustersRequest.ProtoReflect.Descriptor instead.
 func (*EnsureClustersRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{14}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EnsureClustersRequest) GetClusters() []*CreateClusterRequest {
@@ -1109,7 +1219,7 @@ type EnsureClustersResponse struct {
 
 func (x *EnsureClustersResponse) Reset() {
 	*x = EnsureClustersResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1231,7 @@ func (x *EnsureClustersResponse) String() string {
 func (*EnsureClustersResponse) ProtoMessage() {}
 
 func (x *EnsureClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[15]
+	mi := &file_tether_v1_clusters_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1244,7 @@ func (x *EnsureClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureClustersResponse.ProtoReflect.Descriptor instead.
 func (*EnsureClustersResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{15}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EnsureClustersResponse) GetClusters() []*CreateClusterResponse {
@@ -1162,7 +1272,7 @@ type BootstrapToken struct {
 
 func (x *BootstrapToken) Reset() {
 	*x = BootstrapToken{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1284,7 @@ func (x *BootstrapToken) String() string {
 func (*BootstrapToken) ProtoMessage() {}
 
 func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[16]
+	mi := &file_tether_v1_clusters_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1297,7 @@ func (x *BootstrapToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapToken.ProtoReflect.Descriptor instead.
 func (*BootstrapToken) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{16}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BootstrapToken) GetToken() string {
@@ -1234,7 +1344,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1356,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[17]
+	mi := &file_tether_v1_clusters_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1369,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{17}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteClusterRequest) GetId() string {
@@ -1277,7 +1387,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1399,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[18]
+	mi := &file_tether_v1_clusters_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1412,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{18}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
 }
 
 type ListClustersRequest struct {
@@ -1315,7 +1425,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1437,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[19]
+	mi := &file_tether_v1_clusters_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1450,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{19}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListClustersRequest) GetTenants() []string {
@@ -1359,7 +1469,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[20]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1481,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[20]
+	mi := &file_tether_v1_clusters_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1494,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{20}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1403,7 +1513,7 @@ type IssueBootstrapTokenRequest struct {
 
 func (x *IssueBootstrapTokenRequest) Reset() {
 	*x = IssueBootstrapTokenRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[21]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1525,7 @@ func (x *IssueBootstrapTokenRequest) String() string {
 func (*IssueBootstrapTokenRequest) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[21]
+	mi := &file_tether_v1_clusters_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1538,7 @@ func (x *IssueBootstrapTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{21}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IssueBootstrapTokenRequest) GetId() string {
@@ -1447,7 +1557,7 @@ type IssueBootstrapTokenResponse struct {
 
 func (x *IssueBootstrapTokenResponse) Reset() {
 	*x = IssueBootstrapTokenResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[22]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1569,7 @@ func (x *IssueBootstrapTokenResponse) String() string {
 func (*IssueBootstrapTokenResponse) ProtoMessage() {}
 
 func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[22]
+	mi := &file_tether_v1_clusters_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1582,7 @@ func (x *IssueBootstrapTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueBootstrapTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueBootstrapTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{22}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *IssueBootstrapTokenResponse) GetBootstrap() *BootstrapToken {
@@ -1492,7 +1602,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[23]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1614,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[23]
+	mi := &file_tether_v1_clusters_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1627,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{23}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EnrollRequest) GetClusterId() string {
@@ -1543,7 +1653,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[24]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1665,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[24]
+	mi := &file_tether_v1_clusters_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1678,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{24}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EnrollResponse) GetCredential() *AgentCredential {
@@ -1587,7 +1697,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[25]
+	mi := &file_tether_v1_clusters_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1709,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[25]
+	mi := &file_tether_v1_clusters_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1722,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{25}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewRequest) GetCredential() string {
@@ -1631,7 +1741,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[26]
+	mi := &file_tether_v1_clusters_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1753,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[26]
+	mi := &file_tether_v1_clusters_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1766,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{26}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewResponse) GetCredential() *AgentCredential {
@@ -1678,7 +1788,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_tether_v1_clusters_proto_msgTypes[27]
+	mi := &file_tether_v1_clusters_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1800,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_clusters_proto_msgTypes[27]
+	mi := &file_tether_v1_clusters_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1813,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{27}
+	return file_tether_v1_clusters_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AgentCredential) GetToken() string {
@@ -1762,7 +1872,7 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\n" +
 	"since_unix\x18\x03 \x01(\x03R\tsinceUnix\x12\x1a\n" +
 	"\bconnects\x18\x04 \x01(\rR\bconnects\x12/\n" +
-	"\ahistory\x18\x05 \x03(\v2\x15.tether.v1.AgentEventR\ahistory\"\xfc\x01\n" +
+	"\ahistory\x18\x05 \x03(\v2\x15.tether.v1.AgentEventR\ahistory\"\xb3\x02\n" +
 	"\vAgentStream\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
@@ -1770,7 +1880,8 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x12-\n" +
 	"\x12kubernetes_version\x18\x04 \x01(\tR\x11kubernetesVersion\x12%\n" +
 	"\x0econnected_unix\x18\x05 \x01(\x03R\rconnectedUnix\x12.\n" +
-	"\x13last_heartbeat_unix\x18\x06 \x01(\x03R\x11lastHeartbeatUnix\"\xd7\x02\n" +
+	"\x13last_heartbeat_unix\x18\x06 \x01(\x03R\x11lastHeartbeatUnix\x125\n" +
+	"\x16subscriber_incarnation\x18\a \x01(\tR\x15subscriberIncarnation\"\x8e\x03\n" +
 	"\n" +
 	"AgentEvent\x12\x1d\n" +
 	"\n" +
@@ -1778,7 +1889,8 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12#\n" +
 	"\rsubscriber_id\x18\x03 \x01(\tR\fsubscriberId\x12$\n" +
-	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x129\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x125\n" +
+	"\x16subscriber_incarnation\x18\x05 \x01(\tR\x15subscriberIncarnation\x129\n" +
 	"\tconnected\x18\n" +
 	" \x01(\v2\x19.tether.v1.AgentConnectedH\x00R\tconnected\x12B\n" +
 	"\fdisconnected\x18\v \x01(\v2\x1c.tether.v1.AgentDisconnectedH\x00R\fdisconnected\x129\n" +
@@ -1786,9 +1898,15 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x04kind\"d\n" +
 	"\x0eAgentConnected\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12-\n" +
-	"\x12kubernetes_version\x18\x02 \x01(\tR\x11kubernetesVersion\"+\n" +
+	"\x12kubernetes_version\x18\x02 \x01(\tR\x11kubernetesVersion\"Z\n" +
 	"\x11AgentDisconnected\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x10\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12-\n" +
+	"\x12stream_incarnation\x18\x02 \x01(\tR\x11streamIncarnation\"\x9a\x01\n" +
+	"\x0fSubscriberLease\x12#\n" +
+	"\rsubscriber_id\x18\x01 \x01(\tR\fsubscriberId\x12\"\n" +
+	"\fincarnations\x18\x02 \x03(\tR\fincarnations\x12\x18\n" +
+	"\astreams\x18\x03 \x01(\rR\astreams\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\"\x10\n" +
 	"\x0eAgentHeartbeat\">\n" +
 	"\x14CreateClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1865,7 +1983,7 @@ func file_tether_v1_clusters_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_clusters_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tether_v1_clusters_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_tether_v1_clusters_proto_goTypes = []any{
 	(AgentState)(0),                     // 0: tether.v1.AgentState
 	(*ClusterEvent)(nil),                // 1: tether.v1.ClusterEvent
@@ -1879,23 +1997,24 @@ var file_tether_v1_clusters_proto_goTypes = []any{
 	(*AgentEvent)(nil),                  // 9: tether.v1.AgentEvent
 	(*AgentConnected)(nil),              // 10: tether.v1.AgentConnected
 	(*AgentDisconnected)(nil),           // 11: tether.v1.AgentDisconnected
-	(*AgentHeartbeat)(nil),              // 12: tether.v1.AgentHeartbeat
-	(*CreateClusterRequest)(nil),        // 13: tether.v1.CreateClusterRequest
-	(*CreateClusterResponse)(nil),       // 14: tether.v1.CreateClusterResponse
-	(*EnsureClustersRequest)(nil),       // 15: tether.v1.EnsureClustersRequest
-	(*EnsureClustersResponse)(nil),      // 16: tether.v1.EnsureClustersResponse
-	(*BootstrapToken)(nil),              // 17: tether.v1.BootstrapToken
-	(*DeleteClusterRequest)(nil),        // 18: tether.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),       // 19: tether.v1.DeleteClusterResponse
-	(*ListClustersRequest)(nil),         // 20: tether.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),        // 21: tether.v1.ListClustersResponse
-	(*IssueBootstrapTokenRequest)(nil),  // 22: tether.v1.IssueBootstrapTokenRequest
-	(*IssueBootstrapTokenResponse)(nil), // 23: tether.v1.IssueBootstrapTokenResponse
-	(*EnrollRequest)(nil),               // 24: tether.v1.EnrollRequest
-	(*EnrollResponse)(nil),              // 25: tether.v1.EnrollResponse
-	(*RenewRequest)(nil),                // 26: tether.v1.RenewRequest
-	(*RenewResponse)(nil),               // 27: tether.v1.RenewResponse
-	(*AgentCredential)(nil),             // 28: tether.v1.AgentCredential
+	(*SubscriberLease)(nil),             // 12: tether.v1.SubscriberLease
+	(*AgentHeartbeat)(nil),              // 13: tether.v1.AgentHeartbeat
+	(*CreateClusterRequest)(nil),        // 14: tether.v1.CreateClusterRequest
+	(*CreateClusterResponse)(nil),       // 15: tether.v1.CreateClusterResponse
+	(*EnsureClustersRequest)(nil),       // 16: tether.v1.EnsureClustersRequest
+	(*EnsureClustersResponse)(nil),      // 17: tether.v1.EnsureClustersResponse
+	(*BootstrapToken)(nil),              // 18: tether.v1.BootstrapToken
+	(*DeleteClusterRequest)(nil),        // 19: tether.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),       // 20: tether.v1.DeleteClusterResponse
+	(*ListClustersRequest)(nil),         // 21: tether.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),        // 22: tether.v1.ListClustersResponse
+	(*IssueBootstrapTokenRequest)(nil),  // 23: tether.v1.IssueBootstrapTokenRequest
+	(*IssueBootstrapTokenResponse)(nil), // 24: tether.v1.IssueBootstrapTokenResponse
+	(*EnrollRequest)(nil),               // 25: tether.v1.EnrollRequest
+	(*EnrollResponse)(nil),              // 26: tether.v1.EnrollResponse
+	(*RenewRequest)(nil),                // 27: tether.v1.RenewRequest
+	(*RenewResponse)(nil),               // 28: tether.v1.RenewResponse
+	(*AgentCredential)(nil),             // 29: tether.v1.AgentCredential
 }
 var file_tether_v1_clusters_proto_depIdxs = []int32{
 	2,  // 0: tether.v1.ClusterEvent.created:type_name -> tether.v1.ClusterCreated
@@ -1908,29 +2027,29 @@ var file_tether_v1_clusters_proto_depIdxs = []int32{
 	9,  // 7: tether.v1.AgentStatus.history:type_name -> tether.v1.AgentEvent
 	10, // 8: tether.v1.AgentEvent.connected:type_name -> tether.v1.AgentConnected
 	11, // 9: tether.v1.AgentEvent.disconnected:type_name -> tether.v1.AgentDisconnected
-	12, // 10: tether.v1.AgentEvent.heartbeat:type_name -> tether.v1.AgentHeartbeat
+	13, // 10: tether.v1.AgentEvent.heartbeat:type_name -> tether.v1.AgentHeartbeat
 	6,  // 11: tether.v1.CreateClusterResponse.cluster:type_name -> tether.v1.Cluster
-	17, // 12: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	13, // 13: tether.v1.EnsureClustersRequest.clusters:type_name -> tether.v1.CreateClusterRequest
-	14, // 14: tether.v1.EnsureClustersResponse.clusters:type_name -> tether.v1.CreateClusterResponse
+	18, // 12: tether.v1.CreateClusterResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	14, // 13: tether.v1.EnsureClustersRequest.clusters:type_name -> tether.v1.CreateClusterRequest
+	15, // 14: tether.v1.EnsureClustersResponse.clusters:type_name -> tether.v1.CreateClusterResponse
 	6,  // 15: tether.v1.ListClustersResponse.clusters:type_name -> tether.v1.Cluster
-	17, // 16: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
-	28, // 17: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
-	28, // 18: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
-	13, // 19: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
-	18, // 20: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
-	20, // 21: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
-	22, // 22: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
-	15, // 23: tether.v1.ClusterService.EnsureClusters:input_type -> tether.v1.EnsureClustersRequest
-	24, // 24: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
-	26, // 25: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
-	14, // 26: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
-	19, // 27: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
-	21, // 28: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
-	23, // 29: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
-	16, // 30: tether.v1.ClusterService.EnsureClusters:output_type -> tether.v1.EnsureClustersResponse
-	25, // 31: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
-	27, // 32: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
+	18, // 16: tether.v1.IssueBootstrapTokenResponse.bootstrap:type_name -> tether.v1.BootstrapToken
+	29, // 17: tether.v1.EnrollResponse.credential:type_name -> tether.v1.AgentCredential
+	29, // 18: tether.v1.RenewResponse.credential:type_name -> tether.v1.AgentCredential
+	14, // 19: tether.v1.ClusterService.CreateCluster:input_type -> tether.v1.CreateClusterRequest
+	19, // 20: tether.v1.ClusterService.DeleteCluster:input_type -> tether.v1.DeleteClusterRequest
+	21, // 21: tether.v1.ClusterService.ListClusters:input_type -> tether.v1.ListClustersRequest
+	23, // 22: tether.v1.ClusterService.IssueBootstrapToken:input_type -> tether.v1.IssueBootstrapTokenRequest
+	16, // 23: tether.v1.ClusterService.EnsureClusters:input_type -> tether.v1.EnsureClustersRequest
+	25, // 24: tether.v1.EnrollmentService.Enroll:input_type -> tether.v1.EnrollRequest
+	27, // 25: tether.v1.EnrollmentService.Renew:input_type -> tether.v1.RenewRequest
+	15, // 26: tether.v1.ClusterService.CreateCluster:output_type -> tether.v1.CreateClusterResponse
+	20, // 27: tether.v1.ClusterService.DeleteCluster:output_type -> tether.v1.DeleteClusterResponse
+	22, // 28: tether.v1.ClusterService.ListClusters:output_type -> tether.v1.ListClustersResponse
+	24, // 29: tether.v1.ClusterService.IssueBootstrapToken:output_type -> tether.v1.IssueBootstrapTokenResponse
+	17, // 30: tether.v1.ClusterService.EnsureClusters:output_type -> tether.v1.EnsureClustersResponse
+	26, // 31: tether.v1.EnrollmentService.Enroll:output_type -> tether.v1.EnrollResponse
+	28, // 32: tether.v1.EnrollmentService.Renew:output_type -> tether.v1.RenewResponse
 	26, // [26:33] is the sub-list for method output_type
 	19, // [19:26] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
@@ -1960,7 +2079,7 @@ func file_tether_v1_clusters_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_clusters_proto_rawDesc), len(file_tether_v1_clusters_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -3,7 +3,8 @@
 // enrolled) to the JetStream stream CLUSTERS, gives agents their
 // credentials in exchange for a one-time bootstrap token, and projects the
 // agent events subscribers report (stream AGENTS) into the KV bucket
-// AGENTS_STATE: where each cluster's agent is, since when, and its health. Gateways call its
+// AGENTS_STATE: where each cluster's agent is, since when, and its health,
+// by the subscribers' leases (stream SUBSCRIBERS, ADR 014). Gateways call its
 // ClusterService for tetherctl; subscribers relay its EnrollmentService to
 // agents.
 //
@@ -35,18 +36,19 @@ import (
 
 func main() {
 	var (
-		common        svc.Common
-		listen        string
-		natsFlags     svc.NATS
-		signingKey    string
-		previousKeys  string
-		agentEndpoint string
-		identityRoot  string
-		replicas      int
-		cfg           registry.Config
-		mtls          svc.MTLS
-		clusterCalls  string
-		enrollCalls   string
+		common           svc.Common
+		listen           string
+		natsFlags        svc.NATS
+		signingKey       string
+		previousKeys     string
+		agentEndpoint    string
+		identityRoot     string
+		replicas         int
+		cfg              registry.Config
+		mtls             svc.MTLS
+		clusterCalls     string
+		enrollCalls      string
+		heartbeatTimeout time.Duration
 	)
 	fs := flag.NewFlagSet("agent-registry", flag.ExitOnError)
 	common.Register(fs)
@@ -59,7 +61,7 @@ func main() {
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "how long a bootstrap token stays usable")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", time.Hour, "how long an agent credential lives; agents renew at two thirds")
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", 7*24*time.Hour, "how long after expiry an agent may still renew its credential (its cluster was offline); 0: never")
-	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 30*time.Second, "an agent whose streams sent no heartbeat for this long is unhealthy (its subscriber died without reporting)")
+	fs.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 30*time.Second, "a subscriber whose lease went unrenewed this long is dead: its agents' streams count as unhealthy, then are swept")
 	fs.IntVar(&replicas, "stream-replicas", 1, "replicas of the CLUSTERS stream (3 on a NATS cluster)")
 	mtls.Register(fs, "")
 	fs.StringVar(&clusterCalls, "cluster-callers", "gateway", "with mTLS: services (certificate names) that may create, list and delete clusters, comma-separated")
@@ -103,7 +105,7 @@ func main() {
 		for {
 			err := registry.EnsureStream(ctx, js, replicas)
 			if err == nil {
-				agents, err = registry.StartAgentView(ctx, js, replicas, env.Log)
+				agents, err = registry.StartAgentView(ctx, registry.AgentViewConfig{JS: js, Replicas: replicas, Timeout: heartbeatTimeout, Logger: env.Log})
 			}
 			if err == nil {
 				break
@@ -114,7 +116,7 @@ func main() {
 			}
 		}
 		cfg.Agents = agents
-		if err := env.Telemetry.Registry.Register(agents.Gauge(cfg.HeartbeatTimeout)); err != nil {
+		if err := env.Telemetry.Registry.Register(agents.Gauge()); err != nil {
 			return err
 		}
 		proj, follower, err := clusters.Start(ctx, js, env.Log)

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -21,32 +24,69 @@ const (
 	AgentsStream  = "AGENTS"
 	AgentsBucket  = "AGENTS_STATE"
 	agentsDurable = "agent-registry"
-	historyLen    = 20
+	// agentsMaxBytes bounds the stream whatever happens to the fleet; at
+	// about 150 bytes an event it holds millions of connects.
+	agentsMaxBytes = 1 << 30
+	// workers apply events concurrently, each cluster's on one of them,
+	// in order; inFlight bounds what the consumer hands out unacked.
+	workers  = 16
+	inFlight = 1024
 )
 
-// AgentsStreamConfig is the stream of agent events. Heartbeats make it
-// large, so it keeps a week: the projection is rebuilt from what is there.
+// AgentsStreamConfig is the stream of agent events: connects and ends,
+// not heartbeats (ADR 014). It keeps a week, in which every open stream
+// is announced again, so the projection is rebuilt from what is there.
 func AgentsStreamConfig(replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name: AgentsStream, Description: "Tether agent stream events (connected, disconnected, heartbeat)",
+		Name: AgentsStream, Description: "Tether agent stream events (connected, disconnected)",
 		Subjects: []string{subject.AgentEventsAll}, Storage: jetstream.FileStorage, Replicas: replicas,
-		MaxAge: 7 * 24 * time.Hour, MaxMsgSize: 4 << 10, Discard: jetstream.DiscardOld,
+		MaxAge: 7 * 24 * time.Hour, MaxBytes: agentsMaxBytes, MaxMsgSize: 4 << 10, Discard: jetstream.DiscardOld,
+		// Sweeps from several registry replicas are stored once.
+		Duplicates: 2 * time.Minute,
 	}
 }
 
-// AgentView projects the agent events into the bucket.
-type AgentView struct {
-	js   jetstream.JetStream
-	kv   jetstream.KeyValue
-	log  *slog.Logger
-	cons jetstream.Consumer
+// AgentViewConfig configures StartAgentView.
+type AgentViewConfig struct {
+	JS       jetstream.JetStream
+	Replicas int
+	// Timeout is how long a subscriber's lease lasts unrenewed before its
+	// streams count as dead and are swept.
+	Timeout time.Duration
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
-// StartAgentView creates the stream and the bucket if missing, and
-// consumes the events until ctx ends. A missing bucket is rebuilt: the
-// durable consumer starts again from the first event in the stream.
-func StartAgentView(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*AgentView, error) {
-	stream, err := js.CreateOrUpdateStream(ctx, AgentsStreamConfig(replicas))
+// AgentView projects the agent events into the bucket, and keeps in
+// memory what it needs to answer without reading it: every cluster's
+// streams (the read model) and the subscribers' leases.
+type AgentView struct {
+	cfg    AgentViewConfig
+	kv     jetstream.KeyValue
+	cons   jetstream.Consumer
+	leases *leases
+	seed   maphash.Seed
+
+	mu sync.RWMutex
+	// model holds each cluster's entry with only its latest history event
+	// (which says since when it is disconnected).
+	model  map[string]*tetherv1.AgentStatus
+	loaded bool
+}
+
+// StartAgentView creates the streams and the bucket if missing, consumes
+// the events, follows the bucket and the leases, and sweeps the streams of
+// dead subscriber incarnations, until ctx ends. A missing bucket is
+// rebuilt: the durable consumer starts again from the first event.
+func StartAgentView(ctx context.Context, cfg AgentViewConfig) (*AgentView, error) {
+	if cfg.JS == nil || cfg.Logger == nil || cfg.Timeout <= 0 || cfg.Replicas < 1 {
+		return nil, errors.New("agent view: JetStream, a logger, a positive timeout and replicas are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	js := cfg.JS
+	stream, err := js.CreateOrUpdateStream(ctx, AgentsStreamConfig(cfg.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("creating stream %s: %w", AgentsStream, err)
 	}
@@ -56,44 +96,74 @@ func StartAgentView(ctx context.Context, js jetstream.JetStream, replicas int, l
 		if err := stream.DeleteConsumer(ctx, agentsDurable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("resetting the agent events consumer: %w", err)
 		}
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: AgentsBucket, Description: "agent-registry's projection of AGENTS", Replicas: replicas, Storage: jetstream.FileStorage})
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: AgentsBucket, Description: "agent-registry's projection of AGENTS", Replicas: cfg.Replicas, Storage: jetstream.FileStorage})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening bucket %s: %w", AgentsBucket, err)
 	}
-	// One event at a time, across all registry replicas: events of one
-	// cluster stay in order, and the bucket's revisions guard the rest.
+	// Many events in flight, shared by all registry replicas: one lost
+	// ack holds back only its own event. Order within a cluster is kept
+	// by its worker here, and the fold tolerates the rest.
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: agentsDurable, AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1,
+		Durable: agentsDurable, AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: inFlight,
 		DeliverPolicy: jetstream.DeliverAllPolicy, AckWait: 30 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consuming %s: %w", AgentsStream, err)
 	}
-	v := &AgentView{js: js, kv: kv, log: log, cons: cons}
+	v := &AgentView{cfg: cfg, kv: kv, cons: cons, leases: newLeases(cfg.Timeout, cfg.Logger), seed: maphash.MakeSeed(), model: map[string]*tetherv1.AgentStatus{}}
+	if err := v.leases.follow(ctx, js, cfg.Replicas); err != nil {
+		return nil, err
+	}
+	watch, err := kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watching bucket %s: %w", AgentsBucket, err)
+	}
+	go v.readModel(ctx, watch)
+	queues := make([]chan jetstream.Msg, workers)
+	for i := range queues {
+		queues[i] = make(chan jetstream.Msg, inFlight/workers)
+		go v.work(ctx, queues[i])
+	}
 	// Short pulls with heartbeats: when the consumer's leader moves (a
 	// NATS node lost), a pull that went to the old one is noticed missing
 	// within two seconds and sent again, instead of half a minute.
-	cc, err := cons.Consume(func(msg jetstream.Msg) { v.handle(ctx, msg) },
-		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case queues[maphash.String(v.seed, msg.Subject())%workers] <- msg:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("consuming %s: %w", AgentsStream, err)
 	}
 	context.AfterFunc(ctx, cc.Stop)
+	go v.sweeper(ctx)
 	return v, nil
+}
+
+func (v *AgentView) work(ctx context.Context, queue <-chan jetstream.Msg) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-queue:
+			v.handle(ctx, msg)
+		}
+	}
 }
 
 func (v *AgentView) handle(ctx context.Context, msg jetstream.Msg) {
 	var ev tetherv1.AgentEvent
 	if err := proto.Unmarshal(msg.Data(), &ev); err != nil || !subject.ValidClusterID(ev.GetClusterId()) {
-		v.log.Error("undecodable agent event dropped", "subject", msg.Subject(), "err", err)
+		v.cfg.Logger.Error("undecodable agent event dropped", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
 	}
 	// A revision that moved between read and write is tried again at
-	// once: on a NATS cluster the read may come from a replica a moment
-	// behind (KV reads are direct), and the consumer holds every other
-	// event until this one is acknowledged.
+	// once: another registry replica wrote the entry, or, on a NATS
+	// cluster, the read came from a replica a moment behind (KV reads are
+	// direct).
 	var err error
 	for range 5 {
 		if err = v.apply(ctx, &ev); err == nil || !wrongRevision(err) {
@@ -102,7 +172,7 @@ func (v *AgentView) handle(ctx context.Context, msg jetstream.Msg) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		v.log.Warn("projecting an agent event; it comes again", "cluster_id", ev.GetClusterId(), "err", err)
+		v.cfg.Logger.Warn("projecting an agent event; it comes again", "cluster_id", ev.GetClusterId(), "err", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
@@ -117,7 +187,8 @@ func wrongRevision(err error) bool {
 }
 
 // apply folds one event into the cluster's entry, with the entry's
-// revision expected, so a concurrent writer makes this one retry.
+// revision expected, so a concurrent writer makes this one retry. An
+// event that changes nothing writes nothing.
 func (v *AgentView) apply(ctx context.Context, ev *tetherv1.AgentEvent) error {
 	st := &tetherv1.AgentStatus{}
 	var rev uint64
@@ -132,7 +203,11 @@ func (v *AgentView) apply(ctx context.Context, ev *tetherv1.AgentEvent) error {
 		}
 		rev = entry.Revision()
 	}
+	before := proto.Clone(st)
 	Fold(st, ev)
+	if rev != 0 && proto.Equal(before, st) {
+		return nil
+	}
 	b, err := proto.Marshal(st)
 	if err != nil {
 		return err
@@ -145,86 +220,151 @@ func (v *AgentView) apply(ctx context.Context, ev *tetherv1.AgentEvent) error {
 	return err
 }
 
-// Fold applies ev to a cluster's projection. It is the whole projection:
-// rebuilding is folding the stream again.
-func Fold(st *tetherv1.AgentStatus, ev *tetherv1.AgentEvent) {
-	at := ev.GetTimeUnixNano() / int64(time.Second)
-	find := func() int {
-		for i, s := range st.Streams {
-			if s.GetSessionId() == ev.GetSessionId() {
-				return i
+// readModel keeps the bucket's entries in memory, as they change.
+func (v *AgentView) readModel(ctx context.Context, w jetstream.KeyWatcher) {
+	defer w.Stop()
+	for {
+		var entry jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return
+		case entry = <-w.Updates():
+		}
+		if entry == nil {
+			// The bucket as it stood is read: sweep what died meanwhile.
+			v.mu.Lock()
+			v.loaded = true
+			v.mu.Unlock()
+			v.leases.askSweep()
+			continue
+		}
+		if entry.Operation() != jetstream.KeyValuePut {
+			v.mu.Lock()
+			delete(v.model, entry.Key())
+			v.mu.Unlock()
+			continue
+		}
+		st := &tetherv1.AgentStatus{}
+		if err := proto.Unmarshal(entry.Value(), st); err != nil {
+			v.cfg.Logger.Error("undecodable agent entry", "cluster_id", entry.Key(), "err", err)
+			continue
+		}
+		if n := len(st.History); n > 1 {
+			st.History = st.History[n-1:]
+		}
+		v.mu.Lock()
+		v.model[entry.Key()] = st
+		v.mu.Unlock()
+	}
+}
+
+// sweeper ends, as events, the streams of subscriber incarnations that
+// died: when a lease expires or stops naming one, and once the bucket is
+// read. Every registry replica sweeps; JetStream keeps one of each event.
+func (v *AgentView) sweeper(ctx context.Context) {
+	t := time.NewTicker(max(v.cfg.Timeout/4, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			v.leases.expire(v.cfg.Now())
+			continue
+		case <-v.leases.sweep:
+		}
+		if err := v.sweep(ctx); err != nil && ctx.Err() == nil {
+			v.cfg.Logger.Warn("sweeping the streams of dead subscribers; trying again", "err", err)
+			time.AfterFunc(time.Second, v.leases.askSweep)
+		}
+	}
+}
+
+// sweepBatch bounds how many sweep events are in flight at once.
+const sweepBatch = 256
+
+func (v *AgentView) sweep(ctx context.Context) error {
+	now := v.cfg.Now()
+	var dead []*tetherv1.AgentEvent
+	v.mu.RLock()
+	if !v.loaded {
+		v.mu.RUnlock()
+		return nil
+	}
+	for cluster, st := range v.model {
+		for _, s := range st.GetStreams() {
+			if s.GetSubscriberIncarnation() == "" {
+				continue
+			}
+			if ok, _ := v.leases.alive(s, now); !ok {
+				dead = append(dead, &tetherv1.AgentEvent{ClusterId: cluster, SessionId: s.GetSessionId(), SubscriberId: s.GetSubscriberId(),
+					SubscriberIncarnation: s.GetSubscriberIncarnation(), TimeUnixNano: now.UnixNano(),
+					Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{
+						Reason: "its subscriber's lease ran out", StreamIncarnation: s.GetSubscriberIncarnation()}}})
 			}
 		}
-		return -1
 	}
-	remember := func() {
-		st.History = append(st.History, ev)
-		if len(st.History) > historyLen {
-			st.History = st.History[len(st.History)-historyLen:]
-		}
+	v.mu.RUnlock()
+	if len(dead) == 0 {
+		return nil
 	}
-	switch k := ev.GetKind().(type) {
-	case *tetherv1.AgentEvent_Connected:
-		if find() < 0 {
-			st.Streams = append(st.Streams, &tetherv1.AgentStream{SessionId: ev.GetSessionId(), SubscriberId: ev.GetSubscriberId(),
-				AgentVersion: k.Connected.GetAgentVersion(), KubernetesVersion: k.Connected.GetKubernetesVersion(),
-				ConnectedUnix: at, LastHeartbeatUnix: at})
-			st.Connects++
+	v.cfg.Logger.Info("sweeping the streams of dead subscriber incarnations", "streams", len(dead))
+	for len(dead) > 0 {
+		n := min(len(dead), sweepBatch)
+		futures := make([]jetstream.PubAckFuture, 0, n)
+		for _, ev := range dead[:n] {
+			subj, _ := subject.AgentEvents(ev.GetClusterId())
+			b, err := proto.Marshal(ev)
+			if err != nil {
+				return err
+			}
+			msg := &nats.Msg{Subject: subj, Data: b, Header: nats.Header{}}
+			msg.Header.Set(jetstream.MsgIDHeader, "sweep."+ev.GetSessionId()+"."+ev.GetSubscriberIncarnation())
+			f, err := v.cfg.JS.PublishMsgAsync(msg)
+			if err != nil {
+				return fmt.Errorf("publishing a sweep: %w", err)
+			}
+			futures = append(futures, f)
 		}
-		remember()
-	case *tetherv1.AgentEvent_Disconnected:
-		// Reported twice at times: by its subscriber, and by the agent
-		// once it is connected again (a subscriber that died says
-		// nothing). The first one counts.
-		if i := find(); i >= 0 {
-			st.Streams = append(st.Streams[:i], st.Streams[i+1:]...)
-			remember()
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("storing a sweep: %w", err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-	case *tetherv1.AgentEvent_Heartbeat:
-		if i := find(); i >= 0 {
-			st.Streams[i].LastHeartbeatUnix = at
-		} else if !ended(st, ev.GetSessionId()) {
-			// Its connect was lost (NATS away at the time): the heartbeat
-			// is proof enough of the stream. One that comes after the
-			// stream's end (from a subscriber cut off for a while) is not.
-			st.Streams = append(st.Streams, &tetherv1.AgentStream{SessionId: ev.GetSessionId(), SubscriberId: ev.GetSubscriberId(), ConnectedUnix: at, LastHeartbeatUnix: at})
-		}
+		dead = dead[n:]
 	}
+	return nil
 }
 
-// ended reports whether the history has session's disconnect.
-func ended(st *tetherv1.AgentStatus, session string) bool {
-	for _, h := range st.GetHistory() {
-		if h.GetSessionId() == session && h.GetDisconnected() != nil {
-			return true
-		}
+// Status returns a cluster's agent as the read model has it, described
+// at now, or nil if no agent ever reported. It may trail the bucket by a
+// moment.
+func (v *AgentView) Status(cluster string, now time.Time) *tetherv1.AgentStatus {
+	v.mu.RLock()
+	st, ok := v.model[cluster]
+	if ok {
+		st = proto.Clone(st).(*tetherv1.AgentStatus)
 	}
-	return false
+	v.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	v.Describe(st, now)
+	return st
 }
 
-// State is the agent's state at now: connected while some stream's
-// heartbeat is within timeout, unhealthy while it has streams whose
-// heartbeats stopped, disconnected without streams.
-func State(st *tetherv1.AgentStatus, now time.Time, timeout time.Duration) tetherv1.AgentState {
-	if len(st.GetStreams()) == 0 {
-		return tetherv1.AgentState_AGENT_STATE_DISCONNECTED
-	}
-	for _, s := range st.GetStreams() {
-		if fresh(s, now, timeout) {
-			return tetherv1.AgentState_AGENT_STATE_CONNECTED
-		}
-	}
-	return tetherv1.AgentState_AGENT_STATE_UNHEALTHY
+// Describe fills in st's state at now, since when, and when each of its
+// streams was last vouched for.
+func (v *AgentView) Describe(st *tetherv1.AgentStatus, now time.Time) {
+	describe(st, now, v.cfg.Timeout, v.leases.alive)
 }
 
-// fresh reports whether a stream's last heartbeat is within timeout of
-// now. Heartbeats are kept to the second, rounded down: the heartbeat may
-// be up to a second newer than recorded, and is given that second.
-func fresh(s *tetherv1.AgentStream, now time.Time, timeout time.Duration) bool {
-	return now.Sub(time.Unix(s.GetLastHeartbeatUnix()+1, 0)) <= timeout
-}
-
-// Get returns a cluster's projection, or nil if no agent ever reported.
+// Get returns a cluster's projection as stored, with its whole history,
+// or nil if no agent ever reported.
 func (v *AgentView) Get(ctx context.Context, cluster string) (*tetherv1.AgentStatus, error) {
 	entry, err := v.kv.Get(ctx, cluster)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -240,61 +380,59 @@ func (v *AgentView) Get(ctx context.Context, cluster string) (*tetherv1.AgentSta
 	return st, nil
 }
 
-// Caught up reports whether every event in the stream was projected.
+// CaughtUp reports whether every event in the stream was projected and
+// the read model has read the bucket.
 func (v *AgentView) CaughtUp(ctx context.Context) (bool, error) {
 	info, err := v.cons.Info(ctx)
 	if err != nil {
 		return false, err
 	}
-	return info.NumPending == 0 && info.NumAckPending == 0, nil
+	v.mu.RLock()
+	loaded := v.loaded
+	v.mu.RUnlock()
+	return loaded && info.NumPending == 0 && info.NumAckPending == 0, nil
 }
 
-// Gauge counts agents by state and subscriber for /metrics, from the
-// bucket, each time it is scraped.
-func (v *AgentView) Gauge(timeout time.Duration) prometheus.Collector {
-	return &agentCollector{v: v, timeout: timeout, desc: prometheus.NewDesc("tether_registry_agents",
+// Gauge counts agents by state and subscriber for /metrics, from the read
+// model, each time it is scraped.
+func (v *AgentView) Gauge() prometheus.Collector {
+	return &agentCollector{v: v, desc: prometheus.NewDesc("tether_registry_agents",
 		"Clusters' agents by state (connected, unhealthy, disconnected) and the subscriber of their newest stream.", []string{"state", "subscriber"}, nil)}
 }
 
 type agentCollector struct {
-	v       *AgentView
-	timeout time.Duration
-	desc    *prometheus.Desc
+	v    *AgentView
+	desc *prometheus.Desc
 }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	keys, err := c.v.kv.ListKeys(ctx)
-	if err != nil {
-		return
-	}
 	counts := map[[2]string]int{}
-	now := time.Now()
-	for key := range keys.Keys() {
-		st, err := c.v.Get(ctx, key)
-		if err != nil || st == nil {
-			continue
-		}
+	now := c.v.cfg.Now()
+	c.v.mu.RLock()
+	for _, st := range c.v.model {
 		sub := "-"
 		if n := len(st.GetStreams()); n > 0 {
 			sub = st.GetStreams()[n-1].GetSubscriberId()
 		}
-		counts[[2]string{stateName(State(st, now, c.timeout)), sub}]++
+		counts[[2]string{stateName(c.v.state(st, now)), sub}]++
 	}
+	c.v.mu.RUnlock()
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
 }
 
-func stateName(s tetherv1.AgentState) string {
-	switch s {
-	case tetherv1.AgentState_AGENT_STATE_CONNECTED:
-		return "connected"
-	case tetherv1.AgentState_AGENT_STATE_UNHEALTHY:
-		return "unhealthy"
+// state is st's state at now, without changing st.
+func (v *AgentView) state(st *tetherv1.AgentStatus, now time.Time) tetherv1.AgentState {
+	if len(st.GetStreams()) == 0 {
+		return tetherv1.AgentState_AGENT_STATE_DISCONNECTED
 	}
-	return "disconnected"
+	for _, s := range st.GetStreams() {
+		if ok, _ := v.leases.alive(s, now); ok {
+			return tetherv1.AgentState_AGENT_STATE_CONNECTED
+		}
+	}
+	return tetherv1.AgentState_AGENT_STATE_UNHEALTHY
 }

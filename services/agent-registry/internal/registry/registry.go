@@ -47,19 +47,18 @@ type Config struct {
 	// IdentityRoot is the identity root's public key (PEM), written into
 	// agents' manifests: what they trust gateways' signatures by.
 	IdentityRoot string
-	// Agents is the projection of agent events; HeartbeatTimeout is how
-	// long a stream may go without a heartbeat before its agent counts as
-	// unhealthy.
-	Agents           AgentLookup
-	HeartbeatTimeout time.Duration
-	Now              func() time.Time
+	// Agents is the projection of agent events.
+	Agents AgentLookup
+	Now    func() time.Time
 
 	telemetry.Instruments
 }
 
 // AgentLookup is what ListClusters needs of the agent projection.
 type AgentLookup interface {
-	Get(ctx context.Context, cluster string) (*tetherv1.AgentStatus, error)
+	// Status is a cluster's agent described at now, or nil if none ever
+	// reported.
+	Status(cluster string, now time.Time) *tetherv1.AgentStatus
 }
 
 // Registry serves ClusterService and EnrollmentService.
@@ -77,8 +76,8 @@ func New(cfg Config) (*Registry, error) {
 		return nil, errors.New("registry: bootstrap and credential lifetimes must be positive")
 	case cfg.AgentEndpoint == "" || cfg.IdentityRoot == "":
 		return nil, errors.New("registry: the agent endpoint and the identity root's public key are required")
-	case cfg.Agents == nil || cfg.HeartbeatTimeout <= 0:
-		return nil, errors.New("registry: the agent projection and a heartbeat timeout are required")
+	case cfg.Agents == nil:
+		return nil, errors.New("registry: the agent projection is required")
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
@@ -256,14 +255,7 @@ func (r *Registry) ListClusters(ctx context.Context, req *connect.Request[tether
 	now := r.cfg.Now()
 	for _, cl := range r.cfg.Clusters.List(req.Msg.GetTenants()) {
 		c := toProto(cl)
-		st, err := r.cfg.Agents.Get(ctx, cl.ID)
-		if err != nil {
-			return nil, r.count("list", connect.NewError(connect.CodeUnavailable, fmt.Errorf("reading agent status: %w", err)))
-		}
-		if st != nil {
-			st.State, st.SinceUnix = State(st, now, r.cfg.HeartbeatTimeout), since(st, r.cfg.HeartbeatTimeout)
-			c.Agent = st
-		}
+		c.Agent = r.cfg.Agents.Status(cl.ID, now)
 		out.Clusters = append(out.Clusters, c)
 	}
 	return connect.NewResponse(out), r.count("list", nil)
@@ -352,30 +344,4 @@ func randomToken(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-// since is when the agent's current state began, as far as the events
-// tell: its oldest open stream's connect, its heartbeats' end, or its last
-// disconnect.
-func since(st *tetherv1.AgentStatus, timeout time.Duration) int64 {
-	switch st.GetState() {
-	case tetherv1.AgentState_AGENT_STATE_CONNECTED:
-		first := int64(0)
-		for _, s := range st.GetStreams() {
-			if first == 0 || s.GetConnectedUnix() < first {
-				first = s.GetConnectedUnix()
-			}
-		}
-		return first
-	case tetherv1.AgentState_AGENT_STATE_UNHEALTHY:
-		last := int64(0)
-		for _, s := range st.GetStreams() {
-			last = max(last, s.GetLastHeartbeatUnix())
-		}
-		return last + int64(timeout/time.Second)
-	}
-	if n := len(st.GetHistory()); n > 0 {
-		return st.GetHistory()[n-1].GetTimeUnixNano() / int64(time.Second)
-	}
-	return 0
 }

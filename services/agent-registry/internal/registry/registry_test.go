@@ -63,13 +63,13 @@ func (f fixture) newRegistry(t *testing.T, ctx context.Context) (*Registry, *clu
 	}
 	go fol.Run(ctx)
 	ver, _ := agentcred.NewVerifier(f.signer.Public())
-	agents, err := StartAgentView(ctx, f.js, 1, log)
+	agents, err := StartAgentView(ctx, AgentViewConfig{JS: f.js, Replicas: 1, Timeout: 30 * time.Second, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r, err := New(Config{
-		Agents: agents, HeartbeatTimeout: 30 * time.Second,
-		JS: f.js, Clusters: proj, Sync: fol.Sync, Signer: f.signer, Verifier: ver,
+		Agents: agents,
+		JS:     f.js, Clusters: proj, Sync: fol.Sync, Signer: f.signer, Verifier: ver,
 		BootstrapTTL: 10 * time.Minute, CredentialTTL: time.Hour, RenewGrace: 24 * time.Hour, AgentEndpoint: "https://agents.example", IdentityRoot: "-----BEGIN PUBLIC KEY-----\n",
 		Now:         func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return *f.now },
 		Instruments: telemetry.Instruments{Logger: log, Registerer: prometheus.NewRegistry(), Tracer: noop.NewTracerProvider().Tracer("t"), Propagator: propagation.TraceContext{}},

@@ -37,20 +37,21 @@ import (
 
 func main() {
 	var (
-		common    svc.Common
-		listen    string
-		natsFlags svc.NATS
-		id        string
-		ka        tunnel.Keepalive
-		idleProbe time.Duration
-		keys      string
-		registry  string
-		mtls      svc.MTLS
-		heartbeat time.Duration
-		moveWait  time.Duration
-		natsGrace time.Duration
-		serving   svc.ServingCert
-		cleartext bool
+		common     svc.Common
+		listen     string
+		natsFlags  svc.NATS
+		id         string
+		ka         tunnel.Keepalive
+		idleProbe  time.Duration
+		keys       string
+		registry   string
+		mtls       svc.MTLS
+		heartbeat  time.Duration
+		reannounce time.Duration
+		moveWait   time.Duration
+		natsGrace  time.Duration
+		serving    svc.ServingCert
+		cleartext  bool
 	)
 	fs := flag.NewFlagSet("subscriber", flag.ExitOnError)
 	common.Register(fs)
@@ -67,7 +68,8 @@ func main() {
 	mtls.Register(fs, "")
 	fs.DurationVar(&moveWait, "move-timeout", 10*time.Second, "on SIGTERM, how long to wait for agents to connect elsewhere before taking no more of their requests")
 	fs.DurationVar(&natsGrace, "nats-grace", 3*time.Second, "how long the subscriber may be without NATS before it asks its agents to move")
-	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often each agent stream is reported alive to agent-registry")
+	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often this subscriber renews its lease, which vouches to agent-registry for all its agent streams")
+	fs.DurationVar(&reannounce, "reannounce-interval", 24*time.Hour, "how often every agent stream is announced again (jittered), so agent events older than this may age out of the AGENTS stream")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)
 
@@ -96,13 +98,18 @@ func main() {
 		if err != nil {
 			return err
 		}
-		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096),
+		// An event not stored, or whose ack never came, makes the
+		// subscriber announce its streams again (ADR 014).
+		events := &subscriber.JetStreamEvents{Log: env.Log}
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second),
 			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+				events.Lost()
 				env.Log.Warn("agent event not stored", "subject", m.Subject, "err", err)
 			}))
 		if err != nil {
 			return err
 		}
+		events.JS = js
 		cat := clusters.NewProjection()
 		follower, err := clusters.NewFollower(js, cat, env.Log)
 		if err != nil {
@@ -111,7 +118,7 @@ func main() {
 		srv, err := subscriber.New(subscriber.Config{
 			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, MoveTimeout: moveWait, NATSGrace: natsGrace,
 			Clusters:    catalog{cat, follower},
-			Events:      subscriber.JetStreamEvents{JS: js, Log: env.Log},
+			Events:      events,
 			Instruments: env.Telemetry.Instruments(),
 		})
 		if err != nil {
@@ -122,7 +129,7 @@ func main() {
 				srv.Revoke(c.Cluster.ID, c.Cluster.UID)
 			}
 		})
-		go srv.Heartbeats(ctx, heartbeat)
+		go srv.Vouch(ctx, heartbeat, reannounce)
 		go follower.Run(ctx)
 		// Not ready before the catalog is read: every agent would be
 		// refused as revoked.

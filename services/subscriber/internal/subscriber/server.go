@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -45,7 +46,8 @@ type Config struct {
 	// whether its cluster still exists as the same cluster (same uid).
 	Credentials *agentcred.Verifier
 	Clusters    Clusters
-	// Events gets each stream's connect, disconnect and heartbeats.
+	// Events gets each stream's connect and disconnect, and the lease
+	// that vouches for them all.
 	Events Events
 	// MoveTimeout is how long a draining subscriber waits for its agents
 	// to connect elsewhere before it stops taking their requests anyway.
@@ -91,6 +93,9 @@ type Server struct {
 	listeners *listeners
 	// refusals logs refused agent credentials, at a bounded rate.
 	refusals *ratelog.Logger
+	// incarnation stamps this process's agent events; a new one is
+	// taken to announce every stream again (ADR 014).
+	incarnation atomic.Pointer[string]
 }
 
 // refusalLines is how many refused credentials a second are logged.
@@ -143,6 +148,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}, listeners: newListeners(cfg.NATS)}
+	first := newID()
+	s.incarnation.Store(&first)
 	// Anyone who reaches the public endpoint can present a bad credential:
 	// a few lines a second say so, the counter counts them all.
 	var err error
@@ -383,8 +390,7 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 		return err
 	}
 	log.Info("agent connected", "agent_version", hello.AgentVersion, "kubernetes_version", hello.KubernetesVersion)
-	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Connected{Connected: &tetherv1.AgentConnected{
-		AgentVersion: hello.AgentVersion, KubernetesVersion: hello.KubernetesVersion}}})
+	s.event(sess, &tetherv1.AgentEvent{Kind: &tetherv1.AgentEvent_Connected{Connected: sess.announced}})
 	s.reportEnded(sess, hello.EndedSessions)
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()

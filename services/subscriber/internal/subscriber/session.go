@@ -31,6 +31,9 @@ type session struct {
 	// hello is closed once the agent was told it is connected (Welcome),
 	// before which no request may go to it (it waits for the Welcome).
 	hello chan struct{}
+	// announced is what the registry hears of the agent when the stream
+	// connects, and again when it is announced under a new incarnation.
+	announced *tetherv1.AgentConnected
 	// moved is closed when the agent says it has a stream elsewhere (its
 	// GoAway); done when the session is closed.
 	moved     chan struct{}
@@ -68,6 +71,7 @@ func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims ag
 		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
 		relays: map[uint64]*relay{}, nextID: 1,
 		moved: make(chan struct{}), done: make(chan struct{}), hello: make(chan struct{}),
+		announced: &tetherv1.AgentConnected{AgentVersion: hello.AgentVersion, KubernetesVersion: hello.KubernetesVersion},
 	}
 	s.expiry = time.AfterFunc(claims.Expires.Sub(srv.cfg.Now()), s.expired)
 	return s
