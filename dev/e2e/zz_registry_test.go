@@ -12,7 +12,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 )
 
-// Heartbeats in the e2e stack (main_test.go): every second, unhealthy
+// Leases in the e2e stack (main_test.go): renewed every second, unhealthy
 // after three without one.
 const e2eHeartbeatTimeout = 3 * time.Second
 
@@ -32,9 +32,9 @@ func agentOf(t *testing.T, cluster string) *tetherv1.AgentStatus {
 	return nil
 }
 
-// registryMatches: every stream the registry counts as alive (a heartbeat
-// within the timeout) is one a subscriber holds, and the reverse, stream
-// by stream for each subscriber.
+// registryMatches: every stream the registry counts as alive (vouched for
+// by a lease within the timeout) is one a subscriber holds, and the
+// reverse, stream by stream for each subscriber.
 func registryMatches(t *testing.T) bool {
 	t.Helper()
 	resp, err := env.stack.Clusters().ListClusters(context.Background(), connect.NewRequest(&tetherv1.ListClustersRequest{}))
@@ -120,8 +120,9 @@ func TestRegistryFollowsTheAgents(t *testing.T) {
 	})
 	devStillServed(t)
 
-	// Both subscribers freeze: nobody reports, the heartbeats stop, and
-	// the registry calls the agent unhealthy.
+	// Both subscribers freeze: nobody reports, their leases run out, and
+	// the registry calls the agent unhealthy; one timeout later it sweeps
+	// the streams, as events (ADR 014).
 	if err := env.stack.Process("subscriber-1").Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -129,14 +130,17 @@ func TestRegistryFollowsTheAgents(t *testing.T) {
 	waitFor(t, 3*e2eHeartbeatTimeout, func() bool {
 		return agentOf(t, "dev").GetState() == tetherv1.AgentState_AGENT_STATE_UNHEALTHY
 	})
+	waitFor(t, 3*e2eHeartbeatTimeout, func() bool {
+		return agentOf(t, "dev").GetState() == tetherv1.AgentState_AGENT_STATE_DISCONNECTED
+	})
 	for _, name := range frozen {
 		if err := env.stack.Process(name).Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
 	}
 	frozen = nil
-	// Back: the agent's streams are reported again, and the view matches
-	// the subscribers.
+	// Back: each subscriber finds its lease lapsed and announces its
+	// streams again, and the view matches the subscribers.
 	waitFor(t, 30*time.Second, func() bool {
 		return agentOf(t, "dev").GetState() == tetherv1.AgentState_AGENT_STATE_CONNECTED && registryMatches(t)
 	})

@@ -293,10 +293,7 @@ func (v *AgentView) sweep(ctx context.Context) error {
 	}
 	for cluster, st := range v.model {
 		for _, s := range st.GetStreams() {
-			if s.GetSubscriberIncarnation() == "" {
-				continue
-			}
-			if ok, _ := v.leases.alive(s, now); !ok {
+			if v.leases.dead(s, now) {
 				dead = append(dead, &tetherv1.AgentEvent{ClusterId: cluster, SessionId: s.GetSessionId(), SubscriberId: s.GetSubscriberId(),
 					SubscriberIncarnation: s.GetSubscriberIncarnation(), TimeUnixNano: now.UnixNano(),
 					Kind: &tetherv1.AgentEvent_Disconnected{Disconnected: &tetherv1.AgentDisconnected{

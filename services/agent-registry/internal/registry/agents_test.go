@@ -141,6 +141,31 @@ func TestAlive(t *testing.T) {
 	}
 }
 
+func TestDead(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := newLeases(30*time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l.put("fresh", []string{"a"}, now.Add(-10*time.Second))
+	l.put("late", []string{"a"}, now.Add(-45*time.Second))
+	l.put("gone", []string{"a"}, now.Add(-61*time.Second))
+	tests := []struct {
+		sub, inc string
+		want     bool
+	}{
+		{"fresh", "a", false},
+		{"fresh", "b", true}, // the lease no longer names it
+		{"late", "a", false}, // unhealthy, not yet swept
+		{"gone", "a", true},  // two timeouts unrenewed
+		{"never", "a", true}, // no lease at all, and an old stream
+		{"fresh", "", false}, // an old subscriber's: by its heartbeats, never swept
+	}
+	for _, tt := range tests {
+		s := &tetherv1.AgentStream{SubscriberId: tt.sub, SubscriberIncarnation: tt.inc, ConnectedUnix: now.Add(-time.Hour).Unix(), LastHeartbeatUnix: now.Add(-time.Hour).Unix()}
+		if got := l.dead(s, now); got != tt.want {
+			t.Errorf("%s/%s: dead %v, want %v", tt.sub, tt.inc, got, tt.want)
+		}
+	}
+}
+
 // A lease that expires, or that stops naming an incarnation, asks for one
 // sweep; a renewal naming the same ones does not.
 func TestLeasesAskForSweeps(t *testing.T) {
@@ -165,16 +190,21 @@ func TestLeasesAskForSweeps(t *testing.T) {
 		t.Fatal("no sweep when incarnation a was dropped")
 	}
 	l.expire(now.Add(40 * time.Second))
-	if !asked() {
-		t.Fatal("no sweep when the lease expired")
+	if asked() {
+		t.Fatal("a sweep asked one timeout past the lease: its streams only show unhealthy")
 	}
-	l.expire(now.Add(50 * time.Second))
+	l.expire(now.Add(70 * time.Second))
+	if !asked() {
+		t.Fatal("no sweep two timeouts past the lease")
+	}
+	l.expire(now.Add(80 * time.Second))
 	if asked() {
 		t.Fatal("an expired lease swept twice")
 	}
-	// Renewed after expiring: its incarnation died meanwhile (its streams
-	// were swept); the renewal sweeps again what was announced before.
-	l.put("sub-0", []string{"b"}, now.Add(51*time.Second))
+	// Renewed after expiring: its streams were swept meanwhile, and the
+	// subscriber announces them under a new incarnation; what is left of
+	// the old one is swept again.
+	l.put("sub-0", []string{"b"}, now.Add(81*time.Second))
 	if !asked() {
 		t.Fatal("no sweep after an expired lease came back")
 	}

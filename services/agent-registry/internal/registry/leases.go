@@ -40,7 +40,8 @@ type lease struct {
 	incarnations []string
 	// at is when the lease was stored, by the NATS server's clock.
 	at time.Time
-	// expired is set once the expiry was noticed, so it is swept once.
+	// expired is set once the lease is past sweeping, so its streams
+	// are swept once.
 	expired bool
 }
 
@@ -116,8 +117,10 @@ func (l *leases) askSweep() {
 	}
 }
 
-// expire notices leases that ran out since it last looked, and asks for
-// a sweep of their streams: a cost per subscriber, not per stream.
+// expire notices leases unrenewed for two timeouts since it last looked,
+// and asks for a sweep of their streams: a cost per subscriber, not per
+// stream. For the first timeout past expiry the streams show unhealthy
+// (a subscriber frozen or cut off for a moment keeps them), then go.
 func (l *leases) expire(now time.Time) {
 	var any bool
 	l.mu.Lock()
@@ -125,7 +128,7 @@ func (l *leases) expire(now time.Time) {
 		switch {
 		case now.Sub(ls.at) > leaseRetention:
 			delete(l.m, id)
-		case !ls.expired && now.Sub(ls.at) > l.timeout:
+		case !ls.expired && now.Sub(ls.at) > 2*l.timeout:
 			ls.expired, any = true, true
 			l.log.Warn("subscriber lease expired: its streams are swept", "subscriber", id, "incarnations", ls.incarnations, "renewed", ls.at)
 		}
@@ -134,6 +137,21 @@ func (l *leases) expire(now time.Time) {
 	if any {
 		l.askSweep()
 	}
+}
+
+// dead: a stream reported with an incarnation whose subscriber's lease no
+// longer names it, or has been unrenewed for two timeouts. It is swept.
+func (l *leases) dead(s *tetherv1.AgentStream, now time.Time) bool {
+	if s.GetSubscriberIncarnation() == "" {
+		return false
+	}
+	if ok, _ := l.alive(s, now); ok {
+		return false
+	}
+	l.mu.RLock()
+	ls, ok := l.m[s.GetSubscriberId()]
+	l.mu.RUnlock()
+	return !ok || !slices.Contains(ls.incarnations, s.GetSubscriberIncarnation()) || now.Sub(ls.at) > 2*l.timeout
 }
 
 // alive: a stream reported with an incarnation is alive while its

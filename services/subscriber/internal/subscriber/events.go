@@ -63,19 +63,26 @@ func (s *Server) reportEnded(sess *session, ended []string) {
 
 // Vouch keeps this subscriber's lease until ctx ends: every interval it
 // stores a lease naming its incarnation, so agent-registry holds its
-// streams alive without an event per stream. When a report was lost, and
-// once every reannounce (jittered), it moves to a new incarnation and
-// announces every stream again under it; the old incarnation's streams,
-// which then include any whose end was lost, are swept by the registry.
+// streams alive without an event per stream. It moves to a new
+// incarnation and announces every stream again under it when a report was
+// lost, when its lease went unrenewed for two intervals (the registry may
+// have swept its streams meanwhile), and once every reannounce (jittered);
+// the old incarnation's streams, which then include any whose end was
+// lost, are swept by the registry.
 func (s *Server) Vouch(ctx context.Context, interval, reannounce time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	due := s.cfg.Now().Add(jitter(reannounce))
-	var previous string // an incarnation whose streams are being announced anew
+	var (
+		previous string    // an incarnation whose streams are being announced anew
+		renewed  time.Time // the last lease stored
+	)
 	for {
+		now := s.cfg.Now()
+		lapsed := !renewed.IsZero() && now.Sub(renewed) > 2*interval
 		// TakeLost comes last: a loss during an announcement is repaired
 		// by the announcement, which covers every stream.
-		if previous != "" || !s.cfg.Now().Before(due) || s.cfg.Events.TakeLost() {
+		if previous != "" || lapsed || !now.Before(due) || s.cfg.Events.TakeLost() {
 			if previous == "" {
 				previous = *s.incarnation.Load()
 				next := newID()
@@ -88,8 +95,12 @@ func (s *Server) Vouch(ctx context.Context, interval, reannounce time.Duration) 
 				previous, due = "", s.cfg.Now().Add(jitter(reannounce))
 			}
 		}
-		if err := s.lease(ctx, previous); err != nil && ctx.Err() == nil {
-			s.log.Warn("renewing the subscriber's lease", "err", err)
+		if err := s.lease(ctx, previous); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("renewing the subscriber's lease", "err", err)
+			}
+		} else {
+			renewed = s.cfg.Now()
 		}
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,9 @@ type fakeEvents struct {
 	mu        sync.Mutex
 	lost      bool
 	storeErrs int
+	// leaseErrs fails the leases after the first this many times.
+	leaseErrs int
+	leased    int
 	leases    [][]string
 	stored    []*tetherv1.AgentEvent
 }
@@ -47,6 +50,11 @@ func (f *fakeEvents) Store(_ context.Context, evs []*tetherv1.AgentEvent) error 
 func (f *fakeEvents) Lease(_ context.Context, l *tetherv1.SubscriberLease) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.leased++
+	if f.leased > 1 && f.leaseErrs > 0 {
+		f.leaseErrs--
+		return errors.New("no JetStream")
+	}
 	if n := len(f.leases); n == 0 || !slices.Equal(f.leases[n-1], l.GetIncarnations()) {
 		f.leases = append(f.leases, l.GetIncarnations())
 	}
@@ -126,6 +134,33 @@ func TestVouchAnnouncesAgainAfterALostReport(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A lease unrenewed for more than two intervals (a subscriber frozen, or
+// cut off from NATS) may have had its streams swept: once it can, the
+// subscriber announces them again under a new incarnation.
+func TestVouchAnnouncesAgainAfterALapse(t *testing.T) {
+	events := &fakeEvents{leaseErrs: 3}
+	s := testServer(events)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); s.Vouch(ctx, 10*time.Millisecond, time.Hour) }()
+	for {
+		if _, stored := events.snapshot(); len(stored) == 2 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the streams were not announced again after the lapse")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	leases, _ := events.snapshot()
+	if len(leases) < 2 || !slices.Equal(leases[0], []string{"first"}) || leases[len(leases)-1][0] == "first" {
+		t.Fatalf("leases %v", leases)
 	}
 }
 
