@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,36 +103,40 @@ func (c *Conn) Receive() (*tetherv1.Frame, error) {
 // or goes quiet, or ctx ends. It answers Ping itself and passes every other
 // frame to handle. handle must not block for long: it holds up every stream.
 func (c *Conn) Run(ctx context.Context, handle func(*tetherv1.Frame) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var dead, pinging atomic.Bool
-	go func() {
-		t := time.NewTicker(c.keepalive.Interval / 2)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				c.abort()
-				return
-			case now := <-t.C:
-				quiet := now.Sub(time.Unix(0, c.lastRecv.Load()))
-				if quiet >= c.keepalive.Timeout {
-					dead.Store(true)
-					c.abort()
-					return
-				}
-				// The ping goes out on its own goroutine: a Send blocked behind
-				// a full window to a dead peer must not stop this loop from
-				// declaring it dead.
-				if quiet >= c.keepalive.Interval && pinging.CompareAndSwap(false, true) {
-					go func() {
-						defer pinging.Store(false)
-						// A failed send shows up as a failed Receive soon enough.
-						_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: c.nonce.Add(1)}}})
-					}()
-				}
-			}
+	var dead, pinging, done atomic.Bool
+	// The keepalive is a timer, not a goroutine: an idle connection costs
+	// none (thousands are held per process). A ping goes out on a
+	// goroutine of its own: a Send blocked behind a full window to a dead
+	// peer must not stop the timer from declaring it dead.
+	var t *time.Timer
+	t = time.AfterFunc(time.Duration(math.MaxInt64), func() {
+		if done.Load() {
+			return
 		}
+		quiet := time.Since(time.Unix(0, c.lastRecv.Load()))
+		if quiet >= c.keepalive.Timeout {
+			dead.Store(true)
+			c.abort()
+			return
+		}
+		if quiet >= c.keepalive.Interval && pinging.CompareAndSwap(false, true) {
+			go func() {
+				defer pinging.Store(false)
+				// A failed send shows up as a failed Receive soon enough.
+				_ = c.Send(&tetherv1.Frame{Kind: &tetherv1.Frame_Ping{Ping: &tetherv1.Ping{Nonce: c.nonce.Add(1)}}})
+			}()
+		}
+		t.Reset(c.keepalive.Interval / 2)
+	})
+	// Armed only now that t is set, which the callback reads.
+	t.Reset(c.keepalive.Interval / 2)
+	stopAbort := context.AfterFunc(ctx, c.abort)
+	defer func() {
+		done.Store(true)
+		t.Stop()
+		stopAbort()
+		// Returning ends the stream, as the goroutine's cancel did.
+		c.abort()
 	}()
 	for {
 		f, err := c.t.Receive()

@@ -134,7 +134,7 @@ func main() {
 		// Not ready before the catalog is read: every agent would be
 		// refused as revoked.
 		env.Admin.AddCheck("clusters", follower.Ready)
-		path, h := tetherv1connect.NewTunnelServiceHandler(srv, tunnel.HandlerOptions())
+		path, h := srv.Handler()
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
 		// The agents' endpoint is public (agents prove themselves with

@@ -11,7 +11,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -224,34 +226,37 @@ func (s *Server) sessionList() []*session {
 	return out
 }
 
+// Handler serves TunnelService at the path it returns. Each stream's
+// request body is handed to Connect, which closes it to break its own
+// blocked Receive: a dead agent's stream ends without a goroutine per
+// stream standing by to return the handler.
+func (s *Server) Handler() (string, http.Handler) {
+	path, h := tetherv1connect.NewTunnelServiceHandler(s, tunnel.HandlerOptions())
+	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyKey{}, r.Body)))
+	})
+}
+
+type bodyKey struct{}
+
 // Connect serves one agent's stream for as long as it lasts.
 func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv1.Frame, tetherv1.Frame]) error {
+	body, ok := ctx.Value(bodyKey{}).(io.Closer)
+	if !ok {
+		return connect.NewError(connect.CodeInternal, errors.New("subscriber: TunnelService must be served by Server.Handler"))
+	}
 	// Nothing is read from an agent that has not shown a credential.
 	claims, err := s.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
 	if err != nil {
 		return err
 	}
-	// A blocked Receive on a server stream ends only when the handler
-	// returns, so the keepalive's abort makes this handler return.
-	aborted := make(chan struct{})
-	var once sync.Once
-	abort := func() { once.Do(func() { close(aborted) }) }
-	conn, err := tunnel.NewConn(stream, s.cfg.Keepalive, abort)
+	// Closing the request body makes a blocked Receive return (HTTP/2
+	// breaks the body's pipe), and the handler with it.
+	conn, err := tunnel.NewConn(stream, s.cfg.Keepalive, func() { _ = body.Close() })
 	if err != nil {
 		return connect.NewError(connect.CodeInternal, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.serve(ctx, conn, claims) }()
-	select {
-	case err = <-done:
-	case <-aborted:
-		select {
-		case err = <-done: // serve ended on its own; Run aborts on its way out
-		default:
-			// serve is stuck in Receive; returning is what unblocks it.
-			err = connect.NewError(connect.CodeUnavailable, errors.New("agent stream aborted"))
-		}
-	}
+	err = s.serve(ctx, conn, claims)
 	// Nothing may write to the stream once the handler returns: NATS
 	// callbacks and probes still hold conn.
 	conn.Close()
@@ -395,10 +400,7 @@ func (s *Server) serve(ctx context.Context, conn *tunnel.Conn, claims agentcred.
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
-	probeCtx, stopProbe := context.WithCancel(ctx)
-	go sess.probeIdle(probeCtx)
 	err = conn.Run(ctx, sess.handle)
-	stopProbe()
 	sess.close(fmt.Sprintf("agent of cluster %q disconnected", sess.cluster))
 	log.Info("agent disconnected", "err", err)
 	reason := "stream ended"

@@ -47,8 +47,13 @@ type session struct {
 	expiry  *time.Timer
 	relays  map[uint64]*relay
 	nextID  uint64
-	data    *nats.Subscription // the session's own frames
+	data    *nats.Subscription // the session's own frames, while it relays
 	closing bool
+	// lastOpen is when the session last took a request.
+	lastOpen time.Time
+	// probe runs probeIdle while the session relays requests; an idle
+	// stream has none (ADR 014's per-stream budget).
+	probe *time.Timer
 }
 
 // relay is one request: where its router listens, and which halves ended.
@@ -173,22 +178,31 @@ func (s *session) renew(token string) error {
 	return nil
 }
 
-// listen subscribes for this session's frames, then takes its cluster's
-// requests (listeners.join, which flushes, so routers see the interest
-// before the agent is told it is connected).
+// listen takes the cluster's requests (listeners.join, which flushes, so
+// routers see the interest before the agent is told it is connected). The
+// session's own frames are subscribed to with its first request.
 func (s *session) listen() error {
+	return s.srv.listeners.join(s)
+}
+
+// subscribe makes sure the session's frames are subscribed to, before
+// anything of a request goes to its router (which then knows where to
+// send them): NATS takes a connection's SUB before its later PUBs. Called
+// with s.mu held. An idle session drops the subscription (probeIdle), so
+// it costs no goroutine.
+func (s *session) subscribe() error {
+	s.lastOpen = time.Now()
+	if s.data != nil {
+		return nil
+	}
 	data, err := s.srv.cfg.NATS.Subscribe(subject.SessionWildcard(s.id), s.fromRouter)
 	if err != nil {
 		return fmt.Errorf("subscribing to session frames: %w", err)
 	}
-	_ = data.SetPendingLimits(-1, 256<<20)
-	s.mu.Lock()
+	// The routers' windows bound what a request may have in flight; this
+	// bounds the whole session's backlog whatever they do.
+	_ = data.SetPendingLimits(64<<10, 256<<20)
 	s.data = data
-	s.mu.Unlock()
-	if err := s.srv.listeners.join(s); err != nil {
-		_ = data.Unsubscribe()
-		return err
-	}
 	return nil
 }
 
@@ -207,6 +221,10 @@ func (s *session) close(why string) {
 	s.closing = true
 	close(s.done)
 	s.expiry.Stop()
+	if s.probe != nil {
+		s.probe.Stop()
+		s.probe = nil
+	}
 	data := s.data
 	s.data = nil
 	relays := s.relays
@@ -286,6 +304,13 @@ func (s *session) open(m *nats.Msg) {
 		natslink.Refuse(s.srv.cfg.NATS, m, "agent disconnected")
 		return
 	}
+	if err := s.subscribe(); err != nil {
+		s.mu.Unlock()
+		span.End()
+		s.log.Warn("refusing a request", "err", err)
+		natslink.Refuse(s.srv.cfg.NATS, m, "subscriber lost NATS")
+		return
+	}
 	id := s.nextID
 	s.nextID += 2
 	if !mutates {
@@ -300,6 +325,9 @@ func (s *session) open(m *nats.Msg) {
 		})
 	}
 	s.relays[id] = r
+	if s.probe == nil {
+		s.probe = time.AfterFunc(s.srv.cfg.IdleProbe/2, s.probeIdle)
+	}
 	s.mu.Unlock()
 	s.srv.metrics.inflight.Inc()
 	if mutates {
@@ -510,44 +538,50 @@ func (s *session) routerGone(id uint64) {
 }
 
 // probeIdle asks the routers of quiet requests whether they still want them,
-// so a router that died does not leave a watch running at the agent.
-func (s *session) probeIdle(ctx context.Context) {
-	t := time.NewTicker(s.srv.cfg.IdleProbe / 2)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		cutoff := time.Now().Add(-s.srv.cfg.IdleProbe).UnixNano()
+// so a router that died does not leave a watch running at the agent. It
+// runs every IdleProbe/2 while the session relays anything, or took a
+// request in that time; then it drops the session's subscription.
+func (s *session) probeIdle() {
+	defer func() {
 		s.mu.Lock()
-		var quiet []uint64
-		for id, r := range s.relays {
-			if r.lastRecv.Load() < cutoff {
-				quiet = append(quiet, id)
+		defer s.mu.Unlock()
+		switch {
+		case s.closing:
+			s.probe = nil
+		case len(s.relays) > 0 || time.Since(s.lastOpen) < s.srv.cfg.IdleProbe/2:
+			s.probe.Reset(s.srv.cfg.IdleProbe / 2)
+		default:
+			s.probe = nil
+			if s.data != nil {
+				_ = s.data.Unsubscribe()
+				s.data = nil
 			}
 		}
-		s.mu.Unlock()
-		var ids []uint64
-		var relays []*relay
-		var subjs []string
-		s.mu.Lock()
-		for _, id := range quiet {
-			if r, ok := s.relays[id]; ok {
-				ids, relays, subjs = append(ids, id), append(relays, r), append(subjs, r.router)
-			}
+	}()
+	cutoff := time.Now().Add(-s.srv.cfg.IdleProbe).UnixNano()
+	var ids []uint64
+	var relays []*relay
+	var subjs []string
+	s.mu.Lock()
+	for id, r := range s.relays {
+		if r.lastRecv.Load() < cutoff {
+			ids, relays, subjs = append(ids, id), append(relays, r), append(subjs, r.router)
 		}
-		s.mu.Unlock()
-		for i, err := range natslink.PingAll(ctx, s.srv.cfg.NATS, subjs, 5*time.Second) {
-			id, r := ids[i], relays[i]
-			if errors.Is(err, natslink.ErrGone) {
-				s.routerGone(id)
-				continue
-			}
-			if err == nil {
-				r.lastRecv.Store(time.Now().UnixNano())
-			}
+	}
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	// PingAll's own timeout bounds the probe; one that outlives the
+	// session finds nothing left to stop.
+	for i, err := range natslink.PingAll(context.Background(), s.srv.cfg.NATS, subjs, 5*time.Second) {
+		id, r := ids[i], relays[i]
+		if errors.Is(err, natslink.ErrGone) {
+			s.routerGone(id)
+			continue
+		}
+		if err == nil {
+			r.lastRecv.Store(time.Now().UnixNano())
 		}
 	}
 }
