@@ -59,7 +59,8 @@ type Config struct {
 	Version   string
 	// Rebalance is how often a stream that had to go beside another of the
 	// agent's streams tries to move to a subscriber of its own (default
-	// 15 s, jittered).
+	// 15 s, jittered), doubling after each round that found none, up to
+	// 16 times.
 	Rebalance time.Duration
 	// MutationTimeout bounds a mutation that runs on after its stream was
 	// lost, for a retry to find its result; RememberFor is how long that
@@ -319,15 +320,21 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 		return nil
 	}
 	var cur *held
+	// misses counts rounds in a row that found no subscriber of its own:
+	// each doubles the wait for the next, up to 16 times Rebalance, so a
+	// fleet whose other subscriber is down does not knock on it every 15 s
+	// for as long as it stays down.
+	misses := 0
 	for ctx.Err() == nil {
 		if cur == nil {
 			if cur = connect(nil, true, 0); cur == nil {
 				return
 			}
+			misses = 0
 		}
 		var rebalance <-chan time.Time
 		if cur.link.double {
-			rebalance = time.After(jitter(a.cfg.Rebalance))
+			rebalance = time.After(jitter(a.cfg.Rebalance << min(misses, maxRebalanceDoublings)))
 		}
 		select {
 		case err := <-cur.done:
@@ -361,9 +368,11 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 					cur.link.leave()
 					let(cur)
 				}
-				cur = h
+				cur, misses = h, 0
 			} else if cur.ended.Load() {
 				cur = nil
+			} else {
+				misses++
 			}
 		case <-ctx.Done():
 		}
@@ -375,6 +384,9 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 		cur.release()
 	}
 }
+
+// maxRebalanceDoublings caps the rebalance backoff at 16 times Rebalance.
+const maxRebalanceDoublings = 4
 
 // jitter is d plus up to half of it again, so a fleet does not move in step.
 func jitter(d time.Duration) time.Duration {
