@@ -29,6 +29,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -104,6 +105,19 @@ func main() {
 		for i := range ids {
 			ids[i] = fmt.Sprintf("%s-%05d", prefix, first+i)
 		}
+		// Not ready until every agent holds a stream; the check is there
+		// before anything else, so nobody reads readiness too early.
+		var ready atomic.Pointer[simulation]
+		env.Admin.AddCheck("fleet", func(context.Context) error {
+			sim := ready.Load()
+			if sim == nil {
+				return errors.New("making the clusters")
+			}
+			if c := sim.connected(); c < n {
+				return fmt.Errorf("%d of %d agents hold a stream", c, n)
+			}
+			return nil
+		})
 		start := time.Now()
 		tokens, err := ensureClusters(ctx, gatewayURL, gatewayCA, tokenFile, tenant, ids)
 		if err != nil {
@@ -116,12 +130,7 @@ func main() {
 		if err := env.Telemetry.Registry.Register(sim.collector()); err != nil {
 			return err
 		}
-		env.Admin.AddCheck("fleet", func(context.Context) error {
-			if c := sim.connected(); c < n {
-				return fmt.Errorf("%d of %d agents hold a stream", c, n)
-			}
-			return nil
-		})
+		ready.Store(sim)
 		var wg sync.WaitGroup
 		tick := time.NewTicker(time.Duration(float64(time.Second) / startRate))
 		defer tick.Stop()
