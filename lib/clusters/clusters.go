@@ -67,6 +67,9 @@ type Cluster struct {
 	LastEnrolled    time.Time
 	// Bootstrap is the current one-time token, if any is unused.
 	Bootstrap *Bootstrap
+	// Enrolled is the latest enrollment, while its token would still have
+	// been valid: the same agent asking again is answered again.
+	Enrolled *Enrolled
 	// Seq is the stream sequence of the cluster's latest event: a writer
 	// expects it, so two writers cannot both act on the same state.
 	Seq uint64
@@ -85,6 +88,24 @@ func (b *Bootstrap) Matches(token string, now time.Time) bool {
 	}
 	sum := sha256.Sum256([]byte(token))
 	return subtle.ConstantTimeCompare(sum[:], b.SHA256[:]) == 1
+}
+
+// Enrolled is an enrollment that used up a bootstrap token.
+type Enrolled struct {
+	Token        Bootstrap
+	IDSHA256     [32]byte
+	CredentialID string
+}
+
+// Matches reports whether token and the agent's enrollment id are those
+// of this enrollment, while the token would still have been valid. An
+// enrollment made without an id matches nothing.
+func (e *Enrolled) Matches(token, enrollmentID string, now time.Time) bool {
+	if e == nil || enrollmentID == "" || e.IDSHA256 == ([32]byte{}) || !e.Token.Matches(token, now) {
+		return false
+	}
+	sum := sha256.Sum256([]byte(enrollmentID))
+	return subtle.ConstantTimeCompare(sum[:], e.IDSHA256[:]) == 1
 }
 
 // Change is what an applied event did, for followers that act on it (a
@@ -173,6 +194,8 @@ func (p *Projection) Apply(seq uint64, ev *tetherv1.ClusterEvent) (skipped error
 			skipped = fmt.Errorf("enrollment of cluster %q with a token that is not its current one", id)
 			break
 		}
+		cl.Enrolled = &Enrolled{Token: *cl.Bootstrap, CredentialID: k.AgentEnrolled.GetCredentialId()}
+		copy(cl.Enrolled.IDSHA256[:], k.AgentEnrolled.GetEnrollmentIdSha256())
 		cl.Bootstrap = nil // used up
 		cl.Enrollments++
 		cl.LastEnrolled = at

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -496,4 +497,23 @@ func (b *blockingTransport) Send(*tetherv1.Frame) error { <-b.block; return errP
 func (b *blockingTransport) Receive() (*tetherv1.Frame, error) {
 	<-b.recv
 	return nil, io.EOF
+}
+
+func TestRetryAfter(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want time.Duration
+		ok   bool
+	}{
+		{"a hint, rounded up to seconds", fmt.Errorf("waiting for welcome: %w", RetryLater(connect.CodeResourceExhausted, errors.New("busy"), 1500*time.Millisecond)), 2 * time.Second, true},
+		{"at least a second", RetryLater(connect.CodeUnavailable, errors.New("busy"), 0), time.Second, true},
+		{"no hint", connect.NewError(connect.CodeUnavailable, errors.New("down")), 0, false},
+		{"not a Connect error", errors.New("eof"), 0, false},
+	}
+	for _, tt := range tests {
+		if got, ok := RetryAfter(tt.err); got != tt.want || ok != tt.ok {
+			t.Errorf("%s: %v, %v; want %v, %v", tt.name, got, ok, tt.want, tt.ok)
+		}
+	}
 }

@@ -369,9 +369,13 @@ type AgentEnrolled struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TokenSha256 []byte                 `protobuf:"bytes,1,opt,name=token_sha256,json=tokenSha256,proto3" json:"token_sha256,omitempty"`
 	// The id (jti) of the credential issued.
-	CredentialId  string `protobuf:"bytes,2,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CredentialId string `protobuf:"bytes,2,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// The hash of the agent's EnrollRequest.enrollment_id, if it sent one:
+	// the same agent asking again (its answer was lost) is answered again
+	// while the token would have been valid.
+	EnrollmentIdSha256 []byte `protobuf:"bytes,3,opt,name=enrollment_id_sha256,json=enrollmentIdSha256,proto3" json:"enrollment_id_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *AgentEnrolled) Reset() {
@@ -416,6 +420,13 @@ func (x *AgentEnrolled) GetCredentialId() string {
 		return x.CredentialId
 	}
 	return ""
+}
+
+func (x *AgentEnrolled) GetEnrollmentIdSha256() []byte {
+	if x != nil {
+		return x.EnrollmentIdSha256
+	}
+	return nil
 }
 
 type Cluster struct {
@@ -1596,8 +1607,13 @@ type EnrollRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId      string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	BootstrapToken string                 `protobuf:"bytes,2,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A random id the agent keeps for all its tries of one enrollment. The
+	// token is single-use: an enrollment whose answer was lost (a timeout)
+	// would otherwise leave the agent with a spent token and no credential.
+	// With the same token and id, the registry answers again.
+	EnrollmentId  string `protobuf:"bytes,3,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollRequest) Reset() {
@@ -1640,6 +1656,13 @@ func (x *EnrollRequest) GetClusterId() string {
 func (x *EnrollRequest) GetBootstrapToken() string {
 	if x != nil {
 		return x.BootstrapToken
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
 	}
 	return ""
 }
@@ -1852,10 +1875,11 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x0eClusterDeleted\"\\\n" +
 	"\x14BootstrapTokenIssued\x12!\n" +
 	"\ftoken_sha256\x18\x01 \x01(\fR\vtokenSha256\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"W\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"\x89\x01\n" +
 	"\rAgentEnrolled\x12!\n" +
 	"\ftoken_sha256\x18\x01 \x01(\fR\vtokenSha256\x12#\n" +
-	"\rcredential_id\x18\x02 \x01(\tR\fcredentialId\"\x83\x02\n" +
+	"\rcredential_id\x18\x02 \x01(\tR\fcredentialId\x120\n" +
+	"\x14enrollment_id_sha256\x18\x03 \x01(\fR\x12enrollmentIdSha256\"\x83\x02\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x10\n" +
@@ -1934,11 +1958,12 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x1aIssueBootstrapTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"V\n" +
 	"\x1bIssueBootstrapTokenResponse\x127\n" +
-	"\tbootstrap\x18\x01 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"W\n" +
+	"\tbootstrap\x18\x01 \x01(\v2\x19.tether.v1.BootstrapTokenR\tbootstrap\"|\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12'\n" +
-	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\"L\n" +
+	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\x12#\n" +
+	"\renrollment_id\x18\x03 \x01(\tR\fenrollmentId\"L\n" +
 	"\x0eEnrollResponse\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tether.v1.AgentCredentialR\n" +

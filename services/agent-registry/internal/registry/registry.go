@@ -283,13 +283,26 @@ func (r *Registry) enroll(ctx context.Context, m *tetherv1.EnrollRequest) (*conn
 		return nil, err
 	}
 	cl, ok := r.cfg.Clusters.Get(m.GetClusterId())
+	if ok && cl.Enrolled.Matches(m.GetBootstrapToken(), m.GetEnrollmentId(), r.cfg.Now()) {
+		// The same agent again: its first answer was lost.
+		r.cfg.Logger.Info("agent enrolled again with its spent token and its enrollment id", "cluster_id", cl.ID, "credential_id", cl.Enrolled.CredentialID)
+		cred, err := r.sign(cl, cl.Enrolled.CredentialID)
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(&tetherv1.EnrollResponse{Credential: cred}), nil
+	}
 	if !ok || !cl.Bootstrap.Matches(m.GetBootstrapToken(), r.cfg.Now()) {
 		r.cfg.Logger.Warn("enrollment refused", "cluster_id", m.GetClusterId(), "cluster_exists", ok)
 		return nil, errRefused
 	}
 	credID := agentcred.NewID()
-	ev := &tetherv1.ClusterEvent{ClusterId: cl.ID, Actor: "agent", Kind: &tetherv1.ClusterEvent_AgentEnrolled{
-		AgentEnrolled: &tetherv1.AgentEnrolled{TokenSha256: cl.Bootstrap.SHA256[:], CredentialId: credID}}}
+	enrolled := &tetherv1.AgentEnrolled{TokenSha256: cl.Bootstrap.SHA256[:], CredentialId: credID}
+	if id := m.GetEnrollmentId(); id != "" {
+		sum := sha256.Sum256([]byte(id))
+		enrolled.EnrollmentIdSha256 = sum[:]
+	}
+	ev := &tetherv1.ClusterEvent{ClusterId: cl.ID, Actor: "agent", Kind: &tetherv1.ClusterEvent_AgentEnrolled{AgentEnrolled: enrolled}}
 	// Expecting the state just read makes the token single-use even when
 	// two agents present it to two registries at once: one write wins.
 	if _, err := r.append(ctx, ev, cl.Seq); err != nil {

@@ -51,6 +51,12 @@ type fixture struct {
 	mu     *sync.Mutex
 }
 
+func (f fixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return *f.now
+}
+
 // newRegistry starts a registry, with its own projection and follower, on
 // the shared stream: several of them act as replicas.
 func (f fixture) newRegistry(t *testing.T, ctx context.Context) (*Registry, *clusters.Projection) {
@@ -71,7 +77,7 @@ func (f fixture) newRegistry(t *testing.T, ctx context.Context) (*Registry, *clu
 		Agents: agents,
 		JS:     f.js, Clusters: proj, Sync: fol.Sync, Signer: f.signer, Verifier: ver,
 		BootstrapTTL: 10 * time.Minute, CredentialTTL: time.Hour, RenewGrace: 24 * time.Hour, AgentEndpoint: "https://agents.example", IdentityRoot: "-----BEGIN PUBLIC KEY-----\n",
-		Now:         func() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return *f.now },
+		Now:         f.clock,
 		Instruments: telemetry.Instruments{Logger: log, Registerer: prometheus.NewRegistry(), Tracer: noop.NewTracerProvider().Tracer("t"), Propagator: propagation.TraceContext{}},
 	})
 	if err != nil {
@@ -279,6 +285,58 @@ func TestBootstrapTokenIsSingleUseAcrossReplicas(t *testing.T) {
 		wg.Wait()
 		if ok != 1 {
 			t.Fatalf("round %d: %d enrollments with one token", round, ok)
+		}
+	}
+}
+
+// An enrollment whose answer was lost: the same agent, with its spent
+// token and its enrollment id, is answered again with the same
+// credential id, while the token would have been valid. Nobody else is:
+// not without the id, not with another.
+func TestEnrollmentAnsweredAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newFixture(t, ctx)
+	r, _ := f.newRegistry(t, ctx)
+	resp, err := r.CreateCluster(ctx, connect.NewRequest(&tetherv1.CreateClusterRequest{Id: "x", Tenant: "acme"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := resp.Msg.GetBootstrap().GetToken()
+	ver, _ := agentcred.NewVerifier(f.signer.Public())
+	enroll := func(id string) (string, error) {
+		resp, err := r.Enroll(ctx, connect.NewRequest(&tetherv1.EnrollRequest{ClusterId: "x", BootstrapToken: token, EnrollmentId: id}))
+		if err != nil {
+			return "", err
+		}
+		claims, err := ver.Verify(resp.Msg.GetCredential().GetToken(), f.clock())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return claims.ID, nil
+	}
+	first, err := enroll("agent-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		id      string
+		advance time.Duration
+		want    connect.Code
+	}{
+		{"the same agent again", "agent-key", 0, 0},
+		{"another enrollment id", "thief", 0, connect.CodeUnauthenticated},
+		{"no enrollment id", "", 0, connect.CodeUnauthenticated},
+		{"the same agent once the token would have expired", "agent-key", 11 * time.Minute, connect.CodeUnauthenticated},
+	}
+	for _, tt := range tests {
+		f.mu.Lock()
+		*f.now = f.now.Add(tt.advance)
+		f.mu.Unlock()
+		id, err := enroll(tt.id)
+		if ok := err == nil && tt.want == 0 && id == first || err != nil && code(err) == tt.want; !ok {
+			t.Errorf("%s: credential %q, %v; want %v and %q", tt.name, id, err, tt.want, first)
 		}
 	}
 }

@@ -302,6 +302,11 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 					continue // refused before its Welcome: the next at once
 				}
 				d := b.Next()
+				if hint, ok := tunnel.RetryAfter(err); ok {
+					// A subscriber taking a storm of reconnects at its pace:
+					// come back within the time it asked, spread out.
+					d = max(d, hint/2+time.Duration(mrand.Int64N(int64(hint))))
+				}
 				a.log.Warn("no stream to subscriber; trying the next", "slot", i, "err", err, "in", d.Round(time.Millisecond))
 				select {
 				case <-ctx.Done():

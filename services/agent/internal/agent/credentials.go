@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/tether-dev/tether/lib/agentcred"
 	"github.com/tether-dev/tether/lib/backoff"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
@@ -64,6 +65,10 @@ type Credentials struct {
 	// refused is a token a subscriber refused (revoked): never offered to
 	// a subscriber again, only to the registry, which has the last word.
 	refused string
+	// enrollmentID is sent with every try of one enrollment: if an answer
+	// is lost, the registry answers the same agent again, though the
+	// token is spent.
+	enrollmentID string
 }
 
 // Refused records that a subscriber refused the current credential, so
@@ -127,7 +132,10 @@ func (c *Credentials) Token(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no usable credential, and no bootstrap token: %w", err)
 	}
-	resp, err := c.Enrollment.Enroll(ctx, connect.NewRequest(&tetherv1.EnrollRequest{ClusterId: c.ClusterID, BootstrapToken: bt}))
+	if c.enrollmentID == "" {
+		c.enrollmentID = agentcred.NewID()
+	}
+	resp, err := c.Enrollment.Enroll(ctx, connect.NewRequest(&tetherv1.EnrollRequest{ClusterId: c.ClusterID, BootstrapToken: bt, EnrollmentId: c.enrollmentID}))
 	if err != nil {
 		return "", fmt.Errorf("enrolling with the bootstrap token: %w", err)
 	}

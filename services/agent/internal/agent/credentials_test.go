@@ -23,6 +23,8 @@ type fakeEnrollment struct {
 	enrolls  int
 	renewals int
 	failNext error
+	// enrollIDs are the enrollment ids each Enroll carried.
+	enrollIDs []string
 	// revoked are the credentials of a deleted cluster: never renewed.
 	revoked map[string]bool
 }
@@ -34,8 +36,14 @@ func (f *fakeEnrollment) issue(prefix string, n int) *tetherv1.AgentCredential {
 func (f *fakeEnrollment) Enroll(_ context.Context, req *connect.Request[tetherv1.EnrollRequest]) (*connect.Response[tetherv1.EnrollResponse], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.enrollIDs = append(f.enrollIDs, req.Msg.GetEnrollmentId())
 	if req.Msg.GetBootstrapToken() != "bt" {
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("bootstrap token refused"))
+	}
+	if err := f.failNext; err != nil {
+		// The answer is lost on its way back.
+		f.failNext = nil
+		return nil, err
 	}
 	f.enrolls++
 	return connect.NewResponse(&tetherv1.EnrollResponse{Credential: f.issue("enrolled-", f.enrolls)}), nil
@@ -150,5 +158,21 @@ func TestCredentialsRenewBeforeExpiry(t *testing.T) {
 	}
 	if tok, _ := c.Token(ctx); tok != "renewed-1" {
 		t.Fatalf("Token after renewal = %q", tok)
+	}
+}
+
+// Every try of one enrollment carries the same enrollment id, so the
+// registry can answer again an agent whose first answer was lost.
+func TestCredentialsEnrollWithOneIDAcrossTries(t *testing.T) {
+	f := &fakeEnrollment{ttl: time.Hour, failNext: connect.NewError(connect.CodeDeadlineExceeded, errors.New("timed out"))}
+	c, _ := newCredentials(t, f, "bt")
+	if _, err := c.Token(context.Background()); err == nil {
+		t.Fatal("the lost answer was not an error")
+	}
+	if tok, err := c.Token(context.Background()); err != nil || tok != "enrolled-1" {
+		t.Fatalf("Token = %q, %v", tok, err)
+	}
+	if len(f.enrollIDs) != 2 || f.enrollIDs[0] == "" || f.enrollIDs[0] != f.enrollIDs[1] {
+		t.Fatalf("enrollment ids %q", f.enrollIDs)
 	}
 }

@@ -48,6 +48,8 @@ func main() {
 		mtls       svc.MTLS
 		heartbeat  time.Duration
 		reannounce time.Duration
+		admitRate  float64
+		admitBurst int
 		moveWait   time.Duration
 		natsGrace  time.Duration
 		serving    svc.ServingCert
@@ -68,6 +70,8 @@ func main() {
 	mtls.Register(fs, "")
 	fs.DurationVar(&moveWait, "move-timeout", 10*time.Second, "on SIGTERM, how long to wait for agents to connect elsewhere before taking no more of their requests")
 	fs.DurationVar(&natsGrace, "nats-grace", 3*time.Second, "how long the subscriber may be without NATS before it asks its agents to move")
+	fs.Float64Var(&admitRate, "admit-rate", 500, "new agent streams taken a second at most, beyond which agents are told when to come back (a reconnect storm); 0: no bound")
+	fs.IntVar(&admitBurst, "admit-burst", 1000, "new agent streams taken at once, beyond --admit-rate")
 	fs.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often this subscriber renews its lease, which vouches to agent-registry for all its agent streams")
 	fs.DurationVar(&reannounce, "reannounce-interval", 24*time.Hour, "how often every agent stream is announced again (jittered), so agent events older than this may age out of the AGENTS stream")
 	_ = fs.Parse(os.Args[1:])
@@ -117,6 +121,7 @@ func main() {
 		}
 		srv, err := subscriber.New(subscriber.Config{
 			ID: id, NATS: nc, Keepalive: ka, IdleProbe: idleProbe, Credentials: verifier, MoveTimeout: moveWait, NATSGrace: natsGrace,
+			AdmitRate: admitRate, AdmitBurst: admitBurst,
 			Clusters:    catalog{cat, follower},
 			Events:      events,
 			Instruments: env.Telemetry.Instruments(),

@@ -57,7 +57,12 @@ type Config struct {
 	// NATSGrace is how long the subscriber may be without NATS before it
 	// asks its agents to move: a stream here serves nobody meanwhile.
 	NATSGrace time.Duration
-	Now       func() time.Time
+	// AdmitRate bounds the new agent streams taken a second, AdmitBurst
+	// at once; beyond them an agent is told when to come back. Zero: no
+	// bound.
+	AdmitRate  float64
+	AdmitBurst int
+	Now        func() time.Time
 
 	telemetry.Instruments
 }
@@ -94,7 +99,8 @@ type Server struct {
 	// listeners take each cluster's requests for its streams here.
 	listeners *listeners
 	// refusals logs refused agent credentials, at a bounded rate.
-	refusals *ratelog.Logger
+	refusals  *ratelog.Logger
+	admission *admission
 	// incarnation stamps this process's agent events; a new one is
 	// taken to announce every stream again (ADR 014).
 	incarnation atomic.Pointer[string]
@@ -149,7 +155,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("subscriber: registering metrics: %w", err)
 		}
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}, listeners: newListeners(cfg.NATS)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("subscriber", cfg.ID), metrics: m, sessions: map[string]*session{}, listeners: newListeners(cfg.NATS),
+		admission: newAdmission(cfg.AdmitRate, cfg.AdmitBurst)}
 	first := newID()
 	s.incarnation.Store(&first)
 	// Anyone who reaches the public endpoint can present a bad credential:
@@ -244,6 +251,10 @@ func (s *Server) Connect(ctx context.Context, stream *connect.BidiStream[tetherv
 	body, ok := ctx.Value(bodyKey{}).(io.Closer)
 	if !ok {
 		return connect.NewError(connect.CodeInternal, errors.New("subscriber: TunnelService must be served by Server.Handler"))
+	}
+	if wait, ok := s.admission.admit(s.cfg.Now()); !ok {
+		s.metrics.refused.WithLabelValues("admission").Inc()
+		return tunnel.RetryLater(connect.CodeResourceExhausted, errors.New("subscriber takes no more new agent streams this second"), wait)
 	}
 	// Nothing is read from an agent that has not shown a credential.
 	claims, err := s.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
