@@ -18,11 +18,12 @@ import (
 
 // fakeEnrollment issues numbered credentials that live ttl.
 type fakeEnrollment struct {
-	mu       sync.Mutex
-	ttl      time.Duration
-	enrolls  int
-	renewals int
-	failNext error
+	mu             sync.Mutex
+	ttl            time.Duration
+	enrolls        int
+	renewals       int
+	failNext       error
+	loseNextEnroll error
 	// enrollIDs are the enrollment ids each Enroll carried.
 	enrollIDs []string
 	// revoked are the credentials of a deleted cluster: never renewed.
@@ -40,9 +41,9 @@ func (f *fakeEnrollment) Enroll(_ context.Context, req *connect.Request[tetherv1
 	if req.Msg.GetBootstrapToken() != "bt" {
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("bootstrap token refused"))
 	}
-	if err := f.failNext; err != nil {
+	if err := f.loseNextEnroll; err != nil {
 		// The answer is lost on its way back.
-		f.failNext = nil
+		f.loseNextEnroll = nil
 		return nil, err
 	}
 	f.enrolls++
@@ -164,7 +165,7 @@ func TestCredentialsRenewBeforeExpiry(t *testing.T) {
 // Every try of one enrollment carries the same enrollment id, so the
 // registry can answer again an agent whose first answer was lost.
 func TestCredentialsEnrollWithOneIDAcrossTries(t *testing.T) {
-	f := &fakeEnrollment{ttl: time.Hour, failNext: connect.NewError(connect.CodeDeadlineExceeded, errors.New("timed out"))}
+	f := &fakeEnrollment{ttl: time.Hour, loseNextEnroll: connect.NewError(connect.CodeDeadlineExceeded, errors.New("timed out"))}
 	c, _ := newCredentials(t, f, "bt")
 	if _, err := c.Token(context.Background()); err == nil {
 		t.Fatal("the lost answer was not an error")
