@@ -23,6 +23,9 @@ type point struct {
 	fds        int
 	goroutines float64
 	streams    float64 // a subscriber's agent streams
+	// heap and stacks the Go runtime holds (its own metrics), in bytes:
+	// what of the RSS is live objects and goroutine stacks.
+	heapInuse, stackInuse float64
 }
 
 // snapshot is every sampled process at one moment.
@@ -59,6 +62,8 @@ func sample(s *stack.Stack, pids map[string]int, sims *fleet) snapshot {
 		} else {
 			p.goroutines, _ = s.Metric(name, "go_goroutines")
 			p.streams, _ = s.Metric(name, "tether_agent_streams")
+			p.heapInuse, _ = s.Metric(name, "go_memstats_heap_inuse_bytes")
+			p.stackInuse, _ = s.Metric(name, "go_memstats_stack_inuse_bytes")
 		}
 		snap.procs[name] = p
 	}
@@ -162,26 +167,27 @@ func (r *report) markdown() string {
 	} else {
 		fmt.Fprintf(&b, "%d agents enrolled (each with its own bootstrap token, from `EnsureClusters`) and held their streams %v after agentsim started (at %g agents/s). Then %v idle:\n\n", c.agents, r.connectTime.Round(time.Millisecond), c.startRate, c.idle)
 	}
-	b.WriteString("| Process | streams held | RSS (MiB) | RSS per stream (KiB) | goroutines | goroutines per stream | open files | CPU while idle (% of a core) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| Process | streams held | RSS (MiB) | RSS per stream (KiB) | of it heap in use, stacks (KiB) | goroutines | goroutines per stream | open files | CPU while idle (% of a core) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, name := range append(append([]string{}, tetherProcs...), "agentsim") {
 		p, ok := r.idle.procs[name]
 		if !ok {
 			continue
 		}
 		base := r.before.procs[name]
-		perStream, gPerStream := "", ""
+		perStream, gPerStream, split := "", "", ""
 		if p.streams > 0 {
 			perStream = fmt.Sprintf("%.1f", float64(p.rssKB-base.rssKB)/p.streams)
 			gPerStream = fmt.Sprintf("%.2f", (p.goroutines-base.goroutines)/p.streams)
+			split = fmt.Sprintf("%.1f, %.1f", (p.heapInuse-base.heapInuse)/1024/p.streams, (p.stackInuse-base.stackInuse)/1024/p.streams)
 		}
 		streams := ""
 		if p.streams > 0 {
 			streams = fmt.Sprintf("%.0f", p.streams)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %s | %s | %s | %d | %.1f |\n", name, streams, float64(p.rssKB)/1024, perStream, count(p.goroutines), gPerStream, p.fds,
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %s | %s | %s | %s | %d | %.1f |\n", name, streams, float64(p.rssKB)/1024, perStream, split, count(p.goroutines), gPerStream, p.fds,
 			100*r.idleCPU[name].Seconds()/c.idle.Seconds())
 	}
-	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`).\n\n")
+	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`). Heap in use and stacks are the Go runtime's own figures (`go_memstats_heap_inuse_bytes`, `go_memstats_stack_inuse_bytes`); the rest of the RSS is the collector's headroom, freed spans not yet returned and the runtime itself.\n\n")
 	var total float64
 	var per []string
 	for _, name := range writtenStreams {
