@@ -50,9 +50,11 @@ SCENARIO ?= steady
 AGENTS ?= 1000
 RATE ?= 200
 DURATION ?= 60s
+# storm: how long the killed subscriber stays down; negative: for good
+STORM_DOWN ?= 0s
 loadtest:
 	bash hack/kube/build.sh >/dev/null
-	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --out bench/results
+	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --storm-down $(STORM_DOWN) --out bench/results
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s

@@ -53,7 +53,8 @@ func load(t *testing.T, name string, env map[string]string) *script {
 		case "k6/http", "k6":
 			return ""
 		case "./lib.js":
-			return unexport(string(lib))
+			// lib.js's own k6 imports are stood in for the same way.
+			return unexport(importLine.ReplaceAllString(string(lib), ""))
 		default:
 			t.Fatalf("%s imports %s: only k6, k6/http and ./lib.js are stood in for", name, from)
 			return ""
@@ -161,6 +162,7 @@ func TestLoadScripts(t *testing.T) {
 		{"steady.js", "constant-arrival-rate", driver.Steady(100, time.Minute).Mix},
 		{"mixed.js", "constant-arrival-rate", driver.Mixed(100, time.Minute).Mix},
 		{"spike.js", "ramping-arrival-rate", driver.Spike(100, time.Minute).Mix},
+		{"storm.js", "constant-arrival-rate", driver.Steady(100, time.Minute).Mix},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			s := load(t, tc.file, env)
@@ -266,4 +268,46 @@ func keys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// soak.js runs the mixed load and holds the watches at once, for the
+// duration given (30 minutes unless told), as the driver's soak scenario.
+func TestSoakMatchesTheDriver(t *testing.T) {
+	e := map[string]string{"WATCHES": "50"}
+	for k, v := range env {
+		e[k] = v
+	}
+	for _, duration := range []string{"120s", ""} {
+		e["DURATION"] = duration
+		s := load(t, "soak.js", e)
+		checkThresholds(t, s)
+		scs, _ := s.options["scenarios"].(map[string]any)
+		mixed, _ := scs["mixed"].(map[string]any)
+		watches, _ := scs["watches"].(map[string]any)
+		want := duration
+		if want == "" {
+			want = "30m"
+		}
+		if len(scs) != 2 || mixed["executor"] != "constant-arrival-rate" || mixed["duration"] != want || mixed["rate"].(int64) != 100 ||
+			watches["executor"] != "per-vu-iterations" || watches["vus"].(int64) != 50 {
+			t.Fatalf("scenarios %v", scs)
+		}
+		for name, sc := range scs {
+			exec := sc.(map[string]any)["exec"].(string)
+			fn, ok := goja.AssertFunction(s.vm.Get(exec))
+			if !ok {
+				t.Fatalf("scenario %s runs %q, which is no function", name, exec)
+			}
+			if _, err := fn(goja.Undefined()); err != nil {
+				t.Fatalf("%s: %v", exec, err)
+			}
+		}
+		kinds := map[string]bool{}
+		for _, r := range *s.sent {
+			kinds[r.Method] = true
+		}
+		if !kinds["GET"] {
+			t.Fatalf("sent %v", *s.sent)
+		}
+	}
 }

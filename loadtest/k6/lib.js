@@ -1,3 +1,6 @@
+import http from 'k6/http';
+import { check } from 'k6';
+
 // Shared by the scenarios: where the requests go and who sends them, as
 // Tether's Go load driver (loadtest/driver) does. Environment:
 //   TETHER_URL     the gateway (https://GATEWAY), or several, comma-separated
@@ -49,4 +52,55 @@ export function seconds(d) {
     throw new Error('DURATION ' + d + ': want 90s or 5m');
   }
   return parseInt(m[1], 10) * (m[2] === 'm' ? 60 : 1);
+}
+
+// Weights of each kind of request, as driver.Mixed.
+export const mixWeights = { get: 60, list: 25, create: 5, patch: 10 };
+
+function kind() {
+  const total = mixWeights.get + mixWeights.list + mixWeights.create + mixWeights.patch;
+  let n = Math.random() * total;
+  for (const k of ['get', 'list', 'create', 'patch']) {
+    if (n < mixWeights[k]) {
+      return k;
+    }
+    n -= mixWeights[k];
+  }
+  return 'get';
+}
+
+// mixedRequest is one request of the mixed load.
+export function mixedRequest() {
+  const base = configmaps();
+  let res;
+  switch (kind()) {
+    case 'list':
+      res = http.get(base + '?limit=10', params());
+      check(res, { 'list 200': (r) => r.status === 200 });
+      break;
+    case 'create': {
+      const name = 'load-k6-' + Date.now() + '-' + Math.floor(Math.random() * 1e9);
+      const body = JSON.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: name }, data: { k: 'v' } });
+      res = http.post(base, body, params({ 'Content-Type': 'application/json' }));
+      check(res, { 'create 201': (r) => r.status === 201 });
+      break;
+    }
+    case 'patch':
+      res = http.patch(base + '/' + objectName(), JSON.stringify({ metadata: { annotations: { load: '1' } } }),
+        params({ 'Content-Type': 'application/merge-patch+json' }));
+      check(res, { 'patch 200': (r) => r.status === 200 });
+      break;
+    default:
+      res = http.get(base + '/' + objectName(), params());
+      check(res, { 'GET 200': (r) => r.status === 200 });
+  }
+}
+
+// holdWatch holds the i-th watch for DURATION.
+export function holdWatch(i) {
+  const cluster = clusterPrefix + '-' + String(i % clusterCount).padStart(5, '0');
+  const url = gateways[i % gateways.length] + '/clusters/' + cluster + '/api/v1/namespaces/' + namespace +
+    '/configmaps?watch=true&timeoutSeconds=' + seconds(duration);
+  const res = http.get(url, { headers: { Authorization: 'Bearer ' + tokens[i % tokens.length] }, timeout: seconds(duration) + 30 + 's' });
+  check(res, { 'watch 200': (r) => r.status === 200 });
 }

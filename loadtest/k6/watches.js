@@ -4,9 +4,7 @@
 // the events' lag needs a client that reads them as they come (make
 // loadtest SCENARIO=watches).
 //   TETHER_URL=https://GATEWAY TETHER_TOKENS=t1,...,t64 WATCHES=1000 DURATION=60s k6 run loadtest/k6/watches.js
-import http from 'k6/http';
-import { check } from 'k6';
-import { clusterCount, clusterPrefix, duration, gateways, namespace, seconds, thresholds, tokens } from './lib.js';
+import { duration, holdWatch, seconds, thresholds } from './lib.js';
 
 const watches = parseInt(__ENV.WATCHES || '1000', 10);
 
@@ -18,10 +16,5 @@ export const options = {
 };
 
 export default function () {
-  const i = __VU - 1;
-  const cluster = clusterPrefix + '-' + String(i % clusterCount).padStart(5, '0');
-  const url = gateways[i % gateways.length] + '/clusters/' + cluster + '/api/v1/namespaces/' + namespace +
-    '/configmaps?watch=true&timeoutSeconds=' + seconds(duration);
-  const res = http.get(url, { headers: { Authorization: 'Bearer ' + tokens[i % tokens.length] }, timeout: seconds(duration) + 30 + 's' });
-  check(res, { 'watch 200': (r) => r.status === 200 });
+  holdWatch(__VU - 1);
 }

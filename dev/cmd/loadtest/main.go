@@ -40,18 +40,29 @@ type config struct {
 	duration  time.Duration
 	watches   int
 	idle      time.Duration
+	stormDown time.Duration
 	startRate float64
 	out       string
 }
 
+// reportName names the report files: the scenario's, and a storm whose
+// subscriber stays down apart.
+func (c config) reportName() string {
+	if c.scenario == "storm" && c.stormDown < 0 {
+		return "capacity-storm-stays-down"
+	}
+	return "capacity-" + c.scenario
+}
+
 func main() {
 	var c config
-	flag.StringVar(&c.scenario, "scenario", "steady", "idle, steady, mixed, spike, watches or storm")
+	flag.StringVar(&c.scenario, "scenario", "steady", "idle, steady, mixed, spike, watches, storm or soak")
 	flag.IntVar(&c.agents, "agents", 1000, "simulated agents (clusters)")
 	flag.Float64Var(&c.rate, "rate", 200, "requests per second offered (steady, mixed; spike's base rate)")
 	flag.DurationVar(&c.duration, "duration", time.Minute, "how long the scenario's load lasts")
-	flag.IntVar(&c.watches, "watches", 1000, "watches held open (watches)")
+	flag.IntVar(&c.watches, "watches", 1000, "watches held open (watches, soak)")
 	flag.DurationVar(&c.idle, "idle", 30*time.Second, "how long the connected fleet idles before it is measured")
+	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
 	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
 	flag.Parse()
@@ -159,7 +170,13 @@ func run(ctx context.Context, c config) error {
 		loadStart := sample(s, r.pids, sims)
 		switch c.scenario {
 		case "steady":
-			r.load, err = driver.Run(ctx, target, driver.Steady(c.rate, c.duration))
+			// The same load on one cluster first: per-request work must
+			// not grow with the number of clusters.
+			one := target
+			one.Clusters = clusters[:1]
+			if r.oneCluster, err = driver.Run(ctx, one, driver.Steady(c.rate, c.duration)); err == nil {
+				r.load, err = driver.Run(ctx, target, driver.Steady(c.rate, c.duration))
+			}
 		case "mixed":
 			r.load, err = driver.Run(ctx, target, driver.Mixed(c.rate, c.duration))
 		case "spike":
@@ -168,6 +185,16 @@ func run(ctx context.Context, c config) error {
 			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
 		case "storm":
 			r.load, r.storm, err = storm(ctx, c, s, target, sims)
+		case "soak":
+			// Mixed load with watches held open the whole time.
+			watched := make(chan error, 1)
+			go func() {
+				var werr error
+				r.watches, werr = driver.RunWatches(ctx, target, c.watches, c.duration)
+				watched <- werr
+			}()
+			r.load, err = driver.Run(ctx, target, driver.Mixed(c.rate, c.duration))
+			err = errors.Join(err, <-watched)
 		}
 		loadEnd := sample(s, r.pids, sims)
 		r.timeline = sampler.stop()
@@ -177,16 +204,23 @@ func run(ctx context.Context, c config) error {
 		r.loadCPU = cpuDelta(loadStart, loadEnd)
 		r.loadEnd = loadEnd
 	}
-	path := filepath.Join(c.out, "capacity-"+c.scenario+".md")
+	path := filepath.Join(c.out, c.reportName()+".md")
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err
 	}
 	if r.load != nil {
-		png := "capacity-" + c.scenario + ".png"
+		png := c.reportName() + ".png"
 		if err := plotLoad(filepath.Join(c.out, png), c.scenario, r.load.Timeline); err != nil {
 			return err
 		}
 		r.plot = png
+	}
+	if c.scenario == "soak" {
+		png := c.reportName() + "-memory.png"
+		if err := plotProcesses(filepath.Join(c.out, png), r.timeline); err != nil {
+			return err
+		}
+		r.memoryPlot = png
 	}
 	if err := os.WriteFile(path, []byte(r.markdown()), 0o644); err != nil {
 		return err

@@ -36,10 +36,14 @@ func plotLoad(path, title string, tl []driver.Second) error {
 	if err := plotutil.AddLines(lat, "p50", p50, "p99", p99); err != nil {
 		return err
 	}
-	rows := [][]*plot.Plot{{rate}, {lat}}
+	return writePlots(path, [][]*plot.Plot{{rate}, {lat}})
+}
+
+// writePlots stacks rows of plots into one PNG at path.
+func writePlots(path string, rows [][]*plot.Plot) error {
 	const w, h = 9 * vg.Inch, 7 * vg.Inch
 	img := vgimg.New(w, h)
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Points(6), PadBottom: vg.Points(6), PadLeft: vg.Points(6), PadRight: vg.Points(12), PadY: vg.Points(18)}
+	tiles := draw.Tiles{Rows: len(rows), Cols: 1, PadTop: vg.Points(6), PadBottom: vg.Points(6), PadLeft: vg.Points(6), PadRight: vg.Points(12), PadY: vg.Points(18)}
 	canvases := plot.Align(rows, tiles, draw.New(img))
 	for r := range rows {
 		rows[r][0].Draw(canvases[r][0])
@@ -53,4 +57,38 @@ func plotLoad(path, title string, tl []driver.Second) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// plotProcesses draws every Tether process's RSS and goroutines over a
+// run, one panel above the other, into a PNG at path.
+func plotProcesses(path string, tl []snapshot) error {
+	mem, gor := plot.New(), plot.New()
+	mem.Title.Text, mem.X.Label.Text, mem.Y.Label.Text = "RSS by process", "seconds", "MiB"
+	gor.Title.Text, gor.X.Label.Text, gor.Y.Label.Text = "goroutines by process", "seconds", "goroutines"
+	var memLines, gorLines []any
+	for _, name := range tetherProcs {
+		rss, gs := plotter.XYs{}, plotter.XYs{}
+		for _, s := range tl {
+			p, ok := s.procs[name]
+			if !ok || len(tl) == 0 {
+				continue
+			}
+			x := s.at.Sub(tl[0].at).Seconds()
+			rss = append(rss, plotter.XY{X: x, Y: float64(p.rssKB) / 1024})
+			if p.goroutines >= 0 {
+				gs = append(gs, plotter.XY{X: x, Y: p.goroutines})
+			}
+		}
+		memLines = append(memLines, name, rss)
+		if len(gs) > 0 {
+			gorLines = append(gorLines, name, gs)
+		}
+	}
+	if err := plotutil.AddLines(mem, memLines...); err != nil {
+		return err
+	}
+	if err := plotutil.AddLines(gor, gorLines...); err != nil {
+		return err
+	}
+	return writePlots(path, [][]*plot.Plot{{mem}, {gor}})
 }

@@ -147,6 +147,10 @@ type report struct {
 	// plot is the PNG of the load's seconds, beside the report.
 	plot  string
 	storm *stormResult
+	// oneCluster is steady's same load, all on one cluster, run first.
+	oneCluster *driver.Result
+	// memoryPlot is soak's RSS and goroutines over time.
+	memoryPlot string
 }
 
 // tetherProcs are the processes whose cost is Tether's (not the
@@ -158,7 +162,11 @@ func (r *report) markdown() string {
 	c := r.cfg
 	fmt.Fprintf(&b, "# Capacity: %s\n\n", c.scenario)
 	fmt.Fprintf(&b, "- Date: %s\n- Tether: commit %s\n- Machine: %d CPUs (nproc), %s/%s, %s\n", r.started.UTC().Format("2006-01-02 15:04 UTC"), r.commit, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-	fmt.Fprintf(&b, "- Command: `make loadtest SCENARIO=%s AGENTS=%d RATE=%g DURATION=%v` (`go run ./dev/cmd/loadtest`)\n", c.scenario, c.agents, c.rate, c.duration)
+	storm := ""
+	if c.scenario == "storm" {
+		storm = fmt.Sprintf(" STORM_DOWN=%v", c.stormDown)
+	}
+	fmt.Fprintf(&b, "- Command: `make loadtest SCENARIO=%s AGENTS=%d RATE=%g DURATION=%v%s` (`go run ./dev/cmd/loadtest`)\n", c.scenario, c.agents, c.rate, c.duration, storm)
 	fmt.Fprintf(&b, "- Stack: 2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, in %d agentsim process(es) on the same cores\n\n", c.agents, (c.agents+perProcess-1)/perProcess)
 
 	b.WriteString("## The connected fleet, idle\n\n")
@@ -199,11 +207,17 @@ func (r *report) markdown() string {
 	if r.storm != nil {
 		r.stormSection(&b)
 	}
+	if r.oneCluster != nil {
+		r.compareSection(&b)
+	}
 	if r.load != nil {
 		r.loadSection(&b)
 	}
 	if r.watches != nil {
 		r.watchSection(&b)
+	}
+	if r.cfg.scenario == "soak" {
+		r.soakSection(&b)
 	}
 	return b.String()
 }
@@ -249,6 +263,26 @@ func (r *report) loadSection(b *strings.Builder) {
 	for i, s := range l.Timeline {
 		fmt.Fprintf(b, "| %d | %.0f | %d | %d | %d | %.2f | %.2f |\n", i, s.Offered, s.Sent, s.OK, s.Fail, float64(s.P50)/1e6, float64(s.P99)/1e6)
 	}
+}
+
+// compareSection sets the load over every cluster beside the same load on
+// one cluster.
+func (r *report) compareSection(b *strings.Builder) {
+	one, all := r.oneCluster, r.load
+	fmt.Fprintf(b, "## %d clusters against one\n\nThe same steady load (%g requests/s for %v, the same users), first all on one cluster, then spread at random over all %d.\n\n",
+		r.cfg.agents, one.Scenario.Rate, one.Scenario.Duration, r.cfg.agents)
+	b.WriteString("| Requests (ms) | sent | failed | p50 | p90 | p99 | p99.9 |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, x := range []struct {
+		name string
+		res  *driver.Result
+	}{{"one cluster", one}, {fmt.Sprintf("%d clusters", r.cfg.agents), all}} {
+		h := x.res.All
+		fmt.Fprintf(b, "| %s | %d | %d | %s | %s | %s | %s |\n", x.name, x.res.Sent(), x.res.Failed(), us(h.ValueAtQuantile(50)), us(h.ValueAtQuantile(90)), us(h.ValueAtQuantile(99)), us(h.ValueAtQuantile(99.9)))
+	}
+	ratio := func(q float64) float64 {
+		return float64(all.All.ValueAtQuantile(q)) / float64(max(one.All.ValueAtQuantile(q), 1))
+	}
+	fmt.Fprintf(b, "\nOver all clusters against one: p50 ×%.2f, p99 ×%.2f.\n\n", ratio(50), ratio(99))
 }
 
 // costSection gives the CPU and memory the load cost Tether's processes.
@@ -332,4 +366,63 @@ func commit(root string) string {
 		c += " with uncommitted changes"
 	}
 	return c
+}
+
+// trend is the least-squares slope of ys over xs (seconds), per 10
+// minutes.
+func trend(xs, ys []float64) float64 {
+	n := float64(len(xs))
+	if n < 2 {
+		return 0
+	}
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx, sy, sxx, sxy = sx+xs[i], sy+ys[i], sxx+xs[i]*xs[i], sxy+xs[i]*ys[i]
+	}
+	d := n*sxx - sx*sx
+	if d == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / d * 600
+}
+
+// soakSection says whether any process's RSS or goroutines grew over the
+// soak: the slope over its last two thirds (the first third warms up).
+func (r *report) soakSection(b *strings.Builder) {
+	tl := r.timeline
+	fmt.Fprintf(b, "## Soak\n\n%v of the mixed load above with %d watches held open, every process sampled each second (%d samples). A process trends upward when, over the last two thirds of the run, its RSS grows by more than 2%% of its mean, or its goroutines by more than 1%% + 2, per 10 minutes.\n\n", r.cfg.duration, r.cfg.watches, len(tl))
+	if r.memoryPlot != "" {
+		fmt.Fprintf(b, "![RSS and goroutines of every process, second by second](%s)\n\n", r.memoryPlot)
+	}
+	if len(tl) < 3 {
+		b.WriteString("Too few samples to judge.\n")
+		return
+	}
+	from := len(tl) / 3
+	b.WriteString("| Process | RSS at a third (MiB) | RSS at the end (MiB) | RSS trend (MiB per 10 min) | goroutines at a third | at the end | goroutine trend (per 10 min) | |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, name := range tetherProcs {
+		var xs, rss, gs []float64
+		for _, s := range tl[from:] {
+			p, ok := s.procs[name]
+			if !ok {
+				continue
+			}
+			xs = append(xs, s.at.Sub(tl[0].at).Seconds())
+			rss, gs = append(rss, float64(p.rssKB)/1024), append(gs, p.goroutines)
+		}
+		if len(xs) < 2 {
+			continue
+		}
+		var mean float64
+		for _, v := range rss {
+			mean += v / float64(len(rss))
+		}
+		rt, gt := trend(xs, rss), trend(xs, gs)
+		verdict := "flat"
+		if rt > 0.02*mean || (gs[0] >= 0 && gt > 0.01*gs[0]+2) {
+			verdict = "**grows**"
+		}
+		fmt.Fprintf(b, "| %s | %.1f | %.1f | %+.2f | %s | %s | %+.1f | %s |\n", name, rss[0], rss[len(rss)-1], rt, count(gs[0]), count(gs[len(gs)-1]), gt, verdict)
+	}
+	b.WriteString("\n")
 }

@@ -37,8 +37,9 @@ type stormResult struct {
 }
 
 // storm runs steady load for c.duration, SIGKILLs the subscriber holding
-// half the fleet a third of the way in, restarts it as Kubernetes would,
-// and follows the fleet second by second until the load ends.
+// half the fleet a third of the way in, restarts it c.stormDown later as
+// Kubernetes would (never, when negative), and follows the fleet second by
+// second until the load ends.
 func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, sims *fleet) (*driver.Result, *stormResult, error) {
 	type loadDone struct {
 		res *driver.Result
@@ -63,7 +64,15 @@ func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, 
 	}
 	<-victim.Done()
 	restarted := make(chan error, 1)
-	go func() { restarted <- s.Restart(ctx, stormVictim) }()
+	if c.stormDown >= 0 {
+		go func() {
+			if sleep(ctx, c.stormDown) {
+				restarted <- s.Restart(ctx, stormVictim)
+			}
+		}()
+	} else {
+		restarted = nil // it stays down
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -139,8 +148,14 @@ func registryStreams(ctx context.Context, s *stack.Stack) [2]int {
 
 func (r *report) stormSection(b *strings.Builder) {
 	st := r.storm
-	fmt.Fprintf(b, "## Storm\n\nUnder the steady load above, %s (holding half the fleet's streams) was killed with SIGKILL %v into the load and restarted at once, as Kubernetes would; its new process was ready %v after the kill.\n\n",
-		stormVictim, st.killedAt.Round(time.Second), st.restartTook.Round(100*time.Millisecond))
+	switch {
+	case r.cfg.stormDown < 0:
+		fmt.Fprintf(b, "## Storm\n\nUnder the steady load above, %s (holding half the fleet's streams) was killed with SIGKILL %v into the load and stayed down: every agent's streams went to the one subscriber left.\n\n",
+			stormVictim, st.killedAt.Round(time.Second))
+	default:
+		fmt.Fprintf(b, "## Storm\n\nUnder the steady load above, %s (holding half the fleet's streams) was killed with SIGKILL %v into the load and restarted %v later, as Kubernetes would; its new process was ready %v after the kill.\n\n",
+			stormVictim, st.killedAt.Round(time.Second), r.cfg.stormDown, st.restartTook.Round(100*time.Millisecond))
+	}
 	after := func(d time.Duration) string {
 		if d < 0 {
 			return "not within the run"
