@@ -31,8 +31,15 @@ type Keepalive struct {
 	Timeout time.Duration
 }
 
-// DefaultKeepalive detects a dead peer within 15 s.
-var DefaultKeepalive = Keepalive{Interval: 5 * time.Second, Timeout: 15 * time.Second}
+// DefaultKeepalive detects a dead peer within a minute. Every idle stream
+// pings at this pace, and a subscriber holds thousands: at 5 s, 10,000
+// idle agents cost two subscribers half a core and the simulator another
+// (bench/results/capacity-steady.md as committed in 3d25e02), enough to saturate the
+// machine under load. A peer that dies outright resets the connection at
+// once; only a silent one (a partition, a frozen process) waits this out,
+// and meanwhile the agent's other stream serves and routers probe their
+// calls' streams within seconds.
+var DefaultKeepalive = Keepalive{Interval: 20 * time.Second, Timeout: 60 * time.Second}
 
 // Conn serializes sends on a Transport, answers pings and detects a dead
 // peer. Frames for streams go to the handler, in order, on Run's goroutine.

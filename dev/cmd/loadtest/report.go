@@ -219,6 +219,9 @@ func (r *report) markdown() string {
 	if r.cfg.scenario == "soak" {
 		r.soakSection(&b)
 	}
+	if r.load != nil && r.load.Sent() > 0 {
+		r.sizingSection(&b)
+	}
 	return b.String()
 }
 
@@ -423,6 +426,48 @@ func (r *report) soakSection(b *strings.Builder) {
 			verdict = "**grows**"
 		}
 		fmt.Fprintf(b, "| %s | %.1f | %.1f | %+.2f | %s | %s | %+.1f | %s |\n", name, rss[0], rss[len(rss)-1], rt, count(gs[0]), count(gs[len(gs)-1]), gt, verdict)
+	}
+	b.WriteString("\n")
+}
+
+// sizingSection turns this run's costs into cores and memory for fleets
+// of other sizes: per connected cluster from the idle fleet, per request
+// from the load, per watch from the watches (when the run held some).
+func (r *report) sizingSection(b *strings.Builder) {
+	var memPerCluster, cpuPerCluster, baseMem, loadCPU, watchMem float64
+	for _, name := range tetherProcs {
+		before, idle := r.before.procs[name], r.idle.procs[name]
+		baseMem += float64(before.rssKB) / 1024
+		memPerCluster += float64(idle.rssKB-before.rssKB) / 1024 / float64(r.cfg.agents)
+		cpuPerCluster += r.idleCPU[name].Seconds() / r.cfg.idle.Seconds() / float64(r.cfg.agents)
+		loadCPU += r.loadCPU[name].Seconds()
+	}
+	cpuPerReq := loadCPU / float64(r.load.Sent())
+	if w := r.watches; w != nil && w.Opened > 0 {
+		for _, name := range tetherProcs {
+			var peak int64
+			for _, s := range r.timeline {
+				peak = max(peak, s.procs[name].rssKB)
+			}
+			watchMem += float64(peak-r.idle.procs[name].rssKB) / 1024 / float64(w.Opened)
+		}
+	}
+	b.WriteString("## Sizing\n\nFrom this run, across all of Tether's processes (gateways, routers, subscribers, agent-registry, NATS):\n\n")
+	fmt.Fprintf(b, "- memory per connected cluster (two agent streams): %.1f KiB; CPU per idle cluster: %.4f%% of a core;\n", memPerCluster*1024, cpuPerCluster*100)
+	fmt.Fprintf(b, "- CPU per 1,000 requests of this load: %.2f CPU-seconds;\n", cpuPerReq*1000)
+	if watchMem > 0 {
+		fmt.Fprintf(b, "- memory per open watch: %.1f KiB (the peak during the load, less the idle fleet, per watch: an upper bound);\n", watchMem*1024)
+	}
+	fmt.Fprintf(b, "- the processes themselves, before any agent: %.0f MiB.\n\n", baseMem)
+	b.WriteString("For a fleet of N clusters sending N/10 requests/s of this mix (one request per cluster every 10 s) with N/10 watches open; cores are busy cores (leave headroom), memory is RSS, neither counts the kube-apiservers behind the agents:\n\n| clusters | requests/s | watches | cores | memory (GiB) |\n|---:|---:|---:|---:|---:|\n")
+	for _, n := range []float64{1000, 10000, 50000} {
+		rate, watches := n/10, n/10
+		cores := n*cpuPerCluster + rate*cpuPerReq
+		mem := baseMem + n*memPerCluster + watches*watchMem
+		fmt.Fprintf(b, "| %.0f | %.0f | %.0f | %.1f | %.1f |\n", n, rate, watches, cores, mem/1024)
+	}
+	if watchMem == 0 {
+		b.WriteString("\nThis run held no watches: their memory is not in the table (`SCENARIO=watches` or `soak` measure it).\n")
 	}
 	b.WriteString("\n")
 }
