@@ -258,7 +258,7 @@ func (r *report) loadSection(b *strings.Builder) {
 	for _, k := range kinds {
 		row(k, l.Latency[driver.Kind(k)])
 	}
-	r.costSection(b, float64(l.Sent()))
+	r.costSection(b, r.requestsDuringLoad())
 	if r.plot != "" {
 		fmt.Fprintf(b, "\n![requests and latency, second by second](%s)\n", r.plot)
 	}
@@ -286,6 +286,16 @@ func (r *report) compareSection(b *strings.Builder) {
 		return float64(all.All.ValueAtQuantile(q)) / float64(max(one.All.ValueAtQuantile(q), 1))
 	}
 	fmt.Fprintf(b, "\nOver all clusters against one: p50 ×%.2f, p99 ×%.2f.\n\n", ratio(50), ratio(99))
+}
+
+// requestsDuringLoad is every request sent while the load's CPU was
+// measured: steady's one-cluster run too.
+func (r *report) requestsDuringLoad() float64 {
+	n := float64(r.load.Sent())
+	if r.oneCluster != nil {
+		n += float64(r.oneCluster.Sent())
+	}
+	return n
 }
 
 // costSection gives the CPU and memory the load cost Tether's processes.
@@ -442,7 +452,7 @@ func (r *report) sizingSection(b *strings.Builder) {
 		cpuPerCluster += r.idleCPU[name].Seconds() / r.cfg.idle.Seconds() / float64(r.cfg.agents)
 		loadCPU += r.loadCPU[name].Seconds()
 	}
-	cpuPerReq := loadCPU / float64(r.load.Sent())
+	cpuPerReq := loadCPU / r.requestsDuringLoad()
 	if w := r.watches; w != nil && w.Opened > 0 {
 		for _, name := range tetherProcs {
 			var peak int64

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/subject"
 )
 
@@ -280,9 +281,6 @@ func (v *AgentView) sweeper(ctx context.Context) {
 	}
 }
 
-// sweepBatch bounds how many sweep events are in flight at once.
-const sweepBatch = 256
-
 func (v *AgentView) sweep(ctx context.Context) error {
 	now := v.cfg.Now()
 	var dead []*tetherv1.AgentEvent
@@ -306,35 +304,18 @@ func (v *AgentView) sweep(ctx context.Context) error {
 		return nil
 	}
 	v.cfg.Logger.Info("sweeping the streams of dead subscriber incarnations", "streams", len(dead))
-	for len(dead) > 0 {
-		n := min(len(dead), sweepBatch)
-		futures := make([]jetstream.PubAckFuture, 0, n)
-		for _, ev := range dead[:n] {
-			subj, _ := subject.AgentEvents(ev.GetClusterId())
-			b, err := proto.Marshal(ev)
-			if err != nil {
-				return err
-			}
-			msg := &nats.Msg{Subject: subj, Data: b, Header: nats.Header{}}
-			msg.Header.Set(jetstream.MsgIDHeader, "sweep."+ev.GetSessionId()+"."+ev.GetSubscriberIncarnation())
-			f, err := v.cfg.JS.PublishMsgAsync(msg)
-			if err != nil {
-				return fmt.Errorf("publishing a sweep: %w", err)
-			}
-			futures = append(futures, f)
+	msgs := make([]*nats.Msg, 0, len(dead))
+	for _, ev := range dead {
+		subj, _ := subject.AgentEvents(ev.GetClusterId())
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			return err
 		}
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return fmt.Errorf("storing a sweep: %w", err)
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		dead = dead[n:]
+		msg := &nats.Msg{Subject: subj, Data: b, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, "sweep."+ev.GetSessionId()+"."+ev.GetSubscriberIncarnation())
+		msgs = append(msgs, msg)
 	}
-	return nil
+	return natsconn.StoreAll(ctx, v.cfg.JS, msgs)
 }
 
 // Status returns a cluster's agent as the read model has it, described

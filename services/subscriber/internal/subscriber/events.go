@@ -8,10 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/subject"
 )
 
@@ -182,36 +184,16 @@ func (e *JetStreamEvents) Report(ev *tetherv1.AgentEvent) {
 	}
 }
 
-// storeBatch bounds how many announcements are in flight at once.
-const storeBatch = 256
-
 func (e *JetStreamEvents) Store(ctx context.Context, evs []*tetherv1.AgentEvent) error {
-	for len(evs) > 0 {
-		n := min(len(evs), storeBatch)
-		futures := make([]jetstream.PubAckFuture, 0, n)
-		for _, ev := range evs[:n] {
-			subj, b, err := encode(ev)
-			if err != nil {
-				return err
-			}
-			f, err := e.JS.PublishAsync(subj, b)
-			if err != nil {
-				return fmt.Errorf("publishing: %w", err)
-			}
-			futures = append(futures, f)
+	msgs := make([]*nats.Msg, 0, len(evs))
+	for _, ev := range evs {
+		subj, b, err := encode(ev)
+		if err != nil {
+			return err
 		}
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return fmt.Errorf("storing: %w", err)
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		evs = evs[n:]
+		msgs = append(msgs, &nats.Msg{Subject: subj, Data: b})
 	}
-	return nil
+	return natsconn.StoreAll(ctx, e.JS, msgs)
 }
 
 func (e *JetStreamEvents) Lease(ctx context.Context, l *tetherv1.SubscriberLease) error {
