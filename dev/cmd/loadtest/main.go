@@ -84,9 +84,9 @@ var services = []string{"gateway", "gateway-1", "router", "router-1", "subscribe
 
 func run(ctx context.Context, c config) error {
 	switch c.scenario {
-	case "idle", "steady", "mixed", "spike", "watches", "storm":
+	case "idle", "steady", "mixed", "spike", "watches", "storm", "soak":
 	default:
-		return fmt.Errorf("no scenario %q (idle, steady, mixed, spike, watches, storm)", c.scenario)
+		return fmt.Errorf("no scenario %q (idle, steady, mixed, spike, watches, storm, soak)", c.scenario)
 	}
 	if c.agents < 1 {
 		return errors.New("--agents must be at least 1")
