@@ -464,7 +464,11 @@ func (r *report) sizingSection(b *strings.Builder) {
 	}
 	b.WriteString("## Sizing\n\nFrom this run, across all of Tether's processes (gateways, routers, subscribers, agent-registry, NATS):\n\n")
 	fmt.Fprintf(b, "- memory per connected cluster (two agent streams): %.1f KiB; CPU per idle cluster: %.4f%% of a core;\n", memPerCluster*1024, cpuPerCluster*100)
-	fmt.Fprintf(b, "- CPU per 1,000 requests of this load: %.2f CPU-seconds;\n", cpuPerReq*1000)
+	fmt.Fprintf(b, "- CPU per 1,000 requests of this load: %.2f CPU-seconds", cpuPerReq*1000)
+	if r.watches != nil && r.watches.Events > 0 {
+		fmt.Fprintf(b, " (the watches' %d events rode along and are charged to the requests: an upper bound)", r.watches.Events)
+	}
+	b.WriteString(";\n")
 	if watchMem > 0 {
 		fmt.Fprintf(b, "- memory per open watch: %.1f KiB (the peak during the load, less the idle fleet, per watch: an upper bound);\n", watchMem*1024)
 	}
