@@ -116,6 +116,8 @@ func main() {
 			}
 		}
 		cfg.Agents = agents
+		// Not ready before the view can tell live streams from dead.
+		env.Admin.AddCheck("agents", agents.Ready)
 		if err := env.Telemetry.Registry.Register(agents.Gauge()); err != nil {
 			return err
 		}

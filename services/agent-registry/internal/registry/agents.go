@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,6 +68,9 @@ type AgentView struct {
 	cons   jetstream.Consumer
 	leases *leases
 	seed   maphash.Seed
+
+	// passes counts the sweeps that looked at the whole read model.
+	passes atomic.Int64
 
 	mu sync.RWMutex
 	// model holds each cluster's entry with only its latest history event
@@ -284,11 +288,17 @@ func (v *AgentView) sweeper(ctx context.Context) {
 func (v *AgentView) sweep(ctx context.Context) error {
 	now := v.cfg.Now()
 	var dead []*tetherv1.AgentEvent
+	// Both must be read first: a lease not yet read would make its
+	// subscriber's streams look dead.
+	if !v.leases.isLoaded() {
+		return nil
+	}
 	v.mu.RLock()
 	if !v.loaded {
 		v.mu.RUnlock()
 		return nil
 	}
+	v.passes.Add(1)
 	for cluster, st := range v.model {
 		for _, s := range st.GetStreams() {
 			if v.leases.dead(s, now) {
@@ -356,6 +366,18 @@ func (v *AgentView) Get(ctx context.Context, cluster string) (*tetherv1.AgentSta
 		return nil, err
 	}
 	return st, nil
+}
+
+// Ready reports whether the view can tell live streams from dead ones:
+// the bucket and the leases as they stood are read.
+func (v *AgentView) Ready(context.Context) error {
+	v.mu.RLock()
+	loaded := v.loaded
+	v.mu.RUnlock()
+	if !loaded || !v.leases.isLoaded() {
+		return errors.New("reading the agents' projection and the subscribers' leases")
+	}
+	return nil
 }
 
 // CaughtUp reports whether every event in the stream was projected and

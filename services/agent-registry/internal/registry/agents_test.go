@@ -382,6 +382,86 @@ func TestAgentViewSweepsDeadIncarnations(t *testing.T) {
 	}
 }
 
+// A registry that restarts sweeps nothing alive: it reads the leases
+// before it judges any stream.
+func TestAgentViewRestartSweepsNothingAlive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	f := newFixture(t, ctx)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := AgentViewConfig{JS: f.js, Replicas: 1, Timeout: 30 * time.Second, Logger: log}
+	viewCtx, stopView := context.WithCancel(ctx)
+	v, err := StartAgentView(viewCtx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewLease(t, ctx, f, "sub-0", "live")
+	old := time.Now().Add(-time.Hour)
+	var evs []*tetherv1.AgentEvent
+	for _, c := range []string{"a", "b", "c"} {
+		evs = append(evs, agentEvent(c, "s-"+c, "sub-0", "live", old, &tetherv1.AgentConnected{}))
+	}
+	publishAll(t, ctx, f, evs...)
+	waitCaughtUp(t, ctx, v)
+	stopView()
+	stream, err := f.js.Stream(ctx, AgentsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := stream.CachedInfo().State.LastSeq
+	v2, err := StartAgentView(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, func() bool { return v2.Ready(ctx) == nil && v2.passes.Load() > 0 })
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.LastSeq != before {
+		t.Fatalf("the restarted view wrote %d events", info.State.LastSeq-before)
+	}
+	for _, c := range []string{"a", "b", "c"} {
+		if st := v2.Status(c, time.Now()); st.GetState() != tetherv1.AgentState_AGENT_STATE_CONNECTED {
+			t.Fatalf("%s after the restart: %v", c, st)
+		}
+	}
+}
+
+// Until the leases as they stood are read, a sweep judges nothing: a
+// lease not yet read would make its subscriber's streams look dead.
+func TestSweepWaitsForTheLeases(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newFixture(t, ctx)
+	if _, err := f.js.CreateOrUpdateStream(ctx, AgentsStreamConfig(1)); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	v := &AgentView{cfg: AgentViewConfig{JS: f.js, Timeout: 30 * time.Second, Logger: log, Now: time.Now},
+		leases: newLeases(30*time.Second, log), loaded: true,
+		model: map[string]*tetherv1.AgentStatus{"a": fold(agentEvent("a", "s-a", "sub-0", "inc", time.Now().Add(-time.Hour), &tetherv1.AgentConnected{}))}}
+	stream, err := f.js.Stream(ctx, AgentsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := func() uint64 {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+	if err := v.sweep(ctx); err != nil || v.passes.Load() != 0 || written() != 0 {
+		t.Fatalf("before the leases were read: %v, %d passes, %d events", err, v.passes.Load(), written())
+	}
+	// Read, and sub-0 has none: its old stream is dead.
+	v.leases.markLoaded()
+	if err := v.sweep(ctx); err != nil || v.passes.Load() != 1 || written() != 1 {
+		t.Fatalf("after: %v, %d passes, %d events", err, v.passes.Load(), written())
+	}
+}
+
 func waitFor(t *testing.T, ctx context.Context, cond func() bool) {
 	t.Helper()
 	for !cond() {

@@ -55,6 +55,9 @@ type leases struct {
 
 	mu sync.RWMutex
 	m  map[string]*lease
+	// loaded: every lease the stream held when following began is read.
+	// Until then a missing lease proves nothing, and nothing is swept.
+	loaded bool
 }
 
 func newLeases(timeout time.Duration, log *slog.Logger) *leases {
@@ -72,20 +75,46 @@ func (l *leases) follow(ctx context.Context, js jetstream.JetStream, replicas in
 	if err != nil {
 		return fmt.Errorf("following %s: %w", LeasesStream, err)
 	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		l.markLoaded()
+	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		var ls tetherv1.SubscriberLease
 		meta, err := msg.Metadata()
-		if err != nil || proto.Unmarshal(msg.Data(), &ls) != nil || !subject.ValidToken(ls.GetSubscriberId()) {
-			l.log.Error("undecodable subscriber lease dropped", "subject", msg.Subject())
+		if err != nil {
+			l.log.Error("subscriber lease without metadata dropped", "subject", msg.Subject())
 			return
 		}
-		l.put(ls.GetSubscriberId(), ls.GetIncarnations(), meta.Timestamp)
+		if proto.Unmarshal(msg.Data(), &ls) != nil || !subject.ValidToken(ls.GetSubscriberId()) {
+			l.log.Error("undecodable subscriber lease dropped", "subject", msg.Subject())
+		} else {
+			l.put(ls.GetSubscriberId(), ls.GetIncarnations(), meta.Timestamp)
+		}
+		if meta.NumPending == 0 {
+			l.markLoaded()
+		}
 	}, jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("following %s: %w", LeasesStream, err)
 	}
 	context.AfterFunc(ctx, cc.Stop)
 	return nil
+}
+
+func (l *leases) markLoaded() {
+	l.mu.Lock()
+	first := !l.loaded
+	l.loaded = true
+	l.mu.Unlock()
+	if first {
+		l.askSweep()
+	}
+}
+
+func (l *leases) isLoaded() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.loaded
 }
 
 // put records a subscriber's lease, and asks for a sweep when an

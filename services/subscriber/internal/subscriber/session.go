@@ -52,7 +52,7 @@ type session struct {
 	// lastOpen is when the session last took a request.
 	lastOpen time.Time
 	// probe runs probeIdle while the session relays requests; an idle
-	// stream has none (ADR 014's per-stream budget).
+	// stream has none (ADR 015).
 	probe *time.Timer
 }
 
