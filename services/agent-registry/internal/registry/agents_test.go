@@ -51,6 +51,9 @@ func TestFold(t *testing.T) {
 	con := func(session, inc string) *tetherv1.AgentEvent {
 		return agentEvent("x", session, "sub-0", inc, t0, &tetherv1.AgentConnected{AgentVersion: "v1"})
 	}
+	conAt := func(session, inc string, later time.Duration) *tetherv1.AgentEvent {
+		return agentEvent("x", session, "sub-0", inc, t0.Add(later), &tetherv1.AgentConnected{AgentVersion: "v1"})
+	}
 	end := func(session, only string) *tetherv1.AgentEvent {
 		return agentEvent("x", session, "sub-1", "", t0.Add(time.Second), &tetherv1.AgentDisconnected{Reason: "r", StreamIncarnation: only})
 	}
@@ -66,6 +69,7 @@ func TestFold(t *testing.T) {
 		{"an end reported twice counts once", []*tetherv1.AgentEvent{con("s1", "a"), end("s1", ""), end("s1", "")}, map[string]string{}, 1, 2},
 		{"an end before its connect", []*tetherv1.AgentEvent{end("s1", ""), con("s1", "a")}, map[string]string{}, 0, 1},
 		{"announced again under a new incarnation", []*tetherv1.AgentEvent{con("s1", "a"), con("s1", "b")}, map[string]string{"s1": "b"}, 1, 1},
+		{"an old announcement delivered late", []*tetherv1.AgentEvent{con("s1", "a"), conAt("s1", "b", time.Minute), con("s1", "a")}, map[string]string{"s1": "b"}, 1, 1},
 		{"a sweep of the old incarnation spares the new", []*tetherv1.AgentEvent{con("s1", "a"), con("s1", "b"), end("s1", "a")}, map[string]string{"s1": "b"}, 1, 1},
 		{"a sweep before the new announcement", []*tetherv1.AgentEvent{con("s1", "a"), end("s1", "a"), con("s1", "b")}, map[string]string{"s1": "b"}, 2, 3},
 		{"a sweep ends its incarnation's stream", []*tetherv1.AgentEvent{con("s1", "a"), end("s1", "a")}, map[string]string{}, 1, 2},

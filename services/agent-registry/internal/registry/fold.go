@@ -28,10 +28,11 @@ func Fold(st *tetherv1.AgentStatus, ev *tetherv1.AgentEvent) {
 	case *tetherv1.AgentEvent_Connected:
 		switch {
 		case i >= 0:
-			// Announced again, under the subscriber's new incarnation.
-			s := st.Streams[i]
-			s.SubscriberId, s.SubscriberIncarnation = ev.GetSubscriberId(), inc
-			s.LastHeartbeatUnix = max(s.LastHeartbeatUnix, at)
+			// Announced again, under the subscriber's new incarnation;
+			// an older announcement delivered late changes nothing.
+			if s := st.Streams[i]; at >= s.GetLastHeartbeatUnix() {
+				s.SubscriberId, s.SubscriberIncarnation, s.LastHeartbeatUnix = ev.GetSubscriberId(), inc, at
+			}
 		case !ended(st, session, inc):
 			st.Streams = append(st.Streams, &tetherv1.AgentStream{SessionId: session, SubscriberId: ev.GetSubscriberId(), SubscriberIncarnation: inc,
 				AgentVersion: k.Connected.GetAgentVersion(), KubernetesVersion: k.Connected.GetKubernetesVersion(),
