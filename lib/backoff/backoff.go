@@ -38,6 +38,13 @@ func (b *Backoff) Next() time.Duration {
 	return time.Duration(half + rand.Float64()*half)
 }
 
+// Spread is d plus a uniform share of up to frac·d: a fleet waiting the
+// same d (a rebalance period, a retry hint, a re-announcement) does not
+// act in step.
+func Spread(d time.Duration, frac float64) time.Duration {
+	return d + time.Duration(rand.Float64()*frac*float64(d))
+}
+
 // Reset starts over after a success.
 func (b *Backoff) Reset() { b.attempt = 0 }
 

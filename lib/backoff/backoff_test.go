@@ -20,3 +20,16 @@ func TestNextStaysWithinJitterBoundsAndCap(t *testing.T) {
 		t.Fatalf("after Reset: %v", d)
 	}
 }
+
+func TestSpreadStaysWithinItsShare(t *testing.T) {
+	for _, tt := range []struct {
+		d    time.Duration
+		frac float64
+	}{{time.Second, 0.25}, {15 * time.Second, 0.5}, {time.Second, 2}, {0, 1}} {
+		for range 1000 {
+			if got := Spread(tt.d, tt.frac); got < tt.d || got > tt.d+time.Duration(tt.frac*float64(tt.d)) {
+				t.Fatalf("Spread(%v, %g) = %v", tt.d, tt.frac, got)
+			}
+		}
+	}
+}

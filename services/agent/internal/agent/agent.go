@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -305,7 +304,7 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 				if hint, ok := tunnel.RetryAfter(err); ok {
 					// A subscriber taking a storm of reconnects at its pace:
 					// come back within the time it asked, spread out.
-					d = max(d, hint/2+time.Duration(mrand.Int64N(int64(hint))))
+					d = max(d, backoff.Spread(hint/2, 2))
 				}
 				a.log.Warn("no stream to subscriber; trying the next", "slot", i, "err", err, "in", d.Round(time.Millisecond))
 				select {
@@ -394,9 +393,7 @@ func (a *Agent) slot(ctx context.Context, drain time.Duration, i int) {
 const maxRebalanceDoublings = 4
 
 // jitter is d plus up to half of it again, so a fleet does not move in step.
-func jitter(d time.Duration) time.Duration {
-	return d + time.Duration(mrand.Int64N(int64(d)/2+1))
-}
+func jitter(d time.Duration) time.Duration { return backoff.Spread(d, 0.5) }
 
 // held is one stream of a slot's: the session running it and how to stop
 // it.

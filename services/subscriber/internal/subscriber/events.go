@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tether-dev/tether/lib/backoff"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/natsconn"
 	"github.com/tether-dev/tether/lib/subject"
@@ -154,9 +154,7 @@ func (s *Server) lease(ctx context.Context, previous string) error {
 
 // jitter spreads d over [d, 1.25 d): subscribers started together do not
 // announce their streams together.
-func jitter(d time.Duration) time.Duration {
-	return d + time.Duration(rand.Float64()*float64(d)/4)
-}
+func jitter(d time.Duration) time.Duration { return backoff.Spread(d, 0.25) }
 
 // JetStreamEvents stores agent events on the stream AGENTS and leases on
 // SUBSCRIBERS. Reports are published without waiting; set Lost as the
