@@ -351,23 +351,6 @@ func (v *AgentView) Describe(st *tetherv1.AgentStatus, now time.Time) {
 	describe(st, now, v.cfg.Timeout, v.leases.alive)
 }
 
-// Get returns a cluster's projection as stored, with its whole history,
-// or nil if no agent ever reported.
-func (v *AgentView) Get(ctx context.Context, cluster string) (*tetherv1.AgentStatus, error) {
-	entry, err := v.kv.Get(ctx, cluster)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	st := &tetherv1.AgentStatus{}
-	if err := proto.Unmarshal(entry.Value(), st); err != nil {
-		return nil, err
-	}
-	return st, nil
-}
-
 // Ready reports whether the view can tell live streams from dead ones:
 // the bucket and the leases as they stood are read.
 func (v *AgentView) Ready(context.Context) error {

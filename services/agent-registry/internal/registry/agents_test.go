@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -368,7 +370,7 @@ func TestAgentViewSweepsDeadIncarnations(t *testing.T) {
 	waitFor(t, ctx, func() bool {
 		return len(v.Status("a", time.Now()).GetStreams()) == 0 && len(v.Status("b", time.Now()).GetStreams()) == 1
 	})
-	if st, _ := v.Get(ctx, "a"); len(st.GetHistory()) != 2 {
+	if st, _ := stored(ctx, v, "a"); len(st.GetHistory()) != 2 {
 		t.Fatalf("a's history after one sweep by two replicas: %v", st.GetHistory())
 	}
 	if st := v.Status("c", time.Now()); st.GetState() != tetherv1.AgentState_AGENT_STATE_CONNECTED {
@@ -492,11 +494,28 @@ func snapshot(t *testing.T, ctx context.Context, v *AgentView, clusters ...strin
 	t.Helper()
 	out := map[string]*tetherv1.AgentStatus{}
 	for _, c := range clusters {
-		st, err := v.Get(ctx, c)
+		st, err := stored(ctx, v, c)
 		if err != nil || st == nil {
 			t.Fatalf("%s: %v, %v", c, st, err)
 		}
 		out[c] = st
 	}
 	return out
+}
+
+// stored is a cluster's projection as the bucket holds it, with its whole
+// history; nil if no agent ever reported.
+func stored(ctx context.Context, v *AgentView, cluster string) (*tetherv1.AgentStatus, error) {
+	entry, err := v.kv.Get(ctx, cluster)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &tetherv1.AgentStatus{}
+	if err := proto.Unmarshal(entry.Value(), st); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
