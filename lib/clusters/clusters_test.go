@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -27,6 +28,63 @@ func bootstrap(id, token string, expires time.Time) *tetherv1.ClusterEvent {
 func enrolled(id, token string) *tetherv1.ClusterEvent {
 	sum := sha256.Sum256([]byte(token))
 	return &tetherv1.ClusterEvent{ClusterId: id, Kind: &tetherv1.ClusterEvent_AgentEnrolled{AgentEnrolled: &tetherv1.AgentEnrolled{TokenSha256: sum[:]}}}
+}
+
+func TestPage(t *testing.T) {
+	p := NewProjection()
+	seq := uint64(0)
+	apply := func(ev *tetherv1.ClusterEvent) {
+		seq++
+		if err := p.Apply(seq, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// c01..c09: odd ones acme's, even ones globex's, made out of order.
+	for _, n := range []string{"c05", "c02", "c09", "c01", "c04", "c07", "c03", "c08", "c06"} {
+		tenant := "acme"
+		if (n[2]-'0')%2 == 0 {
+			tenant = "globex"
+		}
+		apply(created(n, tenant, "u"+n))
+	}
+	ids := func(cs []Cluster) (out []string) {
+		for _, c := range cs {
+			out = append(out, c.ID)
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		tenants []string
+		after   string
+		limit   int
+		want    []string
+		more    bool
+	}{
+		{"first page of all", nil, "", 3, []string{"c01", "c02", "c03"}, true},
+		{"a middle page", nil, "c03", 3, []string{"c04", "c05", "c06"}, true},
+		{"after an id that is not there", nil, "c035", 2, []string{"c04", "c05"}, true},
+		{"the last page, exactly full", nil, "c06", 3, []string{"c07", "c08", "c09"}, false},
+		{"past the end", nil, "c09", 3, nil, false},
+		{"one tenant", []string{"acme"}, "c01", 2, []string{"c03", "c05"}, true},
+		{"two tenants merge by id", []string{"globex", "acme", "globex"}, "c06", 10, []string{"c07", "c08", "c09"}, false},
+		{"a tenant with none", []string{"initech"}, "", 10, nil, false},
+		{"a limit below one is one", nil, "", 0, []string{"c01"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, more := p.Page(tt.tenants, tt.after, tt.limit)
+			if g := ids(got); !slices.Equal(g, tt.want) || more != tt.more {
+				t.Fatalf("Page(%v, %q, %d) = %v, %v; want %v, %v", tt.tenants, tt.after, tt.limit, g, more, tt.want, tt.more)
+			}
+		})
+	}
+	// Clusters that come and go are in the next page asked for.
+	apply(deleted("c02"))
+	apply(created("c00", "globex", "u"))
+	if got, _ := p.Page([]string{"globex"}, "", 2); !slices.Equal(ids(got), []string{"c00", "c04"}) {
+		t.Fatalf("after a delete and a create: %v", ids(got))
+	}
 }
 
 func TestProjection(t *testing.T) {
@@ -73,11 +131,11 @@ func TestProjection(t *testing.T) {
 	if _, ok := p.Authorize("a", []string{"globex", "acme"}); !ok {
 		t.Fatal("acme does not reach a")
 	}
-	if got := p.List([]string{"acme"}); len(got) != 2 || got[0].ID != "a" || got[1].ID != "b" {
-		t.Fatalf("List(acme) = %+v", got)
+	if got, more := p.Page([]string{"acme"}, "", 10); len(got) != 2 || got[0].ID != "a" || got[1].ID != "b" || more {
+		t.Fatalf("Page(acme) = %+v, %v", got, more)
 	}
-	if got := p.List([]string{"globex"}); len(got) != 0 {
-		t.Fatalf("List(globex) = %+v", got)
+	if got, more := p.Page([]string{"globex"}, "", 10); len(got) != 0 || more {
+		t.Fatalf("Page(globex) = %+v, %v", got, more)
 	}
 	if len(changes) != 6 || !changes[4].Deleted || changes[4].Cluster.ID != "b" || changes[4].Cluster.UID != "u2" {
 		t.Fatalf("changes = %+v", changes)

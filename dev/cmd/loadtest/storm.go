@@ -125,25 +125,29 @@ func gaugeOf(s *stack.Stack, service, series string) float64 {
 // heartbeat within the stack's heartbeat timeout), by subscriber.
 func registryStreams(ctx context.Context, s *stack.Stack) [2]int {
 	var out [2]int
-	resp, err := s.Clusters().ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{}))
-	if err != nil {
-		return out
-	}
 	now := time.Now()
-	for _, c := range resp.Msg.GetClusters() {
-		for _, st := range c.GetAgent().GetStreams() {
-			if now.Sub(time.Unix(st.GetLastHeartbeatUnix(), 0)) > 30*time.Second {
-				continue
-			}
-			switch st.GetSubscriberId() {
-			case "subscriber-0":
-				out[0]++
-			case "subscriber-1":
-				out[1]++
+	for token := ""; ; {
+		resp, err := s.Clusters().ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageSize: 1000, PageToken: token}))
+		if err != nil {
+			return out
+		}
+		for _, c := range resp.Msg.GetClusters() {
+			for _, st := range c.GetAgent().GetStreams() {
+				if now.Sub(time.Unix(st.GetLastHeartbeatUnix(), 0)) > 30*time.Second {
+					continue
+				}
+				switch st.GetSubscriberId() {
+				case "subscriber-0":
+					out[0]++
+				case "subscriber-1":
+					out[1]++
+				}
 			}
 		}
+		if token = resp.Msg.GetNextPageToken(); token == "" {
+			return out
+		}
 	}
-	return out
 }
 
 func (r *report) stormSection(b *strings.Builder) {

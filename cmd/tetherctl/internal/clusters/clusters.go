@@ -209,15 +209,30 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// List writes the clusters the caller may see as a table.
+// List writes the clusters the caller may see as a table, a page at a
+// time as the registry gives them.
 func (c *Client) List(ctx context.Context, w io.Writer) error {
-	resp, err := c.svc.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{}))
-	if err != nil {
-		return fmt.Errorf("listing clusters: %w", err)
-	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tTENANT\tAGENT\tSINCE\tSUBSCRIBERS\tCONNECTS\tCREATED\tCREATED BY")
-	for _, cl := range resp.Msg.GetClusters() {
+	for token := ""; ; {
+		resp, err := c.svc.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageToken: token}))
+		if err != nil {
+			return fmt.Errorf("listing clusters: %w", err)
+		}
+		writeClusters(tw, resp.Msg.GetClusters())
+		if token = resp.Msg.GetNextPageToken(); token == "" {
+			return tw.Flush()
+		}
+		// A long list shows as it comes.
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// writeClusters writes one row per cluster.
+func writeClusters(tw *tabwriter.Writer, cls []*tetherv1.Cluster) {
+	for _, cl := range cls {
 		state, since, subs := "never connected", "-", "-"
 		if a := cl.GetAgent(); a != nil {
 			state = strings.ToLower(strings.TrimPrefix(a.GetState().String(), "AGENT_STATE_"))
@@ -235,7 +250,6 @@ func (c *Client) List(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cl.GetId(), cl.GetTenant(), state, since, subs, cl.GetAgent().GetConnects(),
 			time.Unix(cl.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), cl.GetCreatedBy())
 	}
-	return tw.Flush()
 }
 
 // Patiently calls f until it succeeds, fails in a way waiting cannot cure,

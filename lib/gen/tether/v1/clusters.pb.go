@@ -1429,7 +1429,12 @@ func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
 type ListClustersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only these tenants' clusters; empty: all.
-	Tenants       []string `protobuf:"bytes,1,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	Tenants []string `protobuf:"bytes,1,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	// At most this many clusters in one answer: 500 when not set, 1,000 at
+	// most. A fleet of 10,000 is listed in pages, so no answer grows with it.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the page before; empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1471,9 +1476,26 @@ func (x *ListClustersRequest) GetTenants() []string {
 	return nil
 }
 
+func (x *ListClustersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListClustersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListClustersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Clusters      []*Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By id.
+	Clusters []*Cluster `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// Set when more clusters follow: ask again with it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1513,6 +1535,13 @@ func (x *ListClustersResponse) GetClusters() []*Cluster {
 		return x.Clusters
 	}
 	return nil
+}
+
+func (x *ListClustersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type IssueBootstrapTokenRequest struct {
@@ -1950,11 +1979,15 @@ const file_tether_v1_clusters_proto_rawDesc = "" +
 	"\x06tenant\x18\x05 \x01(\tR\x06tenant\"&\n" +
 	"\x14DeleteClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
-	"\x15DeleteClusterResponse\"/\n" +
+	"\x15DeleteClusterResponse\"k\n" +
 	"\x13ListClustersRequest\x12\x18\n" +
-	"\atenants\x18\x01 \x03(\tR\atenants\"F\n" +
+	"\atenants\x18\x01 \x03(\tR\atenants\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"n\n" +
 	"\x14ListClustersResponse\x12.\n" +
-	"\bclusters\x18\x01 \x03(\v2\x12.tether.v1.ClusterR\bclusters\",\n" +
+	"\bclusters\x18\x01 \x03(\v2\x12.tether.v1.ClusterR\bclusters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x1aIssueBootstrapTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"V\n" +
 	"\x1bIssueBootstrapTokenResponse\x127\n" +

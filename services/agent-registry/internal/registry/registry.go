@@ -251,14 +251,49 @@ func (r *Registry) ListClusters(ctx context.Context, req *connect.Request[tether
 	if err != nil && ctx.Err() != nil {
 		return nil, r.count("list", err)
 	}
-	out := &tetherv1.ListClustersResponse{}
+	after, err := pageAfter(req.Msg.GetPageToken())
+	if err != nil {
+		return nil, r.count("list", err)
+	}
+	size := int(req.Msg.GetPageSize())
+	switch {
+	case size <= 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	page, more := r.cfg.Clusters.Page(req.Msg.GetTenants(), after, size)
+	out := &tetherv1.ListClustersResponse{Clusters: make([]*tetherv1.Cluster, 0, len(page))}
 	now := r.cfg.Now()
-	for _, cl := range r.cfg.Clusters.List(req.Msg.GetTenants()) {
+	for _, cl := range page {
 		c := toProto(cl)
 		c.Agent = r.cfg.Agents.Status(cl.ID, now)
 		out.Clusters = append(out.Clusters, c)
 	}
+	if more && len(page) > 0 {
+		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(page[len(page)-1].ID))
+	}
 	return connect.NewResponse(out), r.count("list", nil)
+}
+
+// ListClusters answers in pages of defaultPageSize clusters unless asked
+// for other, and never more than maxPageSize.
+const (
+	defaultPageSize = 500
+	maxPageSize     = 1000
+)
+
+// pageAfter is the cluster id a page token says the next page follows.
+// The token is the id encoded, opaque to callers so it may change.
+func pageAfter(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || !subject.ValidClusterID(string(b)) {
+		return "", connect.NewError(connect.CodeInvalidArgument, errors.New("page_token is not one this service gave"))
+	}
+	return string(b), nil
 }
 
 func toProto(cl clusters.Cluster) *tetherv1.Cluster {

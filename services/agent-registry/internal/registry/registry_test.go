@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
+	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -205,6 +207,25 @@ func TestClusterLifecycle(t *testing.T) {
 	if err != nil || len(list.Msg.GetClusters()) != 1 || list.Msg.GetClusters()[0].GetId() != "x" || list.Msg.GetClusters()[0].GetEnrollments() != 1 {
 		t.Fatalf("list acme: %v, %v", list, err)
 	}
+	// Pages of one walk every cluster once, by id; a token not given out
+	// is refused.
+	var walked []string
+	for token, pages := "", 0; ; pages++ {
+		page, err := r.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageSize: 1, PageToken: token}))
+		if err != nil || len(page.Msg.GetClusters()) != 1 || pages > 5 {
+			t.Fatalf("page %d after %q: %v, %v", pages, token, page, err)
+		}
+		walked = append(walked, page.Msg.GetClusters()[0].GetId())
+		if token = page.Msg.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if !slices.Equal(walked, []string{"x", "y"}) {
+		t.Fatalf("pages of one walked %v", walked)
+	}
+	if _, err := r.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageToken: "not/base64!"})); code(err) != connect.CodeInvalidArgument {
+		t.Fatalf("a made-up page token: %v", err)
+	}
 
 	// Deleting x revokes its credentials, also against an x created again.
 	if _, err := r.DeleteCluster(ctx, connect.NewRequest(&tetherv1.DeleteClusterRequest{Id: "x"})); err != nil {
@@ -231,9 +252,15 @@ func TestClusterLifecycle(t *testing.T) {
 	if err := fol.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rebuilt.List(nil), proj.List(nil); !equalClusters(got, want) {
+	if got, want := all(rebuilt), all(proj); !equalClusters(got, want) {
 		t.Fatalf("rebuilt %+v\nlive    %+v", got, want)
 	}
+}
+
+// all is every cluster of p, by id.
+func all(p *clusters.Projection) []clusters.Cluster {
+	cs, _ := p.Page(nil, "", math.MaxInt32)
+	return cs
 }
 
 func equalClusters(a, b []clusters.Cluster) bool {

@@ -141,7 +141,8 @@ func (c *ClusterAPI) ListClusters(ctx context.Context, req *connect.Request[teth
 			return connect.NewResponse(&tetherv1.ListClustersResponse{}), nil
 		}
 	}
-	return c.registry.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{Tenants: tenants}))
+	return c.registry.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{
+		Tenants: tenants, PageSize: req.Msg.GetPageSize(), PageToken: req.Msg.GetPageToken()}))
 }
 
 // visible is own ∩ asked, or own when nothing was asked.

@@ -24,10 +24,9 @@ func (s *Server) probePeers(ctx context.Context) {
 	now := time.Now()
 	quiet := now.Add(-s.cfg.PeerProbe).UnixNano()
 	bySession := map[string][]*call{}
-	s.mu.Lock()
-	for _, c := range s.calls {
+	s.eachCall(func(c *call) {
 		if c.lastRecv.Load() >= quiet || c.lastChecked.Load() >= quiet {
-			continue
+			return
 		}
 		sess := c.session()
 		if sess == "" {
@@ -38,10 +37,11 @@ func (s *Server) probePeers(ctx context.Context) {
 				// The dial still waits for that first answer: this ends it.
 				c.lost("no subscriber took the request")
 			}
-			continue
+			return
 		}
 		bySession[sess] = append(bySession[sess], c)
-	}
+	})
+	s.mu.Lock()
 	for sess := range s.unanswered {
 		if _, ok := bySession[sess]; !ok {
 			delete(s.unanswered, sess)
@@ -95,13 +95,11 @@ func (s *Server) probePeers(ctx context.Context) {
 func (s *Server) probeIdle(ctx context.Context) {
 	cutoff := time.Now().Add(-s.cfg.IdleProbe).UnixNano()
 	var quiet []*call
-	s.mu.Lock()
-	for _, c := range s.calls {
+	s.eachCall(func(c *call) {
 		if c.lastRecv.Load() < cutoff && c.peerSubject() != "" {
 			quiet = append(quiet, c)
 		}
-	}
-	s.mu.Unlock()
+	})
 	subjs := make([]string, len(quiet))
 	for i, c := range quiet {
 		subjs[i] = c.peerSubject()
@@ -128,12 +126,8 @@ type unanswered struct {
 // again (or its watch resumes) once the link is back, where that is safe.
 func (s *Server) natsLost() {
 	s.epoch.Add(1)
-	s.mu.Lock()
-	calls := make([]*call, 0, len(s.calls))
-	for _, c := range s.calls {
-		calls = append(calls, c)
-	}
-	s.mu.Unlock()
+	var calls []*call
+	s.eachCall(func(c *call) { calls = append(calls, c) })
 	for _, c := range calls {
 		c.lost("the router lost its NATS connection")
 	}

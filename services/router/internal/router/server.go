@@ -98,11 +98,14 @@ type Server struct {
 	// earlier epoch may have lost frames nobody will resend.
 	epoch atomic.Uint64
 
-	mu    sync.Mutex
-	calls map[uint64]*call
-	next  uint64
+	// calls are the calls open, by id. Every inbox message looks one up,
+	// and the probes walk them all: a sync.Map lets the walk (10,000
+	// watches) run without holding up a single lookup.
+	calls sync.Map // uint64 → *call
+	next  atomic.Uint64
 	sub   *nats.Subscription
-	// unanswered are the agent streams whose last probes failed.
+	// mu guards unanswered: the agent streams whose last probes failed.
+	mu         sync.Mutex
 	unanswered map[string]unanswered
 }
 
@@ -163,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: NATS user: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, calls: map[uint64]*call{}, inbox: inbox,
+	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, inbox: inbox,
 		unanswered: map[string]unanswered{}}
 	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inbox), s.receive)
 	if err != nil {
@@ -198,9 +201,7 @@ func (s *Server) receive(m *nats.Msg) {
 	if err != nil {
 		return
 	}
-	s.mu.Lock()
-	c := s.calls[id]
-	s.mu.Unlock()
+	c := s.call(id)
 	if natslink.NoResponders(m) {
 		if c != nil {
 			c.noResponder()
@@ -236,22 +237,35 @@ func nonce() string {
 }
 
 func (s *Server) newCall() *call {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.next++
-	c := &call{id: s.next, inbox: subject.Router(s.inbox, s.next), nc: s.cfg.NATS, answered: make(chan struct{}),
+	id := s.next.Add(1)
+	c := &call{id: id, inbox: subject.Router(s.inbox, id), nc: s.cfg.NATS, answered: make(chan struct{}),
 		epoch: s.epoch.Load(), sent: time.Now()}
 	c.s = tunnel.NewStream(1, c, s.cfg.Window)
 	c.lastRecv.Store(c.sent.UnixNano())
 	c.lastChecked.Store(c.sent.UnixNano())
-	s.calls[c.id] = c
+	s.calls.Store(id, c)
 	return c
 }
 
+// call is the open call id names, or nil.
+func (s *Server) call(id uint64) *call {
+	if v, ok := s.calls.Load(id); ok {
+		return v.(*call)
+	}
+	return nil
+}
+
+// eachCall runs f on every open call; a call opened or closed meanwhile
+// may or may not be seen.
+func (s *Server) eachCall(f func(*call)) {
+	s.calls.Range(func(_, v any) bool {
+		f(v.(*call))
+		return true
+	})
+}
+
 func (s *Server) forget(c *call) {
-	s.mu.Lock()
-	delete(s.calls, c.id)
-	s.mu.Unlock()
+	s.calls.Delete(c.id)
 	c.s.Close(nil)
 }
 
