@@ -45,16 +45,31 @@ bench:
 	bash hack/kube/build.sh >/dev/null
 	$(GO) run ./dev/cmd/bench --out bench/results
 
-## loadtest: a fleet of simulated agents and one load scenario against the stack; SCENARIO=idle|steady|mixed|spike|watches|storm AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
+## loadtest: a fleet of simulated agents and one load scenario against the stack, or a deployed Tether (TARGET=...); SCENARIO=idle|steady|mixed|spike|watches|storm|soak AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
 SCENARIO ?= steady
 AGENTS ?= 1000
 RATE ?= 200
 DURATION ?= 60s
 # storm: how long the killed subscriber stays down; negative: for good
 STORM_DOWN ?= 0s
+# a deployed Tether instead: its gateways' URLs (comma-separated), their CA,
+# the load users' tokens (one a line, or tokens.csv), an administrator's
+# token (creates the clusters), the agents' endpoint and its CA, the
+# identity root's public key, and NAME=URL of the /metrics to sample
+TARGET ?=
+TARGET_CA ?=
+TARGET_TOKENS ?=
+TARGET_ADMIN_TOKEN ?=
+AGENTS_URL ?=
+AGENTS_CA ?=
+IDENTITY_ROOT ?=
+METRICS ?=
+TENANT ?= acme
 loadtest:
-	bash hack/kube/build.sh >/dev/null
-	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --storm-down $(STORM_DOWN) --out bench/results
+	$(if $(TARGET),,bash hack/kube/build.sh >/dev/null)
+	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --storm-down $(STORM_DOWN) --out bench/results \
+	  $(if $(TARGET),--target '$(TARGET)' --target-ca '$(TARGET_CA)' --target-tokens '$(TARGET_TOKENS)' --target-admin-token '$(TARGET_ADMIN_TOKEN)' \
+	    --agents-url '$(AGENTS_URL)' --agents-ca '$(AGENTS_CA)' --identity-root-key '$(IDENTITY_ROOT)' --metrics '$(METRICS)' --tenant '$(TENANT)')
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -133,5 +134,69 @@ func TestAgentSimulator(t *testing.T) {
 	stopped = true
 	if err := p.Stop(30 * time.Second); err != nil {
 		t.Fatalf("agentsim did not stop cleanly on SIGTERM: %v", err)
+	}
+}
+
+// TestLoadtestTargetsADeployedTether runs make loadtest's command as a
+// platform team would against their own Tether: given only its gateways'
+// URL, CA and tokens, the agents' endpoint and the processes' /metrics
+// (here the shared stack stands in for the deployed one). Its agentsim
+// connects a small fleet, the driver sends mixed load, and the report
+// shows the sampled processes and a load that failed nothing.
+func TestLoadtestTargetsADeployedTether(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "loadtest")
+	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "./dev/cmd/loadtest")
+	build.Dir = env.root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the loadtest command: %v\n%s", err, out)
+	}
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	// tokens.csv rows, as the gateway's --token-file has them.
+	tokens := write("tokens.csv", fmt.Sprintf("# load users\n%s,alice,1,\"acme:developers\",\"acme\"\n%s\n", token("alice"), token("admin")))
+	admin := write("admin.token", token("admin"))
+	const agents, prefix = 20, "e2edeploy"
+	t.Cleanup(func() {
+		for i := range agents {
+			_, _ = env.stack.Clusters().DeleteCluster(context.Background(), connect.NewRequest(&tetherv1.DeleteClusterRequest{Id: fmt.Sprintf("%s-%05d", prefix, i)}))
+		}
+	})
+	metrics := fmt.Sprintf("gateway=http://%s/metrics,subscriber=http://%s/metrics,subscriber-1=http://%s/metrics",
+		env.stack.Admin["gateway"], env.stack.Admin["subscriber"], env.stack.Admin["subscriber-1"])
+	out := filepath.Join(dir, "results")
+	cmd := exec.CommandContext(t.Context(), bin, "--scenario", "mixed", "--agents", strconv.Itoa(agents), "--prefix", prefix, "--rate", "20", "--duration", "3s", "--idle", "2s",
+		"--out", out, "--target", env.stack.GatewayURL, "--target-ca", env.stack.CAFile, "--target-tokens", tokens, "--target-admin-token", admin,
+		"--agents-url", strings.Join(env.stack.SubscriberURLs, ","), "--agents-ca", env.stack.CAFile, "--identity-root-key", env.stack.Identity.RootPublic,
+		"--metrics", metrics, "--agentsim", env.stack.Bin("agentsim"))
+	cmd.Dir = env.root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("loadtest --target: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "capacity-mixed.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := string(b)
+	for _, want := range []string{
+		"a deployed Tether: gateways " + env.stack.GatewayURL,
+		fmt.Sprintf("%d agents enrolled", agents),
+		"| subscriber-1 | ", "| gateway | ",
+		"not measured (no NATS credentials for a deployed Tether)",
+		", failed 0. Codes",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("the report lacks %q:\n%s", want, report)
+		}
+	}
+	// What the deployed run cannot do, it refuses before starting.
+	cmd = exec.CommandContext(t.Context(), bin, "--scenario", "storm", "--target", env.stack.GatewayURL, "--target-ca", env.stack.CAFile)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "needs --target-tokens") {
+		t.Fatalf("an incomplete --target: %v\n%s", err, b)
 	}
 }

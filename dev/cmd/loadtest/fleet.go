@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tether-dev/tether/dev/proc"
@@ -28,7 +29,7 @@ type fleet struct {
 // startFleet starts agents simulated agents over as many agentsim
 // processes as they need, together at startRate agents a second, and waits
 // until every agent holds a stream.
-func startFleet(ctx context.Context, c config, s *stack.Stack, logDir, adminToken string) (*fleet, error) {
+func startFleet(ctx context.Context, c config, a fleetArgs) (*fleet, error) {
 	n := (c.agents + perProcess - 1) / perProcess
 	ports, err := proc.FreePorts(n)
 	if err != nil {
@@ -39,10 +40,10 @@ func startFleet(ctx context.Context, c config, s *stack.Stack, logDir, adminToke
 		first := i * perProcess
 		count := min(perProcess, c.agents-first)
 		admin := "127.0.0.1:" + strconv.Itoa(ports[i])
-		p, err := proc.Start(fmt.Sprintf("agentsim-%d", i), s.Bin("agentsim"), logDir, nil,
-			"--admin-addr", admin, "--log-level", "warn", "--gateway-url", s.GatewayURL, "--gateway-ca", s.CAFile, "--token-file", adminToken,
-			"--subscriber-url", joinURLs(s.SubscriberURLs), "--subscriber-ca", s.CAFile, "--identity-root-key", s.Identity.RootPublic,
-			"--agents", strconv.Itoa(count), "--first", strconv.Itoa(first), "--prefix", "sim", "--tenant", "acme",
+		p, err := proc.Start(fmt.Sprintf("agentsim-%d", i), a.agentsim, a.logDir, nil,
+			"--admin-addr", admin, "--log-level", "warn", "--gateway-url", a.gatewayURL, "--gateway-ca", a.gatewayCA, "--token-file", a.adminTokenFile,
+			"--subscriber-url", strings.Join(a.subscriberURLs, ","), "--subscriber-ca", a.subscriberCA, "--identity-root-key", a.identityRoot,
+			"--agents", strconv.Itoa(count), "--first", strconv.Itoa(first), "--prefix", c.prefix, "--tenant", a.tenant,
 			"--start-rate", strconv.FormatFloat(c.startRate/float64(n), 'f', -1, 64))
 		if err != nil {
 			f.stop()

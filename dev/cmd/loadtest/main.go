@@ -9,7 +9,13 @@
 //
 // Scenarios: idle (the fleet's connection costs only), steady, mixed,
 // spike, watches (--watches held open for --duration), storm (steady load
-// while the subscriber holding half the fleet is SIGKILLed and restarted).
+// while the subscriber holding half the fleet is SIGKILLed and restarted),
+// soak (mixed load and watches, memory followed).
+//
+// With --target it loads a Tether deployed elsewhere instead: agentsim
+// runs here and connects its agents to the deployed agents' endpoint, the
+// driver sends to the deployed gateways, and the processes named by
+// --metrics are sampled through their /metrics.
 package main
 
 import (
@@ -29,6 +35,7 @@ import (
 
 	"github.com/tether-dev/tether/dev/proc"
 	"github.com/tether-dev/tether/dev/stack"
+	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/loadtest/driver"
 )
 
@@ -43,6 +50,10 @@ type config struct {
 	stormDown time.Duration
 	startRate float64
 	out       string
+	prefix    string
+	// deployed names a Tether deployed elsewhere; its target empty: the
+	// stack this command starts.
+	deployed deployed
 }
 
 // reportName names the report files: the scenario's, and a storm whose
@@ -65,6 +76,18 @@ func main() {
 	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
 	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
+	flag.StringVar(&c.prefix, "prefix", "sim", "the simulated clusters are PREFIX-00000, PREFIX-00001, ...")
+	d := &c.deployed
+	flag.StringVar(&d.target, "target", "", "a deployed Tether instead of the stack: its gateways' URLs, comma-separated")
+	flag.StringVar(&d.ca, "target-ca", "", "with --target: PEM file of the CA of the gateways' certificates")
+	flag.StringVar(&d.tokensFile, "target-tokens", "", "with --target: the load users' tokens, one a line or as tokens.csv rows (token first); give many, the gateway limits each user")
+	flag.StringVar(&d.adminToken, "target-admin-token", "", "with --target: file holding a platform administrator's token, which creates the simulated clusters")
+	flag.StringVar(&d.agentsURL, "agents-url", "", "with --target: the agents' endpoint (the subscribers), comma-separated")
+	flag.StringVar(&d.agentsCA, "agents-ca", "", "with --target: PEM file of the CA of the subscribers' certificates")
+	flag.StringVar(&d.identityRoot, "identity-root-key", "", "with --target: PEM file of the identity root's public key, as for the agent")
+	flag.StringVar(&d.metrics, "metrics", "", "with --target: NAME=URL of each Tether process's /metrics to sample, comma-separated (kubectl port-forward to reach them)")
+	flag.StringVar(&d.agentsim, "agentsim", "", "with --target: the agentsim binary to run (default: built from this checkout)")
+	flag.StringVar(&d.tenant, "tenant", "acme", "with --target: the tenant of the simulated clusters, which the load users must be members of")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -91,6 +114,15 @@ func run(ctx context.Context, c config) error {
 	if c.agents < 1 {
 		return errors.New("--agents must be at least 1")
 	}
+	if !subject.ValidClusterID(c.prefix + "-00000") {
+		return fmt.Errorf("--prefix %q makes no valid cluster id", c.prefix)
+	}
+	if c.deployed.target != "" {
+		if err := c.deployed.check(c.scenario); err != nil {
+			return err
+		}
+		return runDeployed(ctx, c)
+	}
 	w, err := stack.NewWorkspace(ctx, "tether-loadtest-", os.Stderr)
 	if err != nil {
 		return err
@@ -115,8 +147,6 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	defer func() { _ = s.Down() }()
-	r := &report{cfg: c, started: time.Now(), commit: commit(w.Root)}
-
 	admin := filepath.Join(dir, "admin.token")
 	if err := os.WriteFile(admin, []byte(s.Users["admin"].Token), 0o600); err != nil {
 		return err
@@ -125,10 +155,47 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	r.before = sample(s, nil, nil)
+	sys := &system{
+		about: fmt.Sprintf("2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, in %d agentsim process(es) on the same cores",
+			c.agents, (c.agents+perProcess-1)/perProcess),
+		procs: localProcs(s),
+		fleet: fleetArgs{gatewayURL: s.GatewayURL, gatewayCA: s.CAFile, adminTokenFile: admin, subscriberURLs: s.SubscriberURLs,
+			subscriberCA: s.CAFile, identityRoot: s.Identity.RootPublic, tenant: "acme", agentsim: s.Bin("agentsim"), logDir: logDir(dir)},
+		gateways: s.GatewayURLs, ca: s.CAFile, clusters: s.Clusters(), js: js, local: s,
+	}
+	for _, u := range loadUsers {
+		sys.tokens = append(sys.tokens, s.Users[u].Token)
+	}
+	return measure(ctx, c, sys, commit(w.Root))
+}
+
+// runDeployed loads the Tether c.deployed names, with agentsim on this
+// machine.
+func runDeployed(ctx context.Context, c config) error {
+	root, err := stack.RepoRoot(".")
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "tether-loadtest-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sys, err := deployedSystem(ctx, root, dir, dir, c.deployed)
+	if err != nil {
+		return err
+	}
+	return measure(ctx, c, sys, commit(root))
+}
+
+// measure connects the fleet to sys, measures it idle, runs the scenario
+// and writes the report.
+func measure(ctx context.Context, c config, sys *system, commit string) error {
+	r := &report{cfg: c, started: time.Now(), commit: commit, about: sys.about, procs: sys.procs}
+	r.before = sample(sys.procs, nil)
 	logf("starting %d simulated agents", c.agents)
 	start := time.Now()
-	sims, err := startFleet(ctx, c, s, logDir(dir), admin)
+	sims, err := startFleet(ctx, c, sys.fleet)
 	if err != nil {
 		return err
 	}
@@ -136,38 +203,42 @@ func run(ctx context.Context, c config) error {
 	r.connectTime = time.Since(start)
 	r.connected, r.incomplete = int(sims.metric(`tether_agentsim_agents{state="connected"}`)), sims.incomplete
 	logf("%d of %d agents connected in %v; idling %v", r.connected, c.agents, r.connectTime.Round(time.Millisecond), c.idle)
-	r.pids = pidsOfStack(s)
-	first, err := lastSeqs(ctx, js)
+	if sys.local != nil {
+		// Pids as they are now: a process restarted by the stack meanwhile
+		// has a new one.
+		sys.procs = localProcs(sys.local)
+		r.procs = sys.procs
+	}
+	first, err := lastSeqs(ctx, sys.js)
 	if err != nil {
 		return err
 	}
-	idleStart := sample(s, r.pids, sims)
+	idleStart := sample(sys.procs, sims)
 	if !sleep(ctx, c.idle) {
 		return ctx.Err()
 	}
-	idleEnd := sample(s, r.pids, sims)
-	last, err := lastSeqs(ctx, js)
+	idleEnd := sample(sys.procs, sims)
+	last, err := lastSeqs(ctx, sys.js)
 	if err != nil {
 		return err
 	}
 	r.idle = idleEnd
 	r.idleCPU = cpuDelta(idleStart, idleEnd)
-	r.idleWrites = map[string]float64{}
-	for _, name := range writtenStreams {
-		r.idleWrites[name] = float64(last[name]-first[name]) / c.idle.Seconds()
+	if first != nil {
+		r.idleWrites = map[string]float64{}
+		for _, name := range writtenStreams {
+			r.idleWrites[name] = float64(last[name]-first[name]) / c.idle.Seconds()
+		}
 	}
 
 	if c.scenario != "idle" {
 		clusters := make([]string, c.agents)
 		for i := range clusters {
-			clusters[i] = fmt.Sprintf("sim-%05d", i)
+			clusters[i] = fmt.Sprintf("%s-%05d", c.prefix, i)
 		}
-		target := driver.Target{Gateways: s.GatewayURLs, CAFile: s.CAFile, Clusters: clusters, Namespace: "load"}
-		for _, u := range loadUsers {
-			target.Tokens = append(target.Tokens, s.Users[u].Token)
-		}
-		sampler := startSampler(s, r.pids, sims)
-		loadStart := sample(s, r.pids, sims)
+		target := driver.Target{Gateways: sys.gateways, CAFile: sys.ca, Clusters: clusters, Namespace: "load", Tokens: sys.tokens}
+		sampler := startSampler(sys.procs, sims)
+		loadStart := sample(sys.procs, sims)
 		switch c.scenario {
 		case "steady":
 			// The same load on one cluster first: per-request work must
@@ -184,7 +255,7 @@ func run(ctx context.Context, c config) error {
 		case "watches":
 			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
 		case "storm":
-			r.load, r.storm, err = storm(ctx, c, s, target, sims)
+			r.load, r.storm, err = storm(ctx, c, sys, target, sims)
 		case "soak":
 			// Mixed load with watches held open the whole time.
 			watched := make(chan error, 1)
@@ -196,7 +267,7 @@ func run(ctx context.Context, c config) error {
 			r.load, err = driver.Run(ctx, target, driver.Mixed(c.rate, c.duration))
 			err = errors.Join(err, <-watched)
 		}
-		loadEnd := sample(s, r.pids, sims)
+		loadEnd := sample(sys.procs, sims)
 		r.timeline = sampler.stop()
 		if err != nil {
 			return err
@@ -217,7 +288,7 @@ func run(ctx context.Context, c config) error {
 	}
 	if c.scenario == "soak" {
 		png := c.reportName() + "-memory.png"
-		if err := plotProcesses(filepath.Join(c.out, png), r.timeline); err != nil {
+		if err := plotProcesses(filepath.Join(c.out, png), r.tetherProcs(), r.timeline); err != nil {
 			return err
 		}
 		r.memoryPlot = png
@@ -227,17 +298,6 @@ func run(ctx context.Context, c config) error {
 	}
 	logf("wrote %s", path)
 	return nil
-}
-
-func joinURLs(urls []string) string {
-	out := ""
-	for i, u := range urls {
-		if i > 0 {
-			out += ","
-		}
-		out += u
-	}
-	return out
 }
 
 // writtenStreams are the JetStream streams the fleet's presence writes
@@ -258,8 +318,12 @@ func registryJetStream(s *stack.Stack, stateDir string) (jetstream.JetStream, er
 	return jetstream.New(nc)
 }
 
-// lastSeqs is each written stream's last sequence: what was ever written.
+// lastSeqs is each written stream's last sequence: what was ever written;
+// nil without a JetStream to read (a deployed Tether).
 func lastSeqs(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	if js == nil {
+		return nil, nil
+	}
 	out := map[string]uint64{}
 	for _, name := range writtenStreams {
 		st, err := js.Stream(ctx, name)

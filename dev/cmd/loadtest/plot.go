@@ -61,12 +61,12 @@ func writePlots(path string, rows [][]*plot.Plot) error {
 
 // plotProcesses draws every Tether process's RSS and goroutines over a
 // run, one panel above the other, into a PNG at path.
-func plotProcesses(path string, tl []snapshot) error {
+func plotProcesses(path string, names []string, tl []snapshot) error {
 	mem, gor := plot.New(), plot.New()
 	mem.Title.Text, mem.X.Label.Text, mem.Y.Label.Text = "RSS by process", "seconds", "MiB"
 	gor.Title.Text, gor.X.Label.Text, gor.Y.Label.Text = "goroutines by process", "seconds", "goroutines"
 	var memLines, gorLines []any
-	for _, name := range tetherProcs {
+	for _, name := range names {
 		rss, gs := plotter.XYs{}, plotter.XYs{}
 		for _, s := range tl {
 			p, ok := s.procs[name]

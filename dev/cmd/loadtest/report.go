@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,38 +36,57 @@ type snapshot struct {
 	procs map[string]point
 }
 
-// pidsOfStack are the stack's sampled processes.
-func pidsOfStack(s *stack.Stack) map[string]int {
-	out := map[string]int{}
+// process is one Tether process the run samples: by its pid when it runs
+// on this machine, and by its own metrics (a deployed one by those alone).
+type process struct {
+	name    string
+	pid     int    // 0: not on this machine
+	metrics string // its /metrics URL; "" when it serves none (natsd)
+}
+
+// localProcs are the sampled processes of the stack this command started.
+func localProcs(s *stack.Stack) []process {
+	var out []process
 	for _, name := range services {
-		if p := s.Process(name); p != nil {
-			out[name] = p.Pid()
+		p := s.Process(name)
+		if p == nil {
+			continue
 		}
+		pr := process{name: name, pid: p.Pid()}
+		if name != "natsd" {
+			pr.metrics = "http://" + s.Admin[name] + "/metrics"
+		}
+		out = append(out, pr)
 	}
 	return out
 }
 
-// sample reads each process's CPU, memory and files from /proc and its
-// goroutines from its own metrics; "agentsim" is the fleet's processes
-// together.
-func sample(s *stack.Stack, pids map[string]int, sims *fleet) snapshot {
+// sample reads each process's CPU, memory and files, from /proc for one
+// on this machine and from its process metrics otherwise, and its
+// goroutines, streams, heap and stacks from its own metrics; "agentsim" is
+// the fleet's processes together.
+func sample(procs []process, sims *fleet) snapshot {
 	snap := snapshot{at: time.Now(), procs: map[string]point{}}
-	if pids == nil {
-		pids = pidsOfStack(s)
-	}
-	for name, pid := range pids {
-		cpu, _, _, _ := procstat.Stat(pid)
-		p := point{cpu: cpu, rssKB: procstat.RSSKB(pid), fds: procstat.FDs(pid)}
-		if name == "natsd" {
-			// natsd serves no metrics of its own.
-			p.goroutines = -1
-		} else {
-			p.goroutines, _ = s.Metric(name, "go_goroutines")
-			p.streams, _ = s.Metric(name, "tether_agent_streams")
-			p.heapInuse, _ = s.Metric(name, "go_memstats_heap_inuse_bytes")
-			p.stackInuse, _ = s.Metric(name, "go_memstats_stack_inuse_bytes")
+	for _, pr := range procs {
+		p := point{goroutines: -1}
+		if pr.metrics != "" {
+			m, err := scrape(pr.metrics)
+			if err != nil && pr.pid == 0 {
+				continue // nothing to say of it this time
+			}
+			p.goroutines = m["go_goroutines"]
+			p.streams = m["tether_agent_streams"]
+			p.heapInuse, p.stackInuse = m["go_memstats_heap_inuse_bytes"], m["go_memstats_stack_inuse_bytes"]
+			p.cpu = time.Duration(m["process_cpu_seconds_total"] * float64(time.Second))
+			p.rssKB, p.fds = int64(m["process_resident_memory_bytes"]/1024), int(m["process_open_fds"])
 		}
-		snap.procs[name] = p
+		if pr.pid > 0 {
+			// /proc is finer than the metrics' CPU seconds, and natsd has
+			// only /proc.
+			p.cpu, _, _, _ = procstat.Stat(pr.pid)
+			p.rssKB, p.fds = procstat.RSSKB(pr.pid), procstat.FDs(pr.pid)
+		}
+		snap.procs[pr.name] = p
 	}
 	if sims != nil {
 		var all point
@@ -79,6 +100,37 @@ func sample(s *stack.Stack, pids map[string]int, sims *fleet) snapshot {
 		snap.procs["agentsim"] = all
 	}
 	return snap
+}
+
+// scrape reads a Prometheus text exposition into series → value (a series
+// with labels under its whole name, labels included).
+func scrape(url string) (map[string]float64, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, sc.Err()
 }
 
 func cpuDelta(a, b snapshot) map[string]time.Duration {
@@ -97,7 +149,7 @@ type sampler struct {
 	snaps []snapshot
 }
 
-func startSampler(s *stack.Stack, pids map[string]int, sims *fleet) *sampler {
+func startSampler(procs []process, sims *fleet) *sampler {
 	sm := &sampler{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(sm.done)
@@ -109,7 +161,7 @@ func startSampler(s *stack.Stack, pids map[string]int, sims *fleet) *sampler {
 				return
 			case <-t.C:
 			}
-			snap := sample(s, pids, sims)
+			snap := sample(procs, sims)
 			sm.mu.Lock()
 			sm.snaps = append(sm.snaps, snap)
 			sm.mu.Unlock()
@@ -129,8 +181,10 @@ type report struct {
 	cfg     config
 	started time.Time
 	commit  string
+	// about describes the Tether loaded.
+	about string
 
-	pids         map[string]int
+	procs        []process
 	before, idle snapshot
 	idleCPU      map[string]time.Duration
 	connectTime  time.Duration
@@ -154,8 +208,14 @@ type report struct {
 }
 
 // tetherProcs are the processes whose cost is Tether's (not the
-// simulator's, not the control plane's).
-var tetherProcs = []string{"gateway", "gateway-1", "router", "router-1", "subscriber", "subscriber-1", "agent-registry", "natsd"}
+// simulator's, not the control plane's): the sampled ones.
+func (r *report) tetherProcs() []string {
+	out := make([]string, len(r.procs))
+	for i, p := range r.procs {
+		out[i] = p.name
+	}
+	return out
+}
 
 func (r *report) markdown() string {
 	var b strings.Builder
@@ -166,8 +226,11 @@ func (r *report) markdown() string {
 	if c.scenario == "storm" {
 		storm = fmt.Sprintf(" STORM_DOWN=%v", c.stormDown)
 	}
+	if c.deployed.target != "" {
+		storm += " TARGET=" + c.deployed.target + " TARGET_CA=… TARGET_TOKENS=… TARGET_ADMIN_TOKEN=… AGENTS_URL=" + c.deployed.agentsURL + " AGENTS_CA=… IDENTITY_ROOT=…"
+	}
 	fmt.Fprintf(&b, "- Command: `make loadtest SCENARIO=%s AGENTS=%d RATE=%g DURATION=%v%s` (`go run ./dev/cmd/loadtest`)\n", c.scenario, c.agents, c.rate, c.duration, storm)
-	fmt.Fprintf(&b, "- Stack: 2 gateways, 2 routers, 2 subscribers, agent-registry and one NATS node, as `make run REPLICAS=2`, TLS on every hop; %d simulated agents (agentsim: the real agent against an in-memory cluster), two streams each, in %d agentsim process(es) on the same cores\n\n", c.agents, (c.agents+perProcess-1)/perProcess)
+	fmt.Fprintf(&b, "- Tether loaded: %s\n\n", r.about)
 
 	b.WriteString("## The connected fleet, idle\n\n")
 	if r.incomplete {
@@ -176,7 +239,7 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "%d agents enrolled (each with its own bootstrap token, from `EnsureClusters`) and held their streams %v after agentsim started (at %g agents/s). Then %v idle:\n\n", c.agents, r.connectTime.Round(time.Millisecond), c.startRate, c.idle)
 	}
 	b.WriteString("| Process | streams held | RSS (MiB) | RSS per stream (KiB) | of it heap in use, stacks (KiB) | goroutines | goroutines per stream | open files | CPU while idle (% of a core) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, name := range append(append([]string{}, tetherProcs...), "agentsim") {
+	for _, name := range append(r.tetherProcs(), "agentsim") {
 		p, ok := r.idle.procs[name]
 		if !ok {
 			continue
@@ -196,13 +259,17 @@ func (r *report) markdown() string {
 			100*r.idleCPU[name].Seconds()/c.idle.Seconds())
 	}
 	b.WriteString("\nPer stream: (now − before agentsim started) ÷ the streams that subscriber holds (`tether_agent_streams`). Heap in use and stacks are the Go runtime's own figures (`go_memstats_heap_inuse_bytes`, `go_memstats_stack_inuse_bytes`); the rest of the RSS is the collector's headroom, freed spans not yet returned and the runtime itself.\n\n")
-	var total float64
-	var per []string
-	for _, name := range writtenStreams {
-		total += r.idleWrites[name]
-		per = append(per, fmt.Sprintf("`%s` %.2f", name, r.idleWrites[name]))
+	if r.idleWrites != nil {
+		var total float64
+		var per []string
+		for _, name := range writtenStreams {
+			total += r.idleWrites[name]
+			per = append(per, fmt.Sprintf("`%s` %.2f", name, r.idleWrites[name]))
+		}
+		fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.2f/s (%s; each stream's last sequence over the idle window; ADR 014).\n\n", total, strings.Join(per, ", "))
+	} else {
+		b.WriteString("JetStream writes from the idle fleet: not measured (no NATS credentials for a deployed Tether).\n\n")
 	}
-	fmt.Fprintf(&b, "JetStream writes from the idle fleet: %.2f/s (%s; each stream's last sequence over the idle window; ADR 014).\n\n", total, strings.Join(per, ", "))
 
 	if r.storm != nil {
 		r.stormSection(&b)
@@ -302,7 +369,7 @@ func (r *report) requestsDuringLoad() float64 {
 func (r *report) costSection(b *strings.Builder, requests float64) {
 	var cpu time.Duration
 	b.WriteString("\n| Process | CPU during the load (s) | RSS at the end (MiB) | goroutines at the end |\n|---|---:|---:|---:|\n")
-	for _, name := range append(append([]string{}, tetherProcs...), "agentsim") {
+	for _, name := range append(r.tetherProcs(), "agentsim") {
 		p, ok := r.loadEnd.procs[name]
 		if !ok {
 			continue
@@ -330,7 +397,7 @@ func (r *report) watchSection(b *strings.Builder) {
 			peak[name] = max(peak[name], p.rssKB)
 		}
 	}
-	for _, name := range tetherProcs {
+	for _, name := range r.tetherProcs() {
 		if _, ok := peak[name]; ok && w.Opened > 0 {
 			fmt.Fprintf(b, "| %s | %.1f |\n", name, float64(peak[name]-r.idle.procs[name].rssKB)/float64(w.Opened))
 		}
@@ -413,7 +480,7 @@ func (r *report) soakSection(b *strings.Builder) {
 	}
 	from := len(tl) / 3
 	b.WriteString("| Process | RSS at a third (MiB) | RSS at the end (MiB) | RSS trend (MiB per 10 min) | goroutines at a third | at the end | goroutine trend (per 10 min) | |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
-	for _, name := range tetherProcs {
+	for _, name := range r.tetherProcs() {
 		var xs, rss, gs []float64
 		for _, s := range tl[from:] {
 			p, ok := s.procs[name]
@@ -445,7 +512,7 @@ func (r *report) soakSection(b *strings.Builder) {
 // from the load, per watch from the watches (when the run held some).
 func (r *report) sizingSection(b *strings.Builder) {
 	var memPerCluster, cpuPerCluster, baseMem, loadCPU, watchMem float64
-	for _, name := range tetherProcs {
+	for _, name := range r.tetherProcs() {
 		before, idle := r.before.procs[name], r.idle.procs[name]
 		baseMem += float64(before.rssKB) / 1024
 		memPerCluster += float64(idle.rssKB-before.rssKB) / 1024 / float64(r.cfg.agents)
@@ -454,7 +521,7 @@ func (r *report) sizingSection(b *strings.Builder) {
 	}
 	cpuPerReq := loadCPU / r.requestsDuringLoad()
 	if w := r.watches; w != nil && w.Opened > 0 {
-		for _, name := range tetherProcs {
+		for _, name := range r.tetherProcs() {
 			var peak int64
 			for _, s := range r.timeline {
 				peak = max(peak, s.procs[name].rssKB)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tether-dev/tether/dev/stack"
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
+	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/loadtest/driver"
 )
 
@@ -40,7 +41,8 @@ type stormResult struct {
 // half the fleet a third of the way in, restarts it c.stormDown later as
 // Kubernetes would (never, when negative), and follows the fleet second by
 // second until the load ends.
-func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, sims *fleet) (*driver.Result, *stormResult, error) {
+func storm(ctx context.Context, c config, sys *system, target driver.Target, sims *fleet) (*driver.Result, *stormResult, error) {
+	s := sys.local
 	type loadDone struct {
 		res *driver.Result
 		err error
@@ -104,7 +106,7 @@ func storm(ctx context.Context, c config, s *stack.Stack, target driver.Target, 
 		for i, sub := range []string{"subscriber", stormVictim} {
 			sec.streams[i] = gaugeOf(s, sub, "tether_agent_streams")
 		}
-		sec.registry = registryStreams(ctx, s)
+		sec.registry = registryStreams(ctx, sys.clusters)
 		sec.registryMatches = float64(sec.registry[0]) == sec.streams[0] && float64(sec.registry[1]) == sec.streams[1]
 		if sr.fullAfter < 0 && sec.full >= float64(c.agents) {
 			sr.fullAfter = sec.at
@@ -123,11 +125,11 @@ func gaugeOf(s *stack.Stack, service, series string) float64 {
 
 // registryStreams counts the streams agent-registry's view holds alive (a
 // heartbeat within the stack's heartbeat timeout), by subscriber.
-func registryStreams(ctx context.Context, s *stack.Stack) [2]int {
+func registryStreams(ctx context.Context, clusters tetherv1connect.ClusterServiceClient) [2]int {
 	var out [2]int
 	now := time.Now()
 	for token := ""; ; {
-		resp, err := s.Clusters().ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageSize: 1000, PageToken: token}))
+		resp, err := clusters.ListClusters(ctx, connect.NewRequest(&tetherv1.ListClustersRequest{PageSize: 1000, PageToken: token}))
 		if err != nil {
 			return out
 		}
