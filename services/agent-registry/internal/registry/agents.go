@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
@@ -77,6 +76,8 @@ type AgentView struct {
 	// (which says since when it is disconnected).
 	model  map[string]*tetherv1.AgentStatus
 	loaded bool
+	// groups index model for the metric (gauge.go).
+	groups groups
 }
 
 // StartAgentView creates the streams and the bucket if missing, consumes
@@ -116,7 +117,7 @@ func StartAgentView(ctx context.Context, cfg AgentViewConfig) (*AgentView, error
 	if err != nil {
 		return nil, fmt.Errorf("consuming %s: %w", AgentsStream, err)
 	}
-	v := &AgentView{cfg: cfg, kv: kv, cons: cons, leases: newLeases(cfg.Timeout, cfg.Logger), seed: maphash.MakeSeed(), model: map[string]*tetherv1.AgentStatus{}}
+	v := &AgentView{cfg: cfg, kv: kv, cons: cons, leases: newLeases(cfg.Timeout, cfg.Logger), seed: maphash.MakeSeed(), model: map[string]*tetherv1.AgentStatus{}, groups: newGroups()}
 	if err := v.leases.follow(ctx, js, cfg.Replicas); err != nil {
 		return nil, err
 	}
@@ -244,9 +245,7 @@ func (v *AgentView) readModel(ctx context.Context, w jetstream.KeyWatcher) {
 			continue
 		}
 		if entry.Operation() != jetstream.KeyValuePut {
-			v.mu.Lock()
-			delete(v.model, entry.Key())
-			v.mu.Unlock()
+			v.put(entry.Key(), nil)
 			continue
 		}
 		st := &tetherv1.AgentStatus{}
@@ -257,10 +256,21 @@ func (v *AgentView) readModel(ctx context.Context, w jetstream.KeyWatcher) {
 		if n := len(st.History); n > 1 {
 			st.History = st.History[n-1:]
 		}
-		v.mu.Lock()
-		v.model[entry.Key()] = st
-		v.mu.Unlock()
+		v.put(entry.Key(), st)
 	}
+}
+
+// put keeps st as cluster's entry in the read model; nil removes it.
+func (v *AgentView) put(cluster string, st *tetherv1.AgentStatus) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.groups.remove(cluster, v.model[cluster])
+	if st == nil {
+		delete(v.model, cluster)
+		return
+	}
+	v.model[cluster] = st
+	v.groups.add(cluster, st)
 }
 
 // sweeper ends, as events, the streams of subscriber incarnations that
@@ -374,37 +384,6 @@ func (v *AgentView) CaughtUp(ctx context.Context) (bool, error) {
 	loaded := v.loaded
 	v.mu.RUnlock()
 	return loaded && info.NumPending == 0 && info.NumAckPending == 0, nil
-}
-
-// Gauge counts agents by state and subscriber for /metrics, from the read
-// model, each time it is scraped.
-func (v *AgentView) Gauge() prometheus.Collector {
-	return &agentCollector{v: v, desc: prometheus.NewDesc("tether_registry_agents",
-		"Clusters' agents by state (connected, unhealthy, disconnected) and the subscriber of their newest stream.", []string{"state", "subscriber"}, nil)}
-}
-
-type agentCollector struct {
-	v    *AgentView
-	desc *prometheus.Desc
-}
-
-func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
-
-func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
-	counts := map[[2]string]int{}
-	now := c.v.cfg.Now()
-	c.v.mu.RLock()
-	for _, st := range c.v.model {
-		sub := "-"
-		if n := len(st.GetStreams()); n > 0 {
-			sub = st.GetStreams()[n-1].GetSubscriberId()
-		}
-		counts[[2]string{stateName(c.v.state(st, now)), sub}]++
-	}
-	c.v.mu.RUnlock()
-	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), k[0], k[1])
-	}
 }
 
 // state is st's state at now, without changing st.

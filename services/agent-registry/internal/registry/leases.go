@@ -183,6 +183,18 @@ func (l *leases) dead(s *tetherv1.AgentStream, now time.Time) bool {
 	return !ok || !slices.Contains(ls.incarnations, s.GetSubscriberIncarnation()) || now.Sub(ls.at) > 2*l.timeout
 }
 
+// vouches says whether subscriber's latest lease names incarnation, and
+// if so whether it is fresh at now.
+func (l *leases) vouches(subscriber, incarnation string, now time.Time) (named, fresh bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	ls, ok := l.m[subscriber]
+	if !ok || !slices.Contains(ls.incarnations, incarnation) {
+		return false, false
+	}
+	return true, now.Sub(ls.at) <= l.timeout
+}
+
 // alive: a stream reported with an incarnation is alive while its
 // subscriber's latest lease is fresh and names that incarnation, or, not
 // yet named, while it is younger than both that lease and the timeout (a
