@@ -45,11 +45,14 @@ bench:
 	bash hack/kube/build.sh >/dev/null
 	$(GO) run ./dev/cmd/bench --out bench/results
 
-## loadtest: a fleet of simulated agents and one load scenario against the stack, or a deployed Tether (TARGET=...); SCENARIO=idle|steady|mixed|spike|watches|storm|soak AGENTS=1000 RATE=200 DURATION=60s; writes bench/results/capacity-SCENARIO.md
+## loadtest: a fleet of simulated agents and one load scenario against the stack, or a deployed Tether (TARGET=...); SCENARIO=idle|steady|mixed|spike|watches|storm|soak AGENTS=1000 RATE=200 DURATION=60s WATCHES=1000; writes bench/results/capacity-SCENARIO.md
 SCENARIO ?= steady
 AGENTS ?= 1000
 RATE ?= 200
 DURATION ?= 60s
+# watches, soak: watches held open, and the events a second they get in all
+WATCHES ?= 1000
+WATCH_EVENTS ?= 1000
 # storm: how long the killed subscriber stays down; negative: for good
 STORM_DOWN ?= 0s
 # a deployed Tether instead: its gateways' URLs (comma-separated), their CA,
@@ -67,7 +70,7 @@ METRICS ?=
 TENANT ?= acme
 loadtest:
 	$(if $(TARGET),,bash hack/kube/build.sh >/dev/null)
-	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --storm-down $(STORM_DOWN) --out bench/results \
+	$(GO) run ./dev/cmd/loadtest --scenario $(SCENARIO) --agents $(AGENTS) --rate $(RATE) --duration $(DURATION) --storm-down $(STORM_DOWN) --watches $(WATCHES) --watch-events $(WATCH_EVENTS) --out bench/results \
 	  $(if $(TARGET),--target '$(TARGET)' --target-ca '$(TARGET_CA)' --target-tokens '$(TARGET_TOKENS)' --target-admin-token '$(TARGET_ADMIN_TOKEN)' \
 	    --agents-url '$(AGENTS_URL)' --agents-ca '$(AGENTS_CA)' --identity-root-key '$(IDENTITY_ROOT)' --metrics '$(METRICS)' --tenant '$(TENANT)')
 

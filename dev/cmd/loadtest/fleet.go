@@ -44,7 +44,7 @@ func startFleet(ctx context.Context, c config, a fleetArgs) (*fleet, error) {
 			"--admin-addr", admin, "--log-level", "warn", "--gateway-url", a.gatewayURL, "--gateway-ca", a.gatewayCA, "--token-file", a.adminTokenFile,
 			"--subscriber-url", strings.Join(a.subscriberURLs, ","), "--subscriber-ca", a.subscriberCA, "--identity-root-key", a.identityRoot,
 			"--agents", strconv.Itoa(count), "--first", strconv.Itoa(first), "--prefix", c.prefix, "--tenant", a.tenant,
-			"--start-rate", strconv.FormatFloat(c.startRate/float64(n), 'f', -1, 64))
+			"--start-rate", strconv.FormatFloat(c.startRate/float64(n), 'f', -1, 64), "--watch-every", c.watchEvery().String())
 		if err != nil {
 			f.stop()
 			return nil, err

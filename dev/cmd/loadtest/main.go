@@ -46,6 +46,8 @@ type config struct {
 	rate      float64
 	duration  time.Duration
 	watches   int
+	// watchEvents is the events a second all watches together are sent.
+	watchEvents float64
 	idle      time.Duration
 	stormDown time.Duration
 	startRate float64
@@ -54,6 +56,11 @@ type config struct {
 	// deployed names a Tether deployed elsewhere; its target empty: the
 	// stack this command starts.
 	deployed deployed
+}
+
+// watchEvery is how often each watch is sent an event.
+func (c config) watchEvery() time.Duration {
+	return time.Duration(float64(c.watches) / c.watchEvents * float64(time.Second))
 }
 
 // reportName names the report files: the scenario's, and a storm whose
@@ -72,6 +79,7 @@ func main() {
 	flag.Float64Var(&c.rate, "rate", 200, "requests per second offered (steady, mixed; spike's base rate)")
 	flag.DurationVar(&c.duration, "duration", time.Minute, "how long the scenario's load lasts")
 	flag.IntVar(&c.watches, "watches", 1000, "watches held open (watches, soak)")
+	flag.Float64Var(&c.watchEvents, "watch-events", 1000, "events per second across all the watches held open (watches, soak): each watch gets one every watches/watch-events seconds")
 	flag.DurationVar(&c.idle, "idle", 30*time.Second, "how long the connected fleet idles before it is measured")
 	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
@@ -113,6 +121,9 @@ func run(ctx context.Context, c config) error {
 	}
 	if c.agents < 1 {
 		return errors.New("--agents must be at least 1")
+	}
+	if c.watches < 1 || c.watchEvents <= 0 {
+		return errors.New("--watches and --watch-events must be positive")
 	}
 	if !subject.ValidClusterID(c.prefix + "-00000") {
 		return fmt.Errorf("--prefix %q makes no valid cluster id", c.prefix)
@@ -253,7 +264,10 @@ func measure(ctx context.Context, c config, sys *system, commit string) error {
 		case "spike":
 			r.load, err = driver.Run(ctx, target, driver.Spike(c.rate, c.duration))
 		case "watches":
-			r.watches, err = driver.RunWatches(ctx, target, c.watches, c.duration)
+			// All through one gateway: what one gateway carries.
+			one := target
+			one.Gateways = target.Gateways[:1]
+			r.watches, err = driver.RunWatches(ctx, one, c.watches, c.duration)
 		case "storm":
 			r.load, r.storm, err = storm(ctx, c, sys, target, sims)
 		case "soak":

@@ -386,7 +386,12 @@ func (r *report) costSection(b *strings.Builder, requests float64) {
 
 func (r *report) watchSection(b *strings.Builder) {
 	w := r.watches
-	fmt.Fprintf(b, "## Watches\n\n%d watches through the gateways (spread over the clusters), held %v, each cluster sending an event every second per watch (agentsim --watch-every).\n\n", w.Watches, r.cfg.duration)
+	through := "the gateways"
+	if r.cfg.scenario == "watches" {
+		through = "one gateway"
+	}
+	fmt.Fprintf(b, "## Watches\n\n%d watches through %s (spread over the clusters), held %v, each sent an event every %v by its simulated cluster (agentsim --watch-every): %g events/s in all.\n\n",
+		w.Watches, through, r.cfg.duration, r.cfg.watchEvery(), r.cfg.watchEvents)
 	fmt.Fprintf(b, "Opened %d, broken before their end %d, events read %d. Errors: %v.\n\n", w.Opened, w.Broken, w.Events, w.Errors)
 	fmt.Fprintf(b, "Event lag, from the simulated cluster's send to the client's read (ms): p50 %s, p99 %s, p99.9 %s, max %s.\n", us(w.Lag.ValueAtQuantile(50)),
 		us(w.Lag.ValueAtQuantile(99)), us(w.Lag.ValueAtQuantile(99.9)), us(w.Lag.Max()))
