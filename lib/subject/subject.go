@@ -52,6 +52,31 @@ func Session(session string, stream uint64) string {
 	return "tether.sess." + session + "." + strconv.FormatUint(stream, 10)
 }
 
+// A session id names the subscriber process holding it: <process>_<n>,
+// each 16 lowercase hex digits. A router probes the process once for all
+// of its sessions, at tether.sess.<process>.0 (ADR 016).
+var processSession = regexp.MustCompile(`^([0-9a-f]{16})_[0-9a-f]{16}$`)
+
+// SessionID is the id of session n of the subscriber process process:
+// both 16 lowercase hex digits.
+func SessionID(process, n string) (string, error) {
+	id := process + "_" + n
+	if !processSession.MatchString(id) {
+		return "", fmt.Errorf("invalid session id parts %q, %q", process, n)
+	}
+	return id, nil
+}
+
+// ProcessOf is the subscriber process a session id names; false for one
+// that names none (a subscriber older than ADR 016).
+func ProcessOf(session string) (string, bool) {
+	m := processSession.FindStringSubmatch(session)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
 // IsSession reports whether subj is a session's stream subject.
 func IsSession(subj string) bool { return strings.HasPrefix(subj, "tether.sess.") }
 

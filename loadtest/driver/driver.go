@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -311,10 +312,14 @@ func kindOf(method, url string) Kind {
 // stays small.
 func shorten(e string) string {
 	if i := strings.LastIndex(e, ": "); i >= 0 {
-		return e[i+2:]
+		e = e[i+2:]
 	}
-	return e
+	// HTTP/2 names the stream ("stream ID 1001; INTERNAL_ERROR; received
+	// from peer"): one kind of error, not one per stream.
+	return streamID.ReplaceAllString(e, "")
 }
+
+var streamID = regexp.MustCompile(`stream ID \d+; `)
 
 func timeline(perSecond map[int]*secondAcc, p vegeta.Pacer, d time.Duration) []Second {
 	// Whole seconds of the run: a request sent in the last moment's

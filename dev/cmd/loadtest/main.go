@@ -41,18 +41,19 @@ import (
 
 // config is what a run does.
 type config struct {
-	scenario  string
-	agents    int
-	rate      float64
-	duration  time.Duration
-	watches   int
+	scenario string
+	agents   int
+	rate     float64
+	duration time.Duration
+	watches  int
 	// watchEvents is the events a second all watches together are sent.
 	watchEvents float64
-	idle      time.Duration
-	stormDown time.Duration
-	startRate float64
-	out       string
-	prefix    string
+	idle        time.Duration
+	stormDown   time.Duration
+	startRate   float64
+	out         string
+	prefix      string
+	keep        bool
 	// deployed names a Tether deployed elsewhere; its target empty: the
 	// stack this command starts.
 	deployed deployed
@@ -84,6 +85,7 @@ func main() {
 	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
 	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
+	flag.BoolVar(&c.keep, "keep", false, "keep the stack's state folder, with every process's log, and say where")
 	flag.StringVar(&c.prefix, "prefix", "sim", "the simulated clusters are PREFIX-00000, PREFIX-00001, ...")
 	d := &c.deployed
 	flag.StringVar(&d.target, "target", "", "a deployed Tether instead of the stack: its gateways' URLs, comma-separated")
@@ -138,9 +140,16 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	defer w.Close()
 	dir := w.Dir
+	if c.keep {
+		defer logf("kept the stack's state and logs in %s", filepath.Join(dir, "state"))
+	} else {
+		defer w.Close()
+	}
 	quiet := []string{"--log-level", "warn"}
+	if c.keep {
+		quiet = []string{"--log-level", "info"}
+	}
 	// The load comes from many users, as in a fleet: a gateway limits what
 	// one user may hold (--max-long-running-per-user, 200).
 	users := stack.DefaultUsers()
@@ -287,6 +296,9 @@ func measure(ctx context.Context, c config, sys *system, commit string) error {
 			return err
 		}
 		r.loadCPU = cpuDelta(loadStart, loadEnd)
+		for name, p := range loadEnd.procs {
+			r.retries += p.retries - loadStart.procs[name].retries
+		}
 		r.loadEnd = loadEnd
 	}
 	path := filepath.Join(c.out, c.reportName()+".md")

@@ -28,6 +28,9 @@ type point struct {
 	// heap and stacks the Go runtime holds (its own metrics), in bytes:
 	// what of the RSS is live objects and goroutine stacks.
 	heapInuse, stackInuse float64
+	// retries: requests a router sent again (no agent answered, or a hop
+	// was lost before the answer), ever.
+	retries float64
 }
 
 // snapshot is every sampled process at one moment.
@@ -77,6 +80,7 @@ func sample(procs []process, sims *fleet) snapshot {
 			p.goroutines = m["go_goroutines"]
 			p.streams = m["tether_agent_streams"]
 			p.heapInuse, p.stackInuse = m["go_memstats_heap_inuse_bytes"], m["go_memstats_stack_inuse_bytes"]
+			p.retries = m["tether_router_retries_total"]
 			p.cpu = time.Duration(m["process_cpu_seconds_total"] * float64(time.Second))
 			p.rssKB, p.fds = int64(m["process_resident_memory_bytes"]/1024), int(m["process_open_fds"])
 		}
@@ -193,9 +197,11 @@ type report struct {
 	// idleWrites is each JetStream stream's writes/s over the idle window.
 	idleWrites map[string]float64
 
-	load     *driver.Result
-	watches  *driver.WatchResult
-	loadCPU  map[string]time.Duration
+	load    *driver.Result
+	watches *driver.WatchResult
+	loadCPU map[string]time.Duration
+	// retries are the requests the routers sent again during the load.
+	retries  float64
 	loadEnd  snapshot
 	timeline []snapshot
 	// plot is the PNG of the load's seconds, beside the report.
@@ -382,6 +388,7 @@ func (r *report) costSection(b *strings.Builder, requests float64) {
 	if requests > 0 {
 		fmt.Fprintf(b, "\nTether's processes (all but agentsim): %.2f CPU-seconds per 1,000 requests.\n", cpu.Seconds()/requests*1000)
 	}
+	fmt.Fprintf(b, "\nRequests the routers sent again during the load (`tether_router_retries_total`: no agent answered in time, or a hop was lost before the answer): %.0f.\n", r.retries)
 }
 
 func (r *report) watchSection(b *strings.Builder) {

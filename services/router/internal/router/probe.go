@@ -13,17 +13,22 @@ import (
 // its ack, and that the subscriber is gone from the probes here: NATS
 // says nothing when a peer dies or is cut off.
 
-// probePeers checks the agent streams of quiet calls, one ping per stream,
-// and fails the calls of a stream that is gone: nobody listened twice in a
-// row (once may be a NATS node that restarted and has not learned the
-// others' subscriptions yet), or nothing answered for four probe periods (a
-// subscriber cut off from NATS, or frozen; a loaded one still answers
-// within two). A call no subscriber ever answered counts as lost after
-// AckTimeout: subscribers ack what they hold (natslink.Ack).
+// probePeers checks, for quiet calls, that the subscriber processes
+// holding their agent streams are there: one ping per process, whatever
+// number of calls and sessions it holds (ADR 016; a session of a
+// subscriber older than that is pinged itself). It fails the calls of a
+// process that is gone: nobody listened twice in a row (once may be a NATS
+// node that restarted and has not learned the others' subscriptions yet),
+// or nothing answered for four probe periods (a subscriber cut off from
+// NATS, or frozen; a loaded one still answers within two). A session that
+// ended while its process lives says so itself (a Reset to each router),
+// and probeIdle finds any word of that lost. A call no subscriber ever
+// answered counts as lost after AckTimeout: subscribers ack what they hold
+// (natslink.Ack).
 func (s *Server) probePeers(ctx context.Context) {
 	now := time.Now()
 	quiet := now.Add(-s.cfg.PeerProbe).UnixNano()
-	bySession := map[string][]*call{}
+	byPeer := map[string][]*call{}
 	s.eachCall(func(c *call) {
 		if c.lastRecv.Load() >= quiet || c.lastChecked.Load() >= quiet {
 			return
@@ -39,28 +44,32 @@ func (s *Server) probePeers(ctx context.Context) {
 			}
 			return
 		}
-		bySession[sess] = append(bySession[sess], c)
+		peer := sess
+		if p, ok := subject.ProcessOf(sess); ok {
+			peer = p
+		}
+		byPeer[peer] = append(byPeer[peer], c)
 	})
 	s.mu.Lock()
-	for sess := range s.unanswered {
-		if _, ok := bySession[sess]; !ok {
-			delete(s.unanswered, sess)
+	for peer := range s.unanswered {
+		if _, ok := byPeer[peer]; !ok {
+			delete(s.unanswered, peer)
 		}
 	}
 	s.mu.Unlock()
-	sessions := make([]string, 0, len(bySession))
-	subjs := make([]string, 0, len(bySession))
-	for sess := range bySession {
-		sessions = append(sessions, sess)
-		subjs = append(subjs, subject.Session(sess, natslink.SessionProbe))
+	peers := make([]string, 0, len(byPeer))
+	subjs := make([]string, 0, len(byPeer))
+	for peer := range byPeer {
+		peers = append(peers, peer)
+		subjs = append(subjs, subject.Session(peer, natslink.SessionProbe))
 	}
 	for i, err := range natslink.PingAll(ctx, s.cfg.NATS, subjs, 2*s.cfg.PeerProbe) {
-		sess := sessions[i]
+		peer := peers[i]
 		s.mu.Lock()
-		u, known := s.unanswered[sess]
+		u, known := s.unanswered[peer]
 		switch {
 		case err == nil:
-			delete(s.unanswered, sess)
+			delete(s.unanswered, peer)
 		case !known:
 			u = unanswered{since: now}
 		}
@@ -70,13 +79,13 @@ func (s *Server) probePeers(ctx context.Context) {
 			u.gone = 0
 		}
 		if err != nil {
-			s.unanswered[sess] = u
+			s.unanswered[peer] = u
 		}
 		s.mu.Unlock()
 		if err != nil && u.gone < 2 && now.Sub(u.since) < 4*s.cfg.PeerProbe {
 			continue // not yet proof
 		}
-		for _, c := range bySession[sess] {
+		for _, c := range byPeer[peer] {
 			if err == nil {
 				c.lastChecked.Store(time.Now().UnixNano())
 				continue
@@ -84,7 +93,7 @@ func (s *Server) probePeers(ctx context.Context) {
 			c.lost("the subscriber holding the agent stream is gone")
 		}
 		if err != nil {
-			s.log.Info("agent stream unreachable; failing its calls", "session_id", sess, "calls", len(bySession[sess]), "err", err)
+			s.log.Info("subscriber unreachable; failing the calls on its agent streams", "peer", peer, "calls", len(byPeer[peer]), "err", err)
 		}
 	}
 }
@@ -114,8 +123,9 @@ func (s *Server) probeIdle(ctx context.Context) {
 	}
 }
 
-// unanswered is an agent stream that failed its last probes: since when,
-// and how many in a row found nobody listening.
+// unanswered is a subscriber process (or, before ADR 016, an agent
+// stream) that failed its last probes: since when, and how many in a row
+// found nobody listening.
 type unanswered struct {
 	since time.Time
 	gone  int

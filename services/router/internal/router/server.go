@@ -104,7 +104,8 @@ type Server struct {
 	calls sync.Map // uint64 → *call
 	next  atomic.Uint64
 	sub   *nats.Subscription
-	// mu guards unanswered: the agent streams whose last probes failed.
+	// mu guards unanswered: the subscriber processes whose last probes
+	// failed.
 	mu         sync.Mutex
 	unanswered map[string]unanswered
 }

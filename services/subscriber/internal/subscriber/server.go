@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,7 @@ import (
 	tetherv1 "github.com/tether-dev/tether/lib/gen/tether/v1"
 	"github.com/tether-dev/tether/lib/gen/tether/v1/tetherv1connect"
 	"github.com/tether-dev/tether/lib/natsconn"
+	"github.com/tether-dev/tether/lib/natslink"
 	"github.com/tether-dev/tether/lib/ratelog"
 	"github.com/tether-dev/tether/lib/subject"
 	"github.com/tether-dev/tether/lib/telemetry"
@@ -104,6 +106,10 @@ type Server struct {
 	// incarnation stamps this process's agent events; a new one is
 	// taken to announce every stream again (ADR 014).
 	incarnation atomic.Pointer[string]
+	// process names this process in its sessions' ids, and answers the
+	// routers' probes for all of them at once (ADR 016).
+	process string
+	probes  *nats.Subscription
 }
 
 // refusalLines is how many refused credentials a second are logged.
@@ -159,9 +165,20 @@ func New(cfg Config) (*Server, error) {
 		admission: newAdmission(cfg.AdmitRate, cfg.AdmitBurst)}
 	first := newID()
 	s.incarnation.Store(&first)
+	s.process = randomHex()
+	// One answer for every session here: a router asks once a period
+	// whether this process is there, not once per session (ADR 016).
+	probes, err := cfg.NATS.Subscribe(subject.Session(s.process, natslink.SessionProbe), func(m *nats.Msg) {
+		if f, err := tunnel.Decode(m.Data); err == nil && f.GetPing() != nil {
+			natslink.AnswerPing(cfg.NATS, m, true)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscriber: answering probes: %w", err)
+	}
+	s.probes = probes
 	// Anyone who reaches the public endpoint can present a bad credential:
 	// a few lines a second say so, the counter counts them all.
-	var err error
 	if s.refusals, err = ratelog.New(s.log, "agent credential refusals", refusalLines, time.Second, ratelog.Real{}); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
 	}
@@ -491,4 +508,20 @@ func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// randomHex is 16 random lowercase hex digits.
+func randomHex() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// newSessionID names a new session of this process.
+func (s *Server) newSessionID() string {
+	id, err := subject.SessionID(s.process, randomHex())
+	if err != nil {
+		panic(err) // both parts are made here, in the form it takes
+	}
+	return id
 }
