@@ -358,6 +358,21 @@ func (s *Stream) ReadContext(ctx context.Context, p []byte) (int, error) {
 	return n, nil
 }
 
+// Wait blocks until a Read would not: data is there, the peer ended its
+// direction, the stream failed, or ctx ended (its error). A reader of a
+// long, mostly quiet stream (a watch, logs -f) waits here first, and holds
+// a buffer only while there is something to read into it.
+func (s *Stream) Wait(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) == 0 && !s.readEnded && s.err == nil {
+		if err := s.waitLocked(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // AtEOF reports, without waiting, whether everything the peer sent has been
 // read and the peer has ended its direction.
 func (s *Stream) AtEOF() bool {

@@ -517,3 +517,45 @@ func TestRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// Wait returns once a Read would not block, and only then: for data, for
+// the peer's end, for a reset, or with ctx's error.
+func TestWaitReturnsWhenAReadWouldNotBlock(t *testing.T) {
+	head := &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Response{Response: &tetherv1.Response{Status: 200}}}
+	tests := []struct {
+		name    string
+		deliver *tetherv1.Frame // nil: nothing comes
+		wantErr error
+	}{
+		{"data", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: []byte("ev")}}}, nil},
+		{"the peer's end", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}}, nil},
+		{"a reset", &tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Reset_{Reset_: &tetherv1.Reset{Code: tetherv1.ResetCode_RESET_CODE_UNAVAILABLE}}}, nil},
+		{"nothing", nil, context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewStream(1, SenderFunc(func(*tetherv1.Frame) error { return nil }), 10)
+			s.AllowPeer(10)
+			if err := s.Deliver(head); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			waited := make(chan error, 1)
+			go func() { waited <- s.Wait(ctx) }()
+			select {
+			case err := <-waited:
+				t.Fatalf("Wait returned %v before anything came", err)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if tt.deliver != nil {
+				if err := s.Deliver(tt.deliver); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := <-waited; !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Wait = %v, want %v", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -397,21 +397,20 @@ func (s *Server) end(c *call) {
 
 // relayBody passes the response body on as it comes.
 func (s *Server) relayBody(ctx context.Context, log *slog.Logger, c *call, gw sender) error {
-	bp := tunnel.GetChunk()
-	defer tunnel.PutChunk(bp)
-	buf := *bp
 	for {
-		n, err := c.s.ReadContext(ctx, buf)
-		if n > 0 {
+		buf, release, err := pooledRead(ctx, c.s)
+		if n := len(buf); n > 0 {
 			// The end rides with the last bytes when they are already here.
 			end := c.s.AtEOF()
 			if err := gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{Chunk: buf[:n], End: end}}}); err != nil {
 				return err
 			}
 			if end {
+				release()
 				return nil
 			}
 		}
+		release()
 		if errors.Is(err, io.EOF) {
 			return gw.Send(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Data{Data: &tetherv1.Data{End: true}}})
 		}
@@ -428,15 +427,12 @@ func (s *Server) relayBody(ctx context.Context, log *slog.Logger, c *call, gw se
 // because a hop was lost, it asks again from the last event delivered and
 // goes on; *cp is the call being read, replaced on each resume.
 func (s *Server) relayWatch(ctx context.Context, log *slog.Logger, r *request, cp **call, plan *watchPlan, gw sender) error {
-	bp := tunnel.GetChunk()
-	defer tunnel.PutChunk(bp)
-	buf := *bp
 	fr := &framer{format: plan.format}
 	framing := true
 	for {
 		c := *cp
-		n, err := c.s.ReadContext(ctx, buf)
-		if n > 0 {
+		buf, release, err := pooledRead(ctx, c.s)
+		if n := len(buf); n > 0 {
 			if !framing {
 				if err := sendChunks(gw, buf[:n]); err != nil {
 					return err
@@ -463,6 +459,7 @@ func (s *Server) relayWatch(ctx context.Context, log *slog.Logger, r *request, c
 				}
 			}
 		}
+		release()
 		if errors.Is(err, io.EOF) {
 			if framing {
 				if err := sendChunks(gw, fr.rest()); err != nil {
@@ -502,6 +499,19 @@ func (s *Server) relayWatch(ctx context.Context, log *slog.Logger, r *request, c
 		*cp = next
 		fr.reset()
 	}
+}
+
+// pooledRead waits until st has something, then reads it into a pooled
+// chunk, which release gives back: a watch or a log that is quiet for
+// minutes holds no 64 KiB buffer meanwhile (the router's memory per watch).
+// A chunk not released (a return on a failed send) is the collector's.
+func pooledRead(ctx context.Context, st *tunnel.Stream) (b []byte, release func(), err error) {
+	if err := st.Wait(ctx); err != nil {
+		return nil, func() {}, err
+	}
+	bp := tunnel.GetChunk()
+	n, err := st.ReadContext(ctx, *bp)
+	return (*bp)[:n], func() { tunnel.PutChunk(bp) }, err
 }
 
 // resume asks again for a watch that lost its hop, from plan.rv; the old
