@@ -54,6 +54,7 @@ type config struct {
 	out         string
 	prefix      string
 	keep        bool
+	profileDir  string
 	// deployed names a Tether deployed elsewhere; its target empty: the
 	// stack this command starts.
 	deployed deployed
@@ -85,6 +86,7 @@ func main() {
 	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
 	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
+	flag.StringVar(&c.profileDir, "profile", "", "folder for CPU and heap profiles of the gateway, router and subscriber, taken over the middle third of the load (the stack this command starts)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the stack's state folder, with every process's log, and say where")
 	flag.StringVar(&c.prefix, "prefix", "sim", "the simulated clusters are PREFIX-00000, PREFIX-00001, ...")
 	d := &c.deployed
@@ -149,6 +151,9 @@ func run(ctx context.Context, c config) error {
 	quiet := []string{"--log-level", "warn"}
 	if c.keep {
 		quiet = []string{"--log-level", "info"}
+	}
+	if c.profileDir != "" {
+		quiet = append(quiet, "--pprof")
 	}
 	// The load comes from many users, as in a fleet: a gateway limits what
 	// one user may hold (--max-long-running-per-user, 200).
@@ -259,6 +264,15 @@ func measure(ctx context.Context, c config, sys *system, commit string) error {
 		target := driver.Target{Gateways: sys.gateways, CAFile: sys.ca, Clusters: clusters, Namespace: "load", Tokens: sys.tokens}
 		sampler := startSampler(sys.procs, sims)
 		loadStart := sample(sys.procs, sims)
+		profiled := make(chan struct{})
+		if c.profileDir != "" && sys.local != nil {
+			go func() {
+				defer close(profiled)
+				profileMiddle(ctx, c, sys.local)
+			}()
+		} else {
+			close(profiled)
+		}
 		switch c.scenario {
 		case "steady":
 			// The same load on one cluster first: per-request work must
@@ -292,6 +306,7 @@ func measure(ctx context.Context, c config, sys *system, commit string) error {
 		}
 		loadEnd := sample(sys.procs, sims)
 		r.timeline = sampler.stop()
+		<-profiled
 		if err != nil {
 			return err
 		}
