@@ -121,6 +121,10 @@ func H2CTransport() *http.Transport {
 	return t
 }
 
+// MaxStreamsPerConn is the most concurrent streams a Tether server takes
+// on one HTTP/2 connection (Go's own default).
+const MaxStreamsPerConn = 250
+
 // H2CServer returns a server for h speaking HTTP/2 without TLS.
 func H2CServer(h http.Handler) *http.Server {
 	s := &http.Server{
@@ -128,7 +132,12 @@ func H2CServer(h http.Handler) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: 10000,
+			// Go's HTTP/2 server looks through every stream of a connection
+			// for the next frame to write, idle ones included: 10,000
+			// watches on one gateway-to-router connection made that half
+			// of the router's CPU (ADR 016). Clients open another
+			// connection past this many streams.
+			MaxConcurrentStreams: MaxStreamsPerConn,
 			SendPingTimeout:      10 * time.Second,
 			PingTimeout:          5 * time.Second,
 		},

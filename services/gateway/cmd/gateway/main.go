@@ -193,7 +193,7 @@ func main() {
 			IdleTimeout:    5 * time.Minute,
 			// No read or write timeout: watches and streams last hours.
 			TLSConfig: tlsConfig,
-			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 1000, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: svc.MaxStreamsPerConn, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		}
 		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded,
 			Wrap: func(ln net.Listener) net.Listener { return gw.LimitConnections(ln, maxConns, perIP) }})
