@@ -28,8 +28,11 @@ type call struct {
 	epoch uint64
 	sent  time.Time
 
-	mu           sync.Mutex
-	peer         string
+	mu   sync.Mutex
+	peer string
+	// sess is the agent stream (session) peer names, and probe what the
+	// peer probe pings for it (ADR 016).
+	sess, probe  string
 	answered     chan struct{} // closed by the first answer
 	isAnswered   bool
 	noResponders bool
@@ -77,6 +80,13 @@ func (c *call) answer(reply string) bool {
 	if !c.isAnswered {
 		c.isAnswered = true
 		c.peer = reply
+		// Parsed once here, not at every probe of a watch that lasts hours.
+		if sess, ok := subject.SessionOf(reply); ok {
+			c.sess, c.probe = sess, sess
+			if p, ok := subject.ProcessOf(sess); ok {
+				c.probe = p
+			}
+		}
 		close(c.answered)
 	}
 	if c.peer != reply {
@@ -143,6 +153,16 @@ func (c *call) peerSubject() string {
 
 // session is the agent stream the call reached, if a subscriber said.
 func (c *call) session() string {
-	s, _ := subject.SessionOf(c.peerSubject())
-	return s
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sess
+}
+
+// probeTarget is what the peer probe pings for this call: the subscriber
+// process holding its agent stream, or the stream itself for a subscriber
+// older than ADR 016; empty until a subscriber said.
+func (c *call) probeTarget() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.probe
 }

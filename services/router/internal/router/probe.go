@@ -33,8 +33,8 @@ func (s *Server) probePeers(ctx context.Context) {
 		if c.lastRecv.Load() >= quiet || c.lastChecked.Load() >= quiet {
 			return
 		}
-		sess := c.session()
-		if sess == "" {
+		peer := c.probeTarget()
+		if peer == "" {
 			c.mu.Lock()
 			answered := c.isAnswered
 			c.mu.Unlock()
@@ -43,10 +43,6 @@ func (s *Server) probePeers(ctx context.Context) {
 				c.lost("no subscriber took the request")
 			}
 			return
-		}
-		peer := sess
-		if p, ok := subject.ProcessOf(sess); ok {
-			peer = p
 		}
 		byPeer[peer] = append(byPeer[peer], c)
 	})
