@@ -120,6 +120,10 @@ type Result struct {
 	Timeline []Second
 	// RetryAfter counts 429 and 503 answers that said when to come back.
 	RetryAfter int
+	// First is the latency of the first request to each cluster, Later of
+	// the rest: what a cluster costs the first time it is reached.
+	First, Later *hdrhistogram.Histogram
+	touched      map[string]bool
 }
 
 // Sent is how many requests went out.
@@ -170,7 +174,7 @@ func Run(ctx context.Context, t Target, sc Scenario) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Scenario: sc, Start: time.Now(), Latency: map[Kind]*hdrhistogram.Histogram{}, All: newHistogram(),
-		Codes: map[int]int{}, Errors: map[string]int{}}
+		Codes: map[int]int{}, Errors: map[string]int{}, First: newHistogram(), Later: newHistogram(), touched: map[string]bool{}}
 	for k := range sc.Mix {
 		res.Latency[k] = newHistogram()
 	}
@@ -273,6 +277,12 @@ func (res *Result) record(r *vegeta.Result, perSecond map[int]*secondAcc) {
 	if h := res.Latency[kindOf(r.Method, r.URL)]; h != nil {
 		_ = h.RecordValue(us)
 	}
+	if cluster := clusterOf(r.URL); res.touched[cluster] {
+		_ = res.Later.RecordValue(us)
+	} else {
+		res.touched[cluster] = true
+		_ = res.First.RecordValue(us)
+	}
 	res.Codes[int(r.Code)]++
 	if r.Error != "" {
 		res.Errors[shorten(r.Error)]++
@@ -293,6 +303,13 @@ func (res *Result) record(r *vegeta.Result, perSecond map[int]*secondAcc) {
 		acc.fail++
 	}
 	_ = acc.h.RecordValue(us)
+}
+
+// clusterOf is the cluster a request's URL names.
+func clusterOf(url string) string {
+	_, rest, _ := strings.Cut(url, "/clusters/")
+	cluster, _, _ := strings.Cut(rest, "/")
+	return cluster
 }
 
 // kindOf tells a request's kind from its method and URL, as Run made it.

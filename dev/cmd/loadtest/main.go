@@ -86,7 +86,7 @@ func main() {
 	flag.DurationVar(&c.stormDown, "storm-down", 0, "storm: how long the killed subscriber stays down before it is restarted; negative: for good")
 	flag.Float64Var(&c.startRate, "start-rate", 500, "agents started per second")
 	flag.StringVar(&c.out, "out", "bench/results", "folder for capacity-SCENARIO.md")
-	flag.StringVar(&c.profileDir, "profile", "", "folder for CPU and heap profiles of the gateway, router and subscriber, taken over the middle third of the load (the stack this command starts)")
+	flag.StringVar(&c.profileDir, "profile", "", "folder for CPU, heap and goroutine profiles of the gateway, router and subscriber, taken over the middle third of the load (the stack this command starts)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the stack's state folder, with every process's log, and say where")
 	flag.StringVar(&c.prefix, "prefix", "sim", "the simulated clusters are PREFIX-00000, PREFIX-00001, ...")
 	d := &c.deployed

@@ -17,8 +17,8 @@ import (
 var profiled = []string{"gateway", "router", "subscriber"}
 
 // profileMiddle takes a CPU profile of each profiled process over the
-// middle third of the load, then a heap profile, into c.profileDir:
-// PROCESS-SCENARIO-cpu.pprof and PROCESS-SCENARIO-heap.pprof, for
+// middle third of the load, then its heap and goroutines, into
+// c.profileDir: PROCESS-SCENARIO-{cpu,heap,goroutine}.pprof, for
 // `go tool pprof`.
 func profileMiddle(ctx context.Context, c config, s *stack.Stack) {
 	if err := os.MkdirAll(c.profileDir, 0o755); err != nil {
@@ -38,8 +38,10 @@ func profileMiddle(ctx context.Context, c config, s *stack.Stack) {
 				logf("profiles: %s: %v", name, err)
 				return
 			}
-			if err := fetch(ctx, base+"heap", prefix+"-heap.pprof", 30*time.Second); err != nil {
-				logf("profiles: %s: %v", name, err)
+			for _, kind := range []string{"heap", "goroutine"} {
+				if err := fetch(ctx, base+kind, prefix+"-"+kind+".pprof", 30*time.Second); err != nil {
+					logf("profiles: %s: %v", name, err)
+				}
 			}
 		})
 	}

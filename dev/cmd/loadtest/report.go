@@ -359,6 +359,9 @@ func (r *report) compareSection(b *strings.Builder) {
 		return float64(all.All.ValueAtQuantile(q)) / float64(max(one.All.ValueAtQuantile(q), 1))
 	}
 	fmt.Fprintf(b, "\nOver all clusters against one: p50 ×%.2f, p99 ×%.2f.\n\n", ratio(50), ratio(99))
+	fmt.Fprintf(b, "Of the spread run, the first request to each cluster (%d of them) and the rest (%d), in ms: p50 %s and %s, p99 %s and %s.\n\n",
+		all.First.TotalCount(), all.Later.TotalCount(), us(all.First.ValueAtQuantile(50)), us(all.Later.ValueAtQuantile(50)),
+		us(all.First.ValueAtQuantile(99)), us(all.Later.ValueAtQuantile(99)))
 }
 
 // requestsDuringLoad is every request sent while the load's CPU was
