@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -27,7 +28,12 @@ type WatchResult struct {
 	Events         int64
 	// Lag is from the simulated cluster's send to the driver's read, in
 	// microseconds (same machine, same clock).
-	Lag     *hdrhistogram.Histogram
+	Lag *hdrhistogram.Histogram
+	// Settled is the lag of the events read once every watch had opened
+	// or failed to: the steady state, without the opening rush. Opening is
+	// how long that rush took.
+	Settled *hdrhistogram.Histogram
+	Opening time.Duration
 	Errors  map[string]int
 	Elapsed time.Duration
 }
@@ -46,14 +52,23 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 	if err != nil {
 		return nil, err
 	}
-	res := &WatchResult{Watches: n, Lag: newHistogram(), Errors: map[string]int{}}
+	res := &WatchResult{Watches: n, Lag: newHistogram(), Settled: newHistogram(), Errors: map[string]int{}}
 	var mu sync.Mutex
+	start := time.Now()
+	// settled is when the last watch opened or failed to (unix ns; 0:
+	// not yet).
+	var settled, outcomes atomic.Int64
+	outcome := func() {
+		if outcomes.Add(1) == int64(n) {
+			settled.Store(time.Now().UnixNano())
+		}
+	}
 	fail := func(why string) {
 		mu.Lock()
 		res.Errors[why]++
 		mu.Unlock()
+		outcome()
 	}
-	start := time.Now()
 	end := start.Add(d)
 	ctx, cancel := context.WithDeadline(ctx, end.Add(30*time.Second))
 	defer cancel()
@@ -83,9 +98,10 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 			mu.Lock()
 			res.Opened++
 			mu.Unlock()
+			outcome()
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-			lags := newHistogram()
+			lags, settledLags := newHistogram(), newHistogram()
 			var events int64
 			for sc.Scan() {
 				var ev struct {
@@ -97,7 +113,11 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 					continue
 				}
 				if sent, err := strconv.ParseInt(ev.Object.Metadata.Annotations[emittedAnnotation], 10, 64); err == nil {
-					_ = lags.RecordValue(max(time.Since(time.Unix(0, sent)).Microseconds(), 1))
+					lag := max(time.Since(time.Unix(0, sent)).Microseconds(), 1)
+					_ = lags.RecordValue(lag)
+					if at := settled.Load(); at != 0 && sent > at {
+						_ = settledLags.RecordValue(lag)
+					}
 				}
 				events++
 			}
@@ -105,6 +125,7 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 			defer mu.Unlock()
 			res.Events += events
 			res.Lag.Merge(lags)
+			res.Settled.Merge(settledLags)
 			// A watch ends at its timeoutSeconds, a few seconds before d.
 			if time.Until(end) > 5*time.Second {
 				res.Broken++
@@ -123,5 +144,8 @@ func RunWatches(ctx context.Context, t Target, n int, d time.Duration) (*WatchRe
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	if at := settled.Load(); at != 0 {
+		res.Opening = time.Unix(0, at).Sub(start)
+	}
 	return res, nil
 }

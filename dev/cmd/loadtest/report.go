@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"sort"
 	"strconv"
@@ -103,6 +104,10 @@ func sample(procs []process, sims *fleet) snapshot {
 		all.goroutines = sims.metric("go_goroutines")
 		snap.procs["agentsim"] = all
 	}
+	// This process: the load driver, on the same cores.
+	self := os.Getpid()
+	cpu, _, _, _ := procstat.Stat(self)
+	snap.procs["driver"] = point{cpu: cpu, rssKB: procstat.RSSKB(self), fds: procstat.FDs(self), goroutines: float64(runtime.NumGoroutine())}
 	return snap
 }
 
@@ -245,7 +250,7 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "%d agents enrolled (each with its own bootstrap token, from `EnsureClusters`) and held their streams %v after agentsim started (at %g agents/s). Then %v idle:\n\n", c.agents, r.connectTime.Round(time.Millisecond), c.startRate, c.idle)
 	}
 	b.WriteString("| Process | streams held | RSS (MiB) | RSS per stream (KiB) | of it heap in use, stacks (KiB) | goroutines | goroutines per stream | open files | CPU while idle (% of a core) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, name := range append(r.tetherProcs(), "agentsim") {
+	for _, name := range append(r.tetherProcs(), "agentsim", "driver") {
 		p, ok := r.idle.procs[name]
 		if !ok {
 			continue
@@ -378,18 +383,18 @@ func (r *report) requestsDuringLoad() float64 {
 func (r *report) costSection(b *strings.Builder, requests float64) {
 	var cpu time.Duration
 	b.WriteString("\n| Process | CPU during the load (s) | RSS at the end (MiB) | goroutines at the end |\n|---|---:|---:|---:|\n")
-	for _, name := range append(r.tetherProcs(), "agentsim") {
+	for _, name := range append(r.tetherProcs(), "agentsim", "driver") {
 		p, ok := r.loadEnd.procs[name]
 		if !ok {
 			continue
 		}
-		if name != "agentsim" {
+		if name != "agentsim" && name != "driver" {
 			cpu += r.loadCPU[name]
 		}
 		fmt.Fprintf(b, "| %s | %.2f | %.1f | %s |\n", name, r.loadCPU[name].Seconds(), float64(p.rssKB)/1024, count(p.goroutines))
 	}
 	if requests > 0 {
-		fmt.Fprintf(b, "\nTether's processes (all but agentsim): %.2f CPU-seconds per 1,000 requests.\n", cpu.Seconds()/requests*1000)
+		fmt.Fprintf(b, "\nTether's processes (all but agentsim and the driver, this command itself): %.2f CPU-seconds per 1,000 requests.\n", cpu.Seconds()/requests*1000)
 	}
 	fmt.Fprintf(b, "\nRequests the routers sent again during the load (`tether_router_retries_total`: no agent answered in time, or a hop was lost before the answer): %.0f.\n", r.retries)
 }
@@ -405,6 +410,11 @@ func (r *report) watchSection(b *strings.Builder) {
 	fmt.Fprintf(b, "Opened %d, broken before their end %d, events read %d. Errors: %v.\n\n", w.Opened, w.Broken, w.Events, w.Errors)
 	fmt.Fprintf(b, "Event lag, from the simulated cluster's send to the client's read (ms): p50 %s, p99 %s, p99.9 %s, max %s.\n", us(w.Lag.ValueAtQuantile(50)),
 		us(w.Lag.ValueAtQuantile(99)), us(w.Lag.ValueAtQuantile(99.9)), us(w.Lag.Max()))
+	if w.Opening > 0 {
+		fmt.Fprintf(b, "\nOnce every watch had opened (%v after the first was sent), over the %d events sent from then on: p50 %s, p99 %s, p99.9 %s, max %s.\n",
+			w.Opening.Round(100*time.Millisecond), w.Settled.TotalCount(), us(w.Settled.ValueAtQuantile(50)), us(w.Settled.ValueAtQuantile(99)),
+			us(w.Settled.ValueAtQuantile(99.9)), us(w.Settled.Max()))
+	}
 	b.WriteString("\n| Process | RSS with the watches open, minus idle (KiB per watch) |\n|---|---:|\n")
 	peak := map[string]int64{}
 	for _, s := range r.timeline {
