@@ -77,10 +77,13 @@ type Config struct {
 
 // Agent serves requests for one cluster.
 type Agent struct {
-	cfg     Config
-	clients []tetherv1connect.TunnelServiceClient
-	apiBase *url.URL
-	log     *slog.Logger
+	cfg Config
+	// holdBack is how long the start of a body of unknown length waits
+	// for more before its head goes (proxy.go).
+	holdBack time.Duration
+	clients  []tetherv1connect.TunnelServiceClient
+	apiBase  *url.URL
+	log      *slog.Logger
 	// streams counts welcomed streams: one more for a moment while one
 	// moves.
 	streams  atomic.Int32
@@ -185,15 +188,16 @@ func New(cfg Config) (*Agent, error) {
 		clients[i] = tetherv1connect.NewTunnelServiceClient(cfg.Subscriber, u, tunnel.ClientOptions())
 	}
 	return &Agent{
-		cfg:     cfg,
-		clients: clients,
-		apiBase: base,
-		log:     cfg.Logger.With("cluster_id", cfg.ClusterID),
-		metrics: m,
-		memory:  newMemory(cfg.RememberFor, cfg.RememberBytes),
-		admit:   admit,
-		conns:   map[*tunnel.Conn]bool{},
-		bySub:   map[string]int{},
+		cfg:      cfg,
+		holdBack: holdBack,
+		clients:  clients,
+		apiBase:  base,
+		log:      cfg.Logger.With("cluster_id", cfg.ClusterID),
+		metrics:  m,
+		memory:   newMemory(cfg.RememberFor, cfg.RememberBytes),
+		admit:    admit,
+		conns:    map[*tunnel.Conn]bool{},
+		bySub:    map[string]int{},
 	}, nil
 }
 

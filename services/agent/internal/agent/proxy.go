@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -147,28 +148,20 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		}
 		rh.Body, rh.End = (*buf)[:n], true
 	case n < 0 && !tunnel.Streams(req.URL.Query(), open.Path) && !strings.Contains(open.Path, "/proxy"):
-		// No length, but not a watch either (a list, for one): what fits
-		// in a chunk is read first and, if that was all, sent whole too.
-		// A hop lost after a head but before its body would cost the
-		// client the whole read; a hop lost before the head costs only a
-		// retry. (Not through the kube-apiserver's proxy to a pod or a
-		// service, whose answer may stream.)
-		k, err := io.ReadFull(resp.Body, *buf)
-		switch {
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-			if k == 0 {
-				rh.End = true
-			} else if k <= s.Credit() {
-				rh.Body, rh.End = (*buf)[:k], true
-			} else {
-				read = (*buf)[:k]
-			}
-		case err != nil:
-			a.fail(s, log, http.StatusBadGateway, "reading the kube-apiserver response: "+err.Error())
+		// No length, but not a watch either (a list, for one): what comes
+		// within holdBack, up to a chunk, goes with the head, and if that
+		// was all, whole. A hop lost after a head but before its body
+		// would cost the client the whole read; a hop lost before the
+		// head costs only a retry. (Not through the kube-apiserver's
+		// proxy to a pod or a service, whose answer may stream.)
+		var ok bool
+		if read, ok = a.startBody(ctx, log, s, rh, resp.Body, *buf); !ok || rh.End {
 			return
-		default:
-			read = (*buf)[:k]
 		}
+		if a.sendRest(ctx, log, s, read, resp.Body, -1) {
+			log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
+		}
+		return
 	}
 	if !a.sendHead(s, log, rh) || rh.End {
 		return
@@ -176,6 +169,85 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 	// read is there only when the length is not known.
 	if a.sendRest(ctx, log, s, read, resp.Body, resp.ContentLength) {
 		log.Debug("served", "code", resp.StatusCode, "duration", time.Since(start))
+	}
+}
+
+// holdBack is how long the start of a body of unknown length waits for
+// more before its head goes: long enough that a list arrives whole in one
+// frame, short enough that a slow stream is not held back.
+const holdBack = 5 * time.Millisecond
+
+// startBody reads the start of a body of unknown length into buf: a body
+// that ends within it, and within the credit, goes whole in the head, one
+// frame on every hop. Otherwise the head goes alone once buf is full, and
+// what was read is returned for the caller to send next. And when
+// a.holdBack passes while a read still waits, a timer sends the head and
+// what came so far at once, so a slow stream is not held back. It returns
+// false when nothing more may be sent.
+func (a *Agent) startBody(ctx context.Context, log *slog.Logger, s *tunnel.Stream, rh *tetherv1.Response, body io.Reader, buf []byte) ([]byte, bool) {
+	var (
+		mu       sync.Mutex
+		n        int  // read into buf
+		sent     int  // of buf[:n], what went (with the head, or after it)
+		headSent bool // the head went
+		ok       = true
+		ended    bool // the body ended
+		readErr  error
+	)
+	sendHeadLocked := func() {
+		headSent = true
+		if ended && n <= s.Credit() {
+			rh.Body, rh.End, sent = buf[:n], true, n
+		}
+		ok = a.sendHead(s, log, rh)
+	}
+	timer := time.AfterFunc(a.holdBack, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if headSent {
+			return
+		}
+		if sendHeadLocked(); ok && sent < n {
+			if _, err := s.WriteContext(ctx, buf[sent:n]); err != nil {
+				ok = false
+				return
+			}
+			sent = n
+		}
+	})
+	defer timer.Stop()
+	for {
+		// A read fills buf past n only: what the timer may be sending,
+		// buf[:n], is never written meanwhile.
+		k, err := body.Read(buf[n:])
+		mu.Lock()
+		n += k
+		switch {
+		case errors.Is(err, io.EOF):
+			ended = true
+		case err != nil:
+			readErr = err
+		}
+		if !headSent && readErr == nil && (ended || n == len(buf)) {
+			sendHeadLocked()
+		}
+		if !headSent && readErr == nil {
+			mu.Unlock()
+			continue
+		}
+		timer.Stop()
+		wasSent, good, rest := headSent, ok, buf[sent:n]
+		mu.Unlock()
+		switch {
+		case readErr != nil && !wasSent:
+			a.fail(s, log, http.StatusBadGateway, "reading the kube-apiserver response: "+readErr.Error())
+			return nil, false
+		case readErr != nil:
+			log.Warn("response body broken off", "err", readErr)
+			s.Reset(tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "kube-apiserver response broken off: "+readErr.Error())
+			return nil, false
+		}
+		return rest, good
 	}
 }
 
