@@ -20,9 +20,17 @@ import (
 
 // InternalTransport calls Tether's internal endpoints as the stack's
 // operator (a certificate agent-registry accepts).
+//
+// It is made once per stack: a client made per call (a test polling
+// agent-registry every 50 ms) would leave a connection behind each time,
+// which the server holds, with its goroutines, until it is idle long
+// enough.
 func (s *Stack) InternalTransport() (http.RoundTripper, error) {
-	m := svc.MTLS{CertFile: s.certFile(operator), KeyFile: s.keyFile(operator), CAFile: s.CAFile}
-	return m.Transport()
+	s.internal.once.Do(func() {
+		m := svc.MTLS{CertFile: s.certFile(operator), KeyFile: s.keyFile(operator), CAFile: s.CAFile}
+		s.internal.rt, s.internal.err = m.Transport()
+	})
+	return s.internal.rt, s.internal.err
 }
 
 func (s *Stack) writeTokens() (string, error) {

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tether-dev/tether/dev/idp"
@@ -118,6 +119,12 @@ type Options struct {
 
 // Stack is a running Tether.
 type Stack struct {
+	// internal is the operator's transport to the services, made once.
+	internal struct {
+		once sync.Once
+		rt   http.RoundTripper
+		err  error
+	}
 	GatewayURL string // https://127.0.0.1:PORT
 	// GatewayURLs are every replica's gateway, GatewayURL first.
 	GatewayURLs []string
