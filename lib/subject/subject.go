@@ -16,6 +16,8 @@
 package subject
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -57,14 +59,18 @@ func Session(session string, stream uint64) string {
 // of its sessions, at tether.sess.<process>.0 (ADR 016).
 var processSession = regexp.MustCompile(`^([0-9a-f]{16})_[0-9a-f]{16}$`)
 
-// SessionID is the id of session n of the subscriber process process:
-// both 16 lowercase hex digits.
-func SessionID(process, n string) (string, error) {
-	id := process + "_" + n
-	if !processSession.MatchString(id) {
-		return "", fmt.Errorf("invalid session id parts %q, %q", process, n)
-	}
-	return id, nil
+// NewProcess is a new subscriber process token: 16 random lowercase hex
+// digits, new at each start.
+func NewProcess() string { return randomHex() }
+
+// NewSession is the id of a new session of process, a token from
+// NewProcess.
+func NewSession(process string) string { return process + "_" + randomHex() }
+
+func randomHex() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // ProcessOf is the subscriber process a session id names; false for one

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -165,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 		admission: newAdmission(cfg.AdmitRate, cfg.AdmitBurst)}
 	first := newID()
 	s.incarnation.Store(&first)
-	s.process = randomHex()
+	s.process = subject.NewProcess()
 	// One answer for every session here: a router asks once a period
 	// whether this process is there, not once per session (ADR 016).
 	probes, err := cfg.NATS.Subscribe(subject.Session(s.process, natslink.SessionProbe), func(m *nats.Msg) {
@@ -478,6 +477,9 @@ func (s *Server) Drain(ctx context.Context) {
 		sess.conn.Abort()
 	}
 	s.wg.Wait()
+	// No session is left: a router still probing this process hears "no
+	// responders" now, not once the process has exited.
+	_ = s.probes.Unsubscribe()
 }
 
 func (s *Server) inflight() int {
@@ -508,20 +510,4 @@ func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// randomHex is 16 random lowercase hex digits.
-func randomHex() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// newSessionID names a new session of this process.
-func (s *Server) newSessionID() string {
-	id, err := subject.SessionID(s.process, randomHex())
-	if err != nil {
-		panic(err) // both parts are made here, in the form it takes
-	}
-	return id
 }

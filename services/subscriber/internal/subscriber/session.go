@@ -70,7 +70,7 @@ type relay struct {
 }
 
 func newSession(srv *Server, conn *tunnel.Conn, hello *tetherv1.Hello, claims agentcred.Claims) *session {
-	id := srv.newSessionID()
+	id := subject.NewSession(srv.process)
 	s := &session{
 		srv: srv, id: id, cluster: hello.ClusterId, conn: conn, claims: claims,
 		log:    srv.log.With("cluster_id", hello.ClusterId, "session_id", id),
