@@ -633,7 +633,13 @@ type IdentityAssertion struct {
 	// the Impersonate-* headers): the agent runs the request as this
 	// identity only when the cluster lets the user impersonate each part of
 	// it, which it asks the kube-apiserver with SubjectAccessReviews.
-	Impersonate   *Identity `protobuf:"bytes,11,opt,name=impersonate,proto3" json:"impersonate,omitempty"`
+	Impersonate *Identity `protobuf:"bytes,11,opt,name=impersonate,proto3" json:"impersonate,omitempty"`
+	// Which router the gateway handed the request to: 0 the first. A read
+	// that a router failed before answering goes to the next router signed
+	// again with the next number, and that router counts its own attempts
+	// from 0 (it never trusts Open.attempt from a gateway), so the agent
+	// checks its tries for replays per request and hand-off.
+	Handoff       uint32 `protobuf:"varint,12,opt,name=handoff,proto3" json:"handoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -743,6 +749,13 @@ func (x *IdentityAssertion) GetImpersonate() *Identity {
 		return x.Impersonate
 	}
 	return nil
+}
+
+func (x *IdentityAssertion) GetHandoff() uint32 {
+	if x != nil {
+		return x.Handoff
+	}
+	return 0
 }
 
 // GatewayKeyCertificate is a gateway signing key certified by the identity
@@ -1668,7 +1681,7 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12'\n" +
 	"\x0fkey_certificate\x18\x03 \x01(\fR\x0ekeyCertificate\x12\x10\n" +
 	"\x03mac\x18\x04 \x01(\fR\x03mac\x12\x17\n" +
-	"\amac_key\x18\x05 \x01(\fR\x06macKey\"\x87\x03\n" +
+	"\amac_key\x18\x05 \x01(\fR\x06macKey\"\xa1\x03\n" +
 	"\x11IdentityAssertion\x12/\n" +
 	"\bidentity\x18\x01 \x01(\v2\x13.tether.v1.IdentityR\bidentity\x12\x18\n" +
 	"\atenants\x18\x02 \x03(\tR\atenants\x12\x1d\n" +
@@ -1683,7 +1696,8 @@ const file_tether_v1_tunnel_proto_rawDesc = "" +
 	"\x12expires_unix_milli\x18\t \x01(\x03R\x10expiresUnixMilli\x12\x16\n" +
 	"\x06issuer\x18\n" +
 	" \x01(\tR\x06issuer\x125\n" +
-	"\vimpersonate\x18\v \x01(\v2\x13.tether.v1.IdentityR\vimpersonate\"G\n" +
+	"\vimpersonate\x18\v \x01(\v2\x13.tether.v1.IdentityR\vimpersonate\x12\x18\n" +
+	"\ahandoff\x18\f \x01(\rR\ahandoff\"G\n" +
 	"\x15GatewayKeyCertificate\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x9e\x01\n" +

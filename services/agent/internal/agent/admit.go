@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -99,7 +100,7 @@ func (ad *admission) admit(open *tetherv1.Open, now time.Time) (*tetherv1.Identi
 	if !slices.Contains(a.GetTenants(), ad.cfg.Tenant) {
 		return nil, refuse("tenant", http.StatusForbidden, fmt.Sprintf("the user is not of tenant %q", ad.cfg.Tenant))
 	}
-	if err := ad.record(open.RequestId, open.Attempt, time.UnixMilli(a.GetExpiresUnixMilli()), now); err != nil {
+	if err := ad.record(tryKey(open.RequestId, a.GetHandoff()), open.Attempt, time.UnixMilli(a.GetExpiresUnixMilli()), now); err != nil {
 		if errors.Is(err, errReplayed) {
 			return nil, refuse("replayed", http.StatusForbidden, err.Error())
 		}
@@ -139,6 +140,16 @@ func systemNames(id *tetherv1.Identity) []string {
 		}
 	}
 	return out
+}
+
+// tryKey names the tries of one hand-off of a request: each router the
+// gateway hands a read to counts its attempts from 0, under a signature of
+// its own.
+func tryKey(id string, handoff uint32) string {
+	if handoff == 0 {
+		return id
+	}
+	return id + "/" + strconv.FormatUint(uint64(handoff), 10)
 }
 
 // record takes try attempt of request id once, until its signature

@@ -24,8 +24,8 @@ const (
 
 // sign signs user's identity for open, which the gateway built and the
 // router may only send again or resume, with whom user asked to act as,
-// if anyone.
-func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.Identity, now time.Time) (*tetherv1.SignedIdentity, error) {
+// if anyone; handoff counts the routers it was handed to before.
+func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.Identity, now time.Time, handoff uint32) (*tetherv1.SignedIdentity, error) {
 	return g.cfg.Identities.SignFor(&tetherv1.IdentityAssertion{
 		Identity:         &tetherv1.Identity{User: user.Name, Uid: user.UID, Groups: user.Groups, Extra: extra(user.Extra)},
 		Tenants:          user.Tenants,
@@ -38,6 +38,7 @@ func (g *Gateway) sign(open *tetherv1.Open, user identity.User, asked *tetherv1.
 		ExpiresUnixMilli: now.Add(signedFor(open.Query)).UnixMilli(),
 		Issuer:           g.cfg.Issuer,
 		Impersonate:      asked,
+		Handoff:          handoff,
 	}, g.agentKeys.get(open.ClusterId))
 }
 

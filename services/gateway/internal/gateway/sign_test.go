@@ -42,7 +42,7 @@ func TestSignBindsTheRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 		open := newOpen(r, "req-1", cluster, rest, user, true)
-		si, err := g.sign(open, user, nil, now)
+		si, err := g.sign(open, user, nil, now, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
