@@ -404,6 +404,13 @@ func check(t *testing.T, l *load, faults []fault) summary {
 			// excuse then.
 			c.violations = append(c.violations, f.String())
 			t.Errorf("failed with no fault in its way: %s", f)
+		case f.code >= 400 && f.code < 500:
+			// A fault may leave Tether unable to answer (5xx), never
+			// answering in the cluster's name: every client here may do
+			// what it asks (a 403 "replayed" was a read a dead router's
+			// successor could not try again).
+			c.violations = append(c.violations, f.String())
+			t.Errorf("failed with a client error during a fault: %s", f)
 		case f.code != 0:
 			c.statusFailures++
 			if in != nil && in.name == plannedRestarts {
