@@ -95,7 +95,7 @@ type Server struct {
 	// orphans are requests dropped while NATS was away; their routers
 	// are told once it is back. moveAway asks the agents to move if it
 	// stays away.
-	orphans  []orphan
+	orphans  []*relay
 	moveAway *time.Timer
 	// listeners take each cluster's requests for its streams here.
 	listeners *listeners
@@ -120,6 +120,9 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	inflight prometheus.Gauge
 	frames   *prometheus.CounterVec
+	// toAgent and toRouter are frames' two directions, looked up once:
+	// they are counted for every frame.
+	toAgent, toRouter prometheus.Counter
 }
 
 // New validates cfg and returns a Server.
@@ -155,6 +158,7 @@ func New(cfg Config) (*Server, error) {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_subscriber_requests_in_flight", Help: "Requests being relayed."}),
 		frames:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_subscriber_frames_total", Help: "Frames relayed, by direction."}, []string{"direction"}),
 	}
+	m.toAgent, m.toRouter = m.frames.WithLabelValues("to_agent"), m.frames.WithLabelValues("to_router")
 	for _, c := range []prometheus.Collector{m.streams, m.refused, m.requests, m.inflight, m.frames} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("subscriber: registering metrics: %w", err)
@@ -195,7 +199,7 @@ func (s *Server) natsLost() {
 	s.mu.Lock()
 	sessions := s.sessionList()
 	s.mu.Unlock()
-	var dropped []orphan
+	var dropped []*relay
 	for _, sess := range sessions {
 		dropped = append(dropped, sess.dropRelays("subscriber lost its NATS connection")...)
 	}
@@ -234,8 +238,8 @@ func (s *Server) natsBack() {
 		s.moveAway = nil
 	}
 	s.mu.Unlock()
-	for _, o := range orphans {
-		o.sess.toRouter(o.id, o.r, tunnel.ResetFrame(o.id, tetherv1.ResetCode_RESET_CODE_UNAVAILABLE, "subscriber lost its NATS connection"))
+	for _, r := range orphans {
+		r.tellRouter("subscriber lost its NATS connection")
 	}
 	s.log.Info("NATS connection back", "routers_told", len(orphans))
 }
