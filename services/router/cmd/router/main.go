@@ -46,6 +46,7 @@ func main() {
 	fs.DurationVar(&cfg.AckTimeout, "ack-timeout", 5*time.Second, "a request no subscriber answered or acknowledged within this is lost (and sent again where safe)")
 	fs.DurationVar(&cfg.PeerProbe, "peer-probe", 2*time.Second, "check the agent stream of a call quiet for this long; one nobody listens on twice running, or that answers nothing for four of these, is gone")
 	fs.DurationVar(&cfg.IdleProbe, "idle-probe", 30*time.Second, "check that the subscriber still has a request after this long without traffic")
+	fs.IntVar(&cfg.InboxShards, "inbox-shards", 0, "NATS subscriptions the router's inbox is split into, each decoding its calls' frames on a goroutine of its own (0: one per core, GOMAXPROCS)")
 	mtls.Register(fs, "gateway")
 	_ = fs.Parse(os.Args[1:])
 	id = svc.InstanceID(id)

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,10 @@ type Config struct {
 	// IdleProbe is how long a call may be quiet before the router asks the
 	// subscriber whether it still has that call.
 	IdleProbe time.Duration
+	// InboxShards is how many subscriptions the router's inbox is split
+	// into, each delivering (and decoding) its calls' frames on its own
+	// goroutine; a call's frames stay in order on one. Zero: GOMAXPROCS.
+	InboxShards int
 
 	telemetry.Instruments
 }
@@ -92,8 +97,9 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	// inbox is the prefix of this process's call subjects.
-	inbox string
+	// inboxes are the prefixes of this process's call subjects, one per
+	// shard; call id goes to inboxes[id % len(inboxes)].
+	inboxes []string
 	// epoch counts the router's NATS disconnects: a call sent in an
 	// earlier epoch may have lost frames nobody will resend.
 	epoch atomic.Uint64
@@ -103,7 +109,6 @@ type Server struct {
 	// watches) run without holding up a single lookup.
 	calls sync.Map // uint64 → *call
 	next  atomic.Uint64
-	sub   *nats.Subscription
 	// mu guards unanswered: the subscriber processes whose last probes
 	// failed.
 	mu         sync.Mutex
@@ -163,18 +168,26 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NATSUser == "" {
 		cfg.NATSUser = "router"
 	}
-	inbox, err := subject.RouterInbox(cfg.NATSUser, cfg.ID+"-"+nonce())
-	if err != nil {
-		return nil, fmt.Errorf("router: NATS user: %w", err)
+	if cfg.InboxShards <= 0 {
+		cfg.InboxShards = runtime.GOMAXPROCS(0)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, inbox: inbox,
-		unanswered: map[string]unanswered{}}
-	sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(s.inbox), s.receive)
-	if err != nil {
-		return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
+	s := &Server{cfg: cfg, log: cfg.Logger.With("router", cfg.ID), metrics: m, unanswered: map[string]unanswered{}}
+	// One subscription delivers its messages on one goroutine, which
+	// decoded every frame of every call: the shards spread them over as
+	// many goroutines as there are cores.
+	process := cfg.ID + "-" + nonce()
+	for i := range cfg.InboxShards {
+		inbox, err := subject.RouterInbox(cfg.NATSUser, process+"-"+strconv.Itoa(i))
+		if err != nil {
+			return nil, fmt.Errorf("router: NATS user: %w", err)
+		}
+		sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(inbox), s.receive)
+		if err != nil {
+			return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
+		}
+		_ = sub.SetPendingLimits(-1, 512<<20/cfg.InboxShards)
+		s.inboxes = append(s.inboxes, inbox)
 	}
-	_ = sub.SetPendingLimits(-1, 512<<20)
-	s.sub = sub
 	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
 	return s, nil
 }
@@ -239,7 +252,7 @@ func nonce() string {
 
 func (s *Server) newCall() *call {
 	id := s.next.Add(1)
-	c := &call{id: id, inbox: subject.Router(s.inbox, id), nc: s.cfg.NATS, answered: make(chan struct{}),
+	c := &call{id: id, inbox: subject.Router(s.inboxes[id%uint64(len(s.inboxes))], id), nc: s.cfg.NATS, answered: make(chan struct{}),
 		epoch: s.epoch.Load(), sent: time.Now()}
 	c.s = tunnel.NewStream(1, c, s.cfg.Window)
 	c.lastRecv.Store(c.sent.UnixNano())
