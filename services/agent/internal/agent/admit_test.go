@@ -19,7 +19,7 @@ func newIdentityKeys(t *testing.T) (*assertion.Signer, *assertion.Verifier) {
 func TestAdmit(t *testing.T) {
 	signer, verifier := newIdentityKeys(t)
 	now := time.Now()
-	at := now // when open signs
+	at := now          // when open signs
 	var handoff uint32 // the router the gateway handed the request to
 	// open is a request signed as the gateway would, changed by change
 	// after signing (what a hop behind the gateway could do).

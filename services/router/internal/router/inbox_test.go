@@ -65,4 +65,6 @@ func TestInboxShards(t *testing.T) {
 
 type noCatalog struct{}
 
-func (noCatalog) Authorize(string, []string) (clusters.Cluster, bool) { return clusters.Cluster{}, false }
+func (noCatalog) Authorize(string, []string) (clusters.Cluster, bool) {
+	return clusters.Cluster{}, false
+}
