@@ -14,7 +14,16 @@ type certFiles struct {
 	servingCert, servingKey             string
 	kubeletClientCert, kubeletClientKey string
 	saKey, saPub                        string
+	// The front proxy's CA (--requestheader-client-ca-file), and a
+	// client certificate it signed for an agent that passes users in
+	// headers instead of impersonating them.
+	frontProxyCA                  string
+	frontProxyCert, frontProxyKey string
 }
+
+// FrontProxyName is the common name the development control plane lets
+// present users in headers (--requestheader-allowed-names).
+const FrontProxyName = "tether-agent"
 
 func writeCerts(dir string) (*certFiles, error) {
 	// The controller manager signs CSRs with the CA key (see
@@ -33,6 +42,14 @@ func writeCerts(dir string) (*certFiles, error) {
 		return nil, err
 	}
 	if c.kubeletClientCert, c.kubeletClientKey, err = ca.IssueClient(dir, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"tether-dev"}); err != nil {
+		return nil, err
+	}
+	fp, err := pki.NewCA(dir, "front-proxy-ca")
+	if err != nil {
+		return nil, err
+	}
+	c.frontProxyCA = fp.CertPath
+	if c.frontProxyCert, c.frontProxyKey, err = fp.IssueClient(dir, "front-proxy-client", FrontProxyName, nil); err != nil {
 		return nil, err
 	}
 	if err := pki.WriteRSAKey(c.saKey, c.saPub); err != nil {

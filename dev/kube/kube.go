@@ -75,6 +75,10 @@ type ControlPlane struct {
 	CAFile          string // CA that signed the serving certificate
 	AdminKubeconfig string // kubeconfig for the admin (system:masters) user
 	AdminToken      string
+	// FrontProxyCert and FrontProxyKey are a client certificate the
+	// kube-apiserver takes users in X-Remote-* headers from (front-proxy
+	// authentication, --requestheader-*).
+	FrontProxyCert, FrontProxyKey string
 	// AuditLog is the kube-apiserver's audit log: every mutating request,
 	// one JSON event a line (Audit reads it).
 	AuditLog string
@@ -165,12 +169,14 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	}
 
 	cp := &ControlPlane{
-		URL:        "https://127.0.0.1:" + strconv.Itoa(ports[2]),
-		CAFile:     certs.caCert,
-		AdminToken: admin.Token,
-		AuditLog:   auditLog,
-		dir:        cfg.Dir,
-		log:        cfg.Log,
+		URL:            "https://127.0.0.1:" + strconv.Itoa(ports[2]),
+		CAFile:         certs.caCert,
+		AdminToken:     admin.Token,
+		AuditLog:       auditLog,
+		FrontProxyCert: certs.frontProxyCert,
+		FrontProxyKey:  certs.frontProxyKey,
+		dir:            cfg.Dir,
+		log:            cfg.Log,
 		client: &http.Client{
 			Timeout: 5 * time.Second,
 			Transport: &http.Transport{
@@ -227,6 +233,15 @@ func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		"--audit-policy-file="+auditPolicyFile,
 		"--audit-log-path="+auditLog,
 		"--audit-log-maxsize=0", // one file for the cluster's life
+		// Front-proxy authentication, as a managed control plane offers it
+		// to aggregated API servers: a client certificate from this CA
+		// with an allowed name may say who the user is in these headers.
+		"--requestheader-client-ca-file="+certs.frontProxyCA,
+		"--requestheader-allowed-names="+FrontProxyName,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-uid-headers=X-Remote-Uid",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 	)
 	if err != nil {
 		return nil, err

@@ -58,6 +58,10 @@ func main() {
 		rootKey    string
 		tenant     string
 		allowSys   string
+		mode       string
+		fpCert     string
+		fpKey      string
+		fp         = agent.DefaultFrontProxy
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -77,6 +81,13 @@ func main() {
 	fs.StringVar(&rootKey, "identity-root-key", os.Getenv("TETHER_IDENTITY_ROOT_KEY"), "PEM file of the identity root's public key: the agent impersonates only identities signed, for each request, by a gateway key this root certified")
 	fs.StringVar(&tenant, "tenant", os.Getenv("TETHER_TENANT"), "the tenant this cluster belongs to: only its users are served")
 	fs.StringVar(&allowSys, "allow-system-names", os.Getenv("TETHER_ALLOW_SYSTEM_NAMES"), "comma-separated system: users and groups the agent may impersonate (a break-glass group); every other system: name, system:masters included, is refused")
+	fs.StringVar(&mode, "identity-mode", "impersonate", "how the kube-apiserver learns whom a request runs as: impersonate (the agent's service account impersonates the user, each group and extra) or front-proxy (the kube-apiserver's --requestheader-* authentication: a client certificate and X-Remote-* headers, where the cluster's provider configures it)")
+	fs.StringVar(&fpCert, "front-proxy-cert", "", "front-proxy mode: PEM client certificate signed by the kube-apiserver's --requestheader-client-ca-file, its name in --requestheader-allowed-names")
+	fs.StringVar(&fpKey, "front-proxy-key", "", "front-proxy mode: the certificate's PEM key")
+	fs.StringVar(&fp.UserHeader, "front-proxy-user-header", fp.UserHeader, "front-proxy mode: the kube-apiserver's --requestheader-username-headers")
+	fs.StringVar(&fp.UIDHeader, "front-proxy-uid-header", fp.UIDHeader, "front-proxy mode: its --requestheader-uid-headers (empty: no uid)")
+	fs.StringVar(&fp.GroupHeader, "front-proxy-group-header", fp.GroupHeader, "front-proxy mode: its --requestheader-group-headers")
+	fs.StringVar(&fp.ExtraPrefix, "front-proxy-extra-prefix", fp.ExtraPrefix, "front-proxy mode: its --requestheader-extra-headers-prefix")
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("agent", common, func(ctx context.Context, env *svc.Env) error {
@@ -87,11 +98,23 @@ func main() {
 		// Pass the client's Accept-Encoding through instead of adding gzip
 		// and unpacking it again here.
 		cfg.DisableCompression = true
-		rt, err := rest.TransportFor(cfg)
+		own, err := rest.TransportFor(cfg)
 		if err != nil {
 			return fmt.Errorf("building the kube-apiserver transport: %w", err)
 		}
-		upgrades, err := upgradeTransport(cfg)
+		// Users' requests go with the agent's own credentials, which
+		// impersonate them, or as a front proxy with its certificate.
+		proxied, frontProxy, err := proxiedConfig(cfg, mode, fpCert, fpKey, fp)
+		if err != nil {
+			return err
+		}
+		rt := own
+		if frontProxy != nil {
+			if rt, err = rest.TransportFor(proxied); err != nil {
+				return fmt.Errorf("building the front-proxy transport: %w", err)
+			}
+		}
+		upgrades, err := upgradeTransport(proxied)
 		if err != nil {
 			return err
 		}
@@ -140,6 +163,8 @@ func main() {
 			Credentials:      creds,
 			APIServer:        cfg.Host,
 			APITransport:     rt,
+			SelfTransport:    own,
+			FrontProxy:       frontProxy,
 			UpgradeTransport: upgrades,
 			Streams:          streams,
 			RememberFor:      remember,
@@ -203,6 +228,30 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	cfg.Timeout = 0 * time.Second // watches and streams are long; the caller's context bounds each request
 	return cfg, nil
+}
+
+// proxiedConfig is how users' requests reach the kube-apiserver: with the
+// agent's own credentials (impersonation), or with none but the front
+// proxy's client certificate.
+func proxiedConfig(cfg *rest.Config, mode, cert, key string, fp agent.FrontProxy) (*rest.Config, *agent.FrontProxy, error) {
+	switch mode {
+	case "impersonate":
+		if cert != "" || key != "" {
+			return nil, nil, errors.New("--front-proxy-cert and --front-proxy-key are for --identity-mode=front-proxy")
+		}
+		return cfg, nil, nil
+	case "front-proxy":
+		if cert == "" || key == "" {
+			return nil, nil, errors.New("--identity-mode=front-proxy needs --front-proxy-cert and --front-proxy-key")
+		}
+		// Nothing of the agent's own identity: the kube-apiserver must
+		// take the user from the headers, authenticated by the certificate.
+		proxied := rest.AnonymousClientConfig(cfg)
+		proxied.CertFile, proxied.KeyFile = cert, key
+		proxied.DisableCompression = cfg.DisableCompression
+		return proxied, &fp, nil
+	}
+	return nil, nil, fmt.Errorf("--identity-mode %q: impersonate or front-proxy", mode)
 }
 
 // upgradeTransport dials the kube-apiserver for exec, attach and

@@ -43,6 +43,13 @@ type Config struct {
 	// agent's own credentials to it.
 	APIServer    string
 	APITransport http.RoundTripper
+	// FrontProxy, when set, names users to the kube-apiserver in its
+	// front-proxy authentication's headers instead of impersonating them:
+	// APITransport and UpgradeTransport then present the front proxy's
+	// client certificate, and SelfTransport carries the agent's own
+	// credentials for its own calls. Nil: impersonation.
+	FrontProxy    *FrontProxy
+	SelfTransport http.RoundTripper
 	// UpgradeTransport carries the same credentials for upgrade requests
 	// (exec, attach, port-forward): see UpgradeTransport. Without it the
 	// agent answers upgrades with 501.
@@ -125,6 +132,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if err := cfg.Instruments.Validate(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.FrontProxy != nil {
+		if err := cfg.FrontProxy.validate(); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	if cfg.SelfTransport == nil {
+		cfg.SelfTransport = cfg.APITransport
 	}
 	base, err := url.Parse(cfg.APIServer)
 	if err != nil || base.Scheme == "" || base.Host == "" {
@@ -626,7 +641,7 @@ func (a *Agent) kubeVersion(ctx context.Context) string {
 	if err != nil {
 		return ""
 	}
-	resp, err := a.cfg.APITransport.RoundTrip(req)
+	resp, err := a.cfg.SelfTransport.RoundTrip(req)
 	if err != nil {
 		a.log.Warn("kube-apiserver unreachable", "err", err)
 		return ""

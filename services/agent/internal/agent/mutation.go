@@ -27,7 +27,7 @@ const keepBody = 4 << 20
 // result, one still running waits for it, and one that an earlier attempt
 // may have taken to another agent process is answered 503, since whether
 // it ran there is unknown.
-func (a *Agent) serveMutation(ctx context.Context, log *slog.Logger, s *tunnel.Stream, open *tetherv1.Open, id *tetherv1.Identity) {
+func (a *Agent) serveMutation(ctx context.Context, log *slog.Logger, s *tunnel.Stream, open *tetherv1.Open, who caller) {
 	for {
 		o, first := a.memory.begin(open.RequestId)
 		if first {
@@ -37,7 +37,7 @@ func (a *Agent) serveMutation(ctx context.Context, log *slog.Logger, s *tunnel.S
 				a.failWith(s, log, kstatus.New(http.StatusServiceUnavailable, "an earlier attempt of this request reached another agent process, so whether it ran is unknown; it was not run again").WithRetryAfter(time.Second))
 				return
 			}
-			a.runMutation(ctx, log, s, open, id, o)
+			a.runMutation(ctx, log, s, open, who, o)
 			return
 		}
 		select {
@@ -61,7 +61,7 @@ func (a *Agent) serveMutation(ctx context.Context, log *slog.Logger, s *tunnel.S
 // outlives the stream: a lost hop (a subscriber that died) must not leave
 // a mutation half-known, so it finishes and its result waits for the
 // router's next attempt. Only the caller giving up stops it.
-func (a *Agent) runMutation(ctx context.Context, log *slog.Logger, s *tunnel.Stream, open *tetherv1.Open, id *tetherv1.Identity, o *outcome) {
+func (a *Agent) runMutation(ctx context.Context, log *slog.Logger, s *tunnel.Stream, open *tetherv1.Open, who caller, o *outcome) {
 	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.MutationTimeout)
 	defer cancel()
 	go func() {
@@ -73,7 +73,7 @@ func (a *Agent) runMutation(ctx context.Context, log *slog.Logger, s *tunnel.Str
 		case <-kctx.Done():
 		}
 	}()
-	req, err := a.request(kctx, open, id, s)
+	req, err := a.request(kctx, open, who, s)
 	if err != nil {
 		a.memory.abandon(o)
 		a.fail(s, log, http.StatusBadRequest, err.Error())

@@ -41,7 +41,7 @@ func TestMutationFromAnotherProcessIsNotRunAgain(t *testing.T) {
 	if err := s.Deliver(&tetherv1.Frame{StreamId: 1, Kind: &tetherv1.Frame_Open{Open: open}}); err != nil {
 		t.Fatal(err)
 	}
-	a.serveMutation(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), s, open, &tetherv1.Identity{User: "alice"})
+	a.serveMutation(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), s, open, caller{user: &tetherv1.Identity{User: "alice"}})
 
 	if called {
 		t.Fatal("the mutation was run again")

@@ -60,26 +60,29 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		a.failWith(s, log, refused.status)
 		return
 	}
-	id := asserted.GetIdentity()
-	if as := asserted.GetImpersonate(); as != nil {
-		// kubectl --as: the cluster decides, as it would directly.
-		if st := a.mayImpersonate(ctx, id, as); st != nil {
-			a.metrics.refused.WithLabelValues("impersonation").Inc()
-			a.failWith(s, log, *st)
-			return
+	who := caller{user: asserted.GetIdentity(), as: asserted.GetImpersonate()}
+	if who.as != nil {
+		// kubectl --as: the cluster decides, as it would directly. Behind
+		// a front proxy it does so itself: the user is authenticated, and
+		// asks to impersonate.
+		if a.cfg.FrontProxy == nil {
+			if st := a.mayImpersonate(ctx, who.user, who.as); st != nil {
+				a.metrics.refused.WithLabelValues("impersonation").Inc()
+				a.failWith(s, log, *st)
+				return
+			}
 		}
-		log.Info("acting as whom the user asked, with the cluster's leave", "user", id.GetUser(), "as_user", as.GetUser(), "as_groups", as.GetGroups())
-		id = as
+		log.Info("acting as whom the user asked, with the cluster's leave", "user", who.user.GetUser(), "as_user", who.as.GetUser(), "as_groups", who.as.GetGroups())
 	}
-	if names := systemNames(id); len(names) > 0 {
+	if id := who.effective(); len(systemNames(id)) > 0 {
 		// Allowed by name (break-glass), and never quietly.
 		a.metrics.privileged.Inc()
-		log.Warn("request runs as an allowed Kubernetes system identity", "user", id.User, "system_names", names)
+		log.Warn("request runs as an allowed Kubernetes system identity", "user", id.User, "system_names", systemNames(id))
 	}
 	a.metrics.inflight.Inc()
 	defer a.metrics.inflight.Dec()
 	if tunnel.Mutates(open) {
-		a.serveMutation(ctx, log, s, open, id)
+		a.serveMutation(ctx, log, s, open, who)
 		return
 	}
 
@@ -95,7 +98,7 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 		}
 	}()
 
-	req, err := a.request(ctx, open, id, s)
+	req, err := a.request(ctx, open, who, s)
 	if err != nil {
 		a.fail(s, log, http.StatusBadRequest, err.Error())
 		return
@@ -288,9 +291,9 @@ func (a *Agent) sendRest(ctx context.Context, log *slog.Logger, s *tunnel.Stream
 }
 
 // request builds the call to the kube-apiserver: the client's method, path,
-// query and headers, minus anything claiming an identity, plus the end
-// user's identity, as admitted, as impersonation headers.
-func (a *Agent) request(ctx context.Context, open *tetherv1.Open, id *tetherv1.Identity, s *tunnel.Stream) (*http.Request, error) {
+// query and headers, minus anything claiming an identity, plus whom it
+// runs as, as admitted (setIdentity).
+func (a *Agent) request(ctx context.Context, open *tetherv1.Open, who caller, s *tunnel.Stream) (*http.Request, error) {
 	u := *a.apiBase
 	u.RawPath = a.apiBase.Path + open.Path
 	path, err := url.PathUnescape(u.RawPath)
@@ -335,23 +338,8 @@ func (a *Agent) request(ctx context.Context, open *tetherv1.Open, id *tetherv1.I
 	if open.Upgrade != "" {
 		tunnel.SetUpgrade(req.Header, open.Upgrade)
 	}
-	if id != nil && id.User != "" {
-		req.Header.Set("Impersonate-User", id.User)
-		if id.Uid != "" {
-			req.Header.Set("Impersonate-Uid", id.Uid)
-		}
-		for _, g := range id.Groups {
-			req.Header.Add("Impersonate-Group", g)
-		}
-		for k, v := range id.Extra {
-			for _, val := range v.GetValues() {
-				// Keys such as authentication.kubernetes.io/credential-id
-				// are percent-encoded in the header name, as Kubernetes reads them.
-				req.Header.Add("Impersonate-Extra-"+url.PathEscape(k), val)
-			}
-		}
-	} else {
-		return nil, errors.New("request without an identity")
+	if err := a.setIdentity(req.Header, who); err != nil {
+		return nil, err
 	}
 	return req, nil
 }

@@ -42,7 +42,6 @@ func newTestAgentWith(t *testing.T, api http.RoundTripper) *Agent {
 }
 
 func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
-	a := newTestAgent(t)
 	open := &tetherv1.Open{
 		RequestId: "r1", ClusterId: "dev", Method: "GET", Path: "/api/v1/namespaces/a%2Fb/configmaps", Query: "limit=500&continue=x%3D",
 		End: true,
@@ -51,43 +50,100 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 			{Name: "Authorization", Values: []string{"Bearer stolen"}},
 			{Name: "Impersonate-User", Values: []string{"system:admin"}},
 			{Name: "impersonate-group", Values: []string{"system:masters"}},
+			// What a kube-apiserver behind a front proxy would believe.
+			{Name: "X-Remote-User", Values: []string{"system:admin"}},
+			{Name: "x-remote-group", Values: []string{"system:masters"}},
+			{Name: "X-Remote-Extra-Scopes", Values: []string{"all"}},
+			{Name: "X-Tenant-User", Values: []string{"system:admin"}},
 			{Name: "Connection", Values: []string{"close"}},
 			{Name: "Audit-ID", Values: []string{"chosen-by-the-client"}},
 		},
 	}
-	id := &tetherv1.Identity{
+	alice := &tetherv1.Identity{
 		User: "alice", Uid: "u-1", Groups: []string{"devs", "system:authenticated"},
 		Extra: map[string]*tetherv1.Values{"authentication.kubernetes.io/credential-id": {Values: []string{"JTI=abc"}}},
 	}
-	s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
-	req, err := a.request(context.Background(), open, id, s)
-	if err != nil {
-		t.Fatal(err)
+	bob := &tetherv1.Identity{User: "bob", Groups: []string{"ops"}}
+	// A provider's own header names: the client's under those names go too.
+	custom := &FrontProxy{UserHeader: "X-Tenant-User", GroupHeader: "X-Tenant-Group", ExtraPrefix: "X-Tenant-Extra-"}
+	common := http.Header{"Accept": {"application/vnd.kubernetes.protobuf"}, "Audit-Id": {"r1"}}
+	for _, tc := range []struct {
+		name string
+		fp   *FrontProxy
+		who  caller
+		want http.Header
+	}{
+		{"impersonation", nil, caller{user: alice}, http.Header{
+			"Impersonate-User":  {"alice"},
+			"Impersonate-Uid":   {"u-1"},
+			"Impersonate-Group": {"devs", "system:authenticated"},
+			"Impersonate-Extra-Authentication.kubernetes.io%2fcredential-Id": {"JTI=abc"},
+		}},
+		{"impersonation, as whom the user asked", nil, caller{user: alice, as: bob}, http.Header{
+			"Impersonate-User": {"bob"}, "Impersonate-Group": {"ops"},
+		}},
+		{"front proxy", &DefaultFrontProxy, caller{user: alice}, http.Header{
+			"X-Remote-User":  {"alice"},
+			"X-Remote-Uid":   {"u-1"},
+			"X-Remote-Group": {"devs", "system:authenticated"},
+			"X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id": {"JTI=abc"},
+		}},
+		{"front proxy, as whom the user asked: the kube-apiserver authorizes it", &DefaultFrontProxy, caller{user: alice, as: bob}, http.Header{
+			"X-Remote-User":  {"alice"},
+			"X-Remote-Uid":   {"u-1"},
+			"X-Remote-Group": {"devs", "system:authenticated"},
+			"X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id": {"JTI=abc"},
+			"Impersonate-User":  {"bob"},
+			"Impersonate-Group": {"ops"},
+		}},
+		{"front proxy with its own header names", custom, caller{user: bob}, http.Header{
+			"X-Tenant-User": {"bob"}, "X-Tenant-Group": {"ops"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newTestAgent(t)
+			a.cfg.FrontProxy = tc.fp
+			s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
+			req, err := a.request(context.Background(), open, tc.who, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := req.URL.String(), "https://127.0.0.1:6443/prefix/api/v1/namespaces/a%2Fb/configmaps?limit=500&continue=x%3D"; got != want {
+				t.Errorf("URL %s, want %s", got, want)
+			}
+			want := common.Clone()
+			if tc.fp != custom {
+				// Only a header the kube-apiserver is said to read claims anything.
+				want["X-Tenant-User"] = []string{"system:admin"}
+			}
+			for k, v := range tc.want {
+				want[k] = v
+			}
+			if !reflect.DeepEqual(req.Header, want) {
+				t.Errorf("headers\n got %v\nwant %v", req.Header, want)
+			}
+			if req.ContentLength != 0 {
+				t.Errorf("ContentLength %d for a request without a body", req.ContentLength)
+			}
+		})
 	}
-	if got, want := req.URL.String(), "https://127.0.0.1:6443/prefix/api/v1/namespaces/a%2Fb/configmaps?limit=500&continue=x%3D"; got != want {
-		t.Errorf("URL %s, want %s", got, want)
+}
+
+func TestFrontProxyNeedsHeaderNames(t *testing.T) {
+	for _, fp := range []FrontProxy{{}, {UserHeader: "X-Remote-User"}, {UserHeader: "X Remote", GroupHeader: "X-G", ExtraPrefix: "X-E-"}} {
+		if err := fp.validate(); err == nil {
+			t.Errorf("%+v taken", fp)
+		}
 	}
-	want := http.Header{
-		"Accept": {"application/vnd.kubernetes.protobuf"},
-		// The cluster's audit log names Tether's request id.
-		"Audit-Id":          {"r1"},
-		"Impersonate-User":  {"alice"},
-		"Impersonate-Uid":   {"u-1"},
-		"Impersonate-Group": {"devs", "system:authenticated"},
-		"Impersonate-Extra-Authentication.kubernetes.io%2fcredential-Id": {"JTI=abc"},
-	}
-	if !reflect.DeepEqual(req.Header, want) {
-		t.Errorf("headers\n got %v\nwant %v", req.Header, want)
-	}
-	if req.ContentLength != 0 {
-		t.Errorf("ContentLength %d for a request without a body", req.ContentLength)
+	if err := DefaultFrontProxy.validate(); err != nil {
+		t.Error(err)
 	}
 }
 
 func TestRequestWithoutIdentityIsRefused(t *testing.T) {
 	a := newTestAgent(t)
 	s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
-	_, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, nil, s)
+	_, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, caller{}, s)
 	if err == nil {
 		t.Fatal("built a request with no identity: it would run with the agent's own rights")
 	}
