@@ -17,9 +17,11 @@ import (
 // target is one way to reach the cluster: straight to the kube-apiserver or
 // through Tether. Each has its own client, with HTTP/2 as kubectl uses.
 type target struct {
-	name   string
-	base   string // URL prefix the Kubernetes path is appended to
-	token  string
+	name  string
+	base  string // URL prefix the Kubernetes path is appended to
+	token string // "": no Authorization (a client certificate says who)
+	// header goes with every GET: whom the request names (identitymode.go).
+	header http.Header
 	client *http.Client
 }
 
@@ -50,8 +52,13 @@ func (t *target) get(ctx context.Context, path string, hdr map[string]string) (i
 	if err != nil {
 		return 0, "", err
 	}
-	req.Header.Set("Authorization", "Bearer "+t.token)
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
+	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range t.header {
+		req.Header[k] = v
+	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}

@@ -9,7 +9,8 @@
 // A last concurrent Tether phase, not counted, takes CPU profiles of the
 // services (--pprof on their admin endpoints) for the report.
 //
-// It writes core-path.md and nats-request-path.md into --out and prints both.
+// It writes core-path.md, nats-request-path.md, streams.md and
+// identity-modes.md into --out and prints them.
 package main
 
 import (
@@ -109,6 +110,10 @@ func run(ctx context.Context, c config) error {
 	if err := bigList(ctx, c, s, direct, tether, r); err != nil {
 		return err
 	}
+	modes, err := identityModes(ctx, c, s, direct)
+	if err != nil {
+		return err
+	}
 	sr, err := benchStreams(ctx, c, s)
 	if err != nil {
 		return fmt.Errorf("streams: %w", err)
@@ -142,6 +147,7 @@ func run(ctx context.Context, c config) error {
 		"core-path.md":         coreReport(r),
 		"nats-request-path.md": natsReport(r, nr),
 		"streams.md":           streamsReport(r, sr),
+		"identity-modes.md":    identityReport(r, modes),
 	})
 }
 
