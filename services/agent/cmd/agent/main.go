@@ -61,7 +61,7 @@ func main() {
 		mode       string
 		fpCert     string
 		fpKey      string
-		fp         = agent.DefaultFrontProxy
+		fp         agent.FrontProxy
 	)
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	common.Register(fs)
@@ -84,10 +84,10 @@ func main() {
 	fs.StringVar(&mode, "identity-mode", "impersonate", "how the kube-apiserver learns whom a request runs as: impersonate (the agent's service account impersonates the user, each group and extra) or front-proxy (the kube-apiserver's --requestheader-* authentication: a client certificate and X-Remote-* headers, where the cluster's provider configures it)")
 	fs.StringVar(&fpCert, "front-proxy-cert", "", "front-proxy mode: PEM client certificate signed by the kube-apiserver's --requestheader-client-ca-file, its name in --requestheader-allowed-names")
 	fs.StringVar(&fpKey, "front-proxy-key", "", "front-proxy mode: the certificate's PEM key")
-	fs.StringVar(&fp.UserHeader, "front-proxy-user-header", fp.UserHeader, "front-proxy mode: the kube-apiserver's --requestheader-username-headers")
-	fs.StringVar(&fp.UIDHeader, "front-proxy-uid-header", fp.UIDHeader, "front-proxy mode: its --requestheader-uid-headers (empty: no uid)")
-	fs.StringVar(&fp.GroupHeader, "front-proxy-group-header", fp.GroupHeader, "front-proxy mode: its --requestheader-group-headers")
-	fs.StringVar(&fp.ExtraPrefix, "front-proxy-extra-prefix", fp.ExtraPrefix, "front-proxy mode: its --requestheader-extra-headers-prefix")
+	fs.Func("front-proxy-user-header", "front-proxy mode: the kube-apiserver's --requestheader-username-headers, comma-separated, beside those it publishes in kube-system/extension-apiserver-authentication (default X-Remote-User)", headerList(&fp.UserHeaders))
+	fs.Func("front-proxy-uid-header", "front-proxy mode: its --requestheader-uid-headers (default X-Remote-Uid)", headerList(&fp.UIDHeaders))
+	fs.Func("front-proxy-group-header", "front-proxy mode: its --requestheader-group-headers (default X-Remote-Group)", headerList(&fp.GroupHeaders))
+	fs.Func("front-proxy-extra-prefix", "front-proxy mode: its --requestheader-extra-headers-prefix (default X-Remote-Extra-)", headerList(&fp.ExtraPrefixes))
 	_ = fs.Parse(os.Args[1:])
 
 	os.Exit(svc.Run("agent", common, func(ctx context.Context, env *svc.Env) error {
@@ -107,6 +107,22 @@ func main() {
 		proxied, frontProxy, err := proxiedConfig(cfg, mode, fpCert, fpKey, fp)
 		if err != nil {
 			return err
+		}
+		if frontProxy != nil {
+			// Every header the kube-apiserver takes a user from must be
+			// dropped from clients' requests, not only the flags' names.
+			published, err := agent.FrontProxyOf(ctx, own, cfg.Host)
+			switch {
+			case errors.Is(err, agent.ErrNoFrontProxy):
+				return fmt.Errorf("--identity-mode=front-proxy: %w", err)
+			case err != nil:
+				env.Log.Warn("cannot read the kube-apiserver's front-proxy headers (bind the Role kube-system/extension-apiserver-authentication-reader); using the flags' alone", "err", err)
+			default:
+				merged := published.Merge(*frontProxy)
+				frontProxy = &merged
+			}
+			env.Log.Info("naming users as a front proxy", "user_headers", frontProxy.UserHeaders, "group_headers", frontProxy.GroupHeaders,
+				"uid_headers", frontProxy.UIDHeaders, "extra_prefixes", frontProxy.ExtraPrefixes)
 		}
 		rt := own
 		if frontProxy != nil {
@@ -236,11 +252,14 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 func proxiedConfig(cfg *rest.Config, mode, cert, key string, fp agent.FrontProxy) (*rest.Config, *agent.FrontProxy, error) {
 	switch mode {
 	case "impersonate":
-		if cert != "" || key != "" {
-			return nil, nil, errors.New("--front-proxy-cert and --front-proxy-key are for --identity-mode=front-proxy")
+		if cert != "" || key != "" || len(fp.UserHeaders)+len(fp.UIDHeaders)+len(fp.GroupHeaders)+len(fp.ExtraPrefixes) > 0 {
+			return nil, nil, errors.New("the --front-proxy-* flags are for --identity-mode=front-proxy")
 		}
 		return cfg, nil, nil
 	case "front-proxy":
+		// The flags' names first, then the usual ones: both are dropped
+		// from clients' requests.
+		fp = fp.Merge(agent.DefaultFrontProxy)
 		if cert == "" || key == "" {
 			return nil, nil, errors.New("--identity-mode=front-proxy needs --front-proxy-cert and --front-proxy-key")
 		}
@@ -252,6 +271,18 @@ func proxiedConfig(cfg *rest.Config, mode, cert, key string, fp agent.FrontProxy
 		return proxied, &fp, nil
 	}
 	return nil, nil, fmt.Errorf("--identity-mode %q: impersonate or front-proxy", mode)
+}
+
+// headerList is a flag of comma-separated header names, added to *dst.
+func headerList(dst *[]string) func(string) error {
+	return func(v string) error {
+		for _, h := range strings.Split(v, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				*dst = append(*dst, h)
+			}
+		}
+		return nil
+	}
 }
 
 // upgradeTransport dials the kube-apiserver for exec, attach and

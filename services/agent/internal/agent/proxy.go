@@ -71,8 +71,10 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, s *tunnel.Stream) {
 				a.failWith(s, log, *st)
 				return
 			}
+			log.Info("acting as whom the user asked, with the cluster's leave", "user", who.user.GetUser(), "as_user", who.as.GetUser(), "as_groups", who.as.GetGroups())
+		} else {
+			log.Info("the user asks to act as another; the kube-apiserver decides", "user", who.user.GetUser(), "as_user", who.as.GetUser(), "as_groups", who.as.GetGroups())
 		}
-		log.Info("acting as whom the user asked, with the cluster's leave", "user", who.user.GetUser(), "as_user", who.as.GetUser(), "as_groups", who.as.GetGroups())
 	}
 	if id := who.effective(); len(systemNames(id)) > 0 {
 		// Allowed by name (break-glass), and never quietly.

@@ -55,6 +55,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 			{Name: "x-remote-group", Values: []string{"system:masters"}},
 			{Name: "X-Remote-Extra-Scopes", Values: []string{"all"}},
 			{Name: "X-Tenant-User", Values: []string{"system:admin"}},
+			{Name: "X-Forwarded-Groups", Values: []string{"system:masters"}},
 			{Name: "Connection", Values: []string{"close"}},
 			{Name: "Audit-ID", Values: []string{"chosen-by-the-client"}},
 		},
@@ -65,7 +66,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 	}
 	bob := &tetherv1.Identity{User: "bob", Groups: []string{"ops"}}
 	// A provider's own header names: the client's under those names go too.
-	custom := &FrontProxy{UserHeader: "X-Tenant-User", GroupHeader: "X-Tenant-Group", ExtraPrefix: "X-Tenant-Extra-"}
+	custom := &FrontProxy{UserHeaders: []string{"X-Tenant-User", "X-Forwarded-User"}, GroupHeaders: []string{"X-Tenant-Group", "X-Forwarded-Groups"}, ExtraPrefixes: []string{"X-Tenant-Extra-"}}
 	common := http.Header{"Accept": {"application/vnd.kubernetes.protobuf"}, "Audit-Id": {"r1"}}
 	for _, tc := range []struct {
 		name string
@@ -115,6 +116,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 			if tc.fp != custom {
 				// Only a header the kube-apiserver is said to read claims anything.
 				want["X-Tenant-User"] = []string{"system:admin"}
+				want["X-Forwarded-Groups"] = []string{"system:masters"}
 			}
 			for k, v := range tc.want {
 				want[k] = v
@@ -130,7 +132,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 }
 
 func TestFrontProxyNeedsHeaderNames(t *testing.T) {
-	for _, fp := range []FrontProxy{{}, {UserHeader: "X-Remote-User"}, {UserHeader: "X Remote", GroupHeader: "X-G", ExtraPrefix: "X-E-"}} {
+	for _, fp := range []FrontProxy{{}, {UserHeaders: []string{"X-Remote-User"}}, {UserHeaders: []string{"X Remote"}, GroupHeaders: []string{"X-G"}, ExtraPrefixes: []string{"X-E-"}}} {
 		if err := fp.validate(); err == nil {
 			t.Errorf("%+v taken", fp)
 		}
@@ -141,10 +143,16 @@ func TestFrontProxyNeedsHeaderNames(t *testing.T) {
 }
 
 func TestRequestWithoutIdentityIsRefused(t *testing.T) {
-	a := newTestAgent(t)
-	s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
-	_, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, caller{}, s)
-	if err == nil {
-		t.Fatal("built a request with no identity: it would run with the agent's own rights")
+	alice := &tetherv1.Identity{User: "alice"}
+	for _, who := range []caller{{}, {as: alice}, {user: alice, as: &tetherv1.Identity{}}, {user: alice, as: &tetherv1.Identity{Groups: []string{"ops"}}}} {
+		for _, fp := range []*FrontProxy{nil, &DefaultFrontProxy} {
+			a := newTestAgent(t)
+			a.cfg.FrontProxy = fp
+			s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
+			if _, err := a.request(context.Background(), &tetherv1.Open{RequestId: "r", ClusterId: "dev", Method: "GET", Path: "/api", End: true}, who, s); err == nil {
+				// An empty Impersonate-User is no impersonation: the agent's own rights.
+				t.Errorf("built a request for %v (front proxy %v): it would run with the agent's own rights", who, fp != nil)
+			}
+		}
 	}
 }

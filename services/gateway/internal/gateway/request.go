@@ -207,6 +207,11 @@ func (q *request) send() bool {
 	call, f, err := q.g.send(q.ctx, q.frame, q.r.Body, q.failUpload, q.resign)
 	q.call = call
 	q.undo = append(q.undo, call.end)
+	var resignErr *resignError
+	if errors.As(err, &resignErr) {
+		q.log.Error("signing the identity for the next router", "err", resignErr.err)
+		return q.refuse(http.StatusInternalServerError, "signing", "the gateway could not sign the request's identity")
+	}
 	if unreachable(err) {
 		q.code = http.StatusServiceUnavailable
 		q.log.Warn("router unreachable", "err", err)
@@ -256,11 +261,17 @@ func (q *request) resign(handoff uint32) error {
 	open := q.frame.GetOpen()
 	si, err := q.g.sign(open, q.user, q.asked, time.Now(), handoff)
 	if err != nil {
-		return fmt.Errorf("signing the identity for the next router: %w", err)
+		return &resignError{err}
 	}
 	open.SignedIdentity = si
 	return nil
 }
+
+// resignError: the identity could not be signed for the next router.
+type resignError struct{ err error }
+
+func (e *resignError) Error() string { return "signing the identity for the next router: " + e.err.Error() }
+func (e *resignError) Unwrap() error { return e.err }
 
 // respond writes the cluster's answer: a switch of protocols, a whole
 // body, or a body streamed as it comes.
@@ -391,7 +402,9 @@ func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader
 	for _, i := range g.routerOrder() {
 		if reached {
 			handoff++
-			if err = resign(handoff); err != nil {
+			if rerr := resign(handoff); rerr != nil {
+				g.cfg.Logger.Warn("router failed a read before answering", "err", err)
+				err = rerr
 				break
 			}
 			reached = false
@@ -421,7 +434,7 @@ func (g *Gateway) send(ctx context.Context, open *tetherv1.Frame, body io.Reader
 			break
 		}
 		reached = true
-		g.cfg.Logger.Warn("router failed a read before answering; trying the next", "router", i, "err", err)
+		g.cfg.Logger.Warn("router failed a read before answering; trying the next, signed again", "router", i, "err", err)
 	}
 	return routerCall{receive: func() (*tetherv1.Frame, error) { return nil, err }, end: func() {}}, nil, err
 }

@@ -176,17 +176,24 @@ func New(cfg Config) (*Server, error) {
 	// decoded every frame of every call: the shards spread them over as
 	// many goroutines as there are cores.
 	process := cfg.ID + "-" + nonce()
+	var subs []*nats.Subscription
 	for i := range cfg.InboxShards {
 		inbox, err := subject.RouterInbox(cfg.NATSUser, process+"-"+strconv.Itoa(i))
-		if err != nil {
-			return nil, fmt.Errorf("router: NATS user: %w", err)
+		if err == nil {
+			var sub *nats.Subscription
+			if sub, err = cfg.NATS.Subscribe(subject.RouterWildcard(inbox), s.receiveOn(uint64(i), uint64(cfg.InboxShards))); err == nil {
+				// The routers' windows bound each call; this bounds a
+				// shard's backlog whatever they do.
+				_ = sub.SetPendingLimits(-1, max(512<<20/cfg.InboxShards, 64<<20))
+				subs = append(subs, sub)
+				s.inboxes = append(s.inboxes, inbox)
+				continue
+			}
 		}
-		sub, err := cfg.NATS.Subscribe(subject.RouterWildcard(inbox), s.receive)
-		if err != nil {
-			return nil, fmt.Errorf("router: subscribing to its inbox: %w", err)
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
 		}
-		_ = sub.SetPendingLimits(-1, 512<<20/cfg.InboxShards)
-		s.inboxes = append(s.inboxes, inbox)
+		return nil, fmt.Errorf("router: inbox %d of %d for id %q and NATS user %q: %w", i, cfg.InboxShards, cfg.ID, cfg.NATSUser, err)
 	}
 	natsconn.OnDisconnect(cfg.NATS, s.natsLost)
 	return s, nil
@@ -210,11 +217,20 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-func (s *Server) receive(m *nats.Msg) {
-	id, err := subject.LastNumber(m.Subject)
-	if err != nil {
-		return
+// receiveOn is the handler of shard of shards: it takes only the calls
+// that shard holds, so each call's frames come in order on one goroutine
+// whatever subject a peer publishes to.
+func (s *Server) receiveOn(shard, shards uint64) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		id, err := subject.LastNumber(m.Subject)
+		if err != nil || id%shards != shard {
+			return
+		}
+		s.receive(id, m)
 	}
+}
+
+func (s *Server) receive(id uint64, m *nats.Msg) {
 	c := s.call(id)
 	if natslink.NoResponders(m) {
 		if c != nil {

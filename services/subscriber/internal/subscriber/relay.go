@@ -101,6 +101,12 @@ func (r *relay) step(from side, f *tetherv1.Frame) bool {
 	return false
 }
 
+func (r *relay) ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state == relayEnded
+}
+
 // end ends the request with outcome, unless it has ended already; it
 // reports whether this call ended it.
 func (r *relay) end(outcome string) bool {
@@ -234,6 +240,10 @@ func (s *session) open(m *nats.Msg) {
 	select {
 	case <-s.hello:
 	case <-s.done:
+	}
+	if r.ended() {
+		// The session closed meanwhile, and its router heard why.
+		return
 	}
 	s.srv.metrics.toAgent.Inc()
 	if err := s.conn.Send(f); err != nil {
