@@ -63,6 +63,8 @@ func run(m *testing.M) int {
 		// Two of each gateway, router and subscriber: every test runs
 		// against a fleet, the agent on subscriber-0.
 		Replicas: 2,
+		// And a gateway with its router in its own process.
+		EmbeddedRouter: true,
 		// Long enough that an agent which waits it out instead of leaving
 		// as soon as it is idle fails TestAgentDrainsAndReconnects.
 		// --pprof: the leak test collects garbage in each service before

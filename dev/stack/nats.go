@@ -139,7 +139,11 @@ func WriteNATSUsers(dir string, users []string) (string, error) {
 // natsInstances are the services of the stack that log in to NATS as one
 // user per instance: each router reads only its own inbox.
 func (s *Stack) natsInstances() map[string]int {
-	return map[string]int{"router": s.opts.Replicas, "subscriber": s.opts.Subscribers}
+	routers := s.opts.Replicas
+	if s.opts.EmbeddedRouter {
+		routers++ // the router in gateway-embedded
+	}
+	return map[string]int{"router": routers, "subscriber": s.opts.Subscribers}
 }
 
 // NewNATSPasswords gives each of users a new random password.

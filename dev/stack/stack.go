@@ -98,6 +98,10 @@ type Options struct {
 	// "router"; replica i is "gateway-i" and so on, each gateway calling
 	// its own router first and the others when that one fails.
 	Replicas int
+	// EmbeddedRouter also starts a gateway that runs its router in its
+	// own process ("gateway-embedded", gateway --router-url=embedded, at
+	// EmbeddedGatewayURL), beside the others: make bench measures both.
+	EmbeddedRouter bool
 	// Subscribers is how many subscribers run: "subscriber",
 	// "subscriber-1", ... (default Replicas).
 	Subscribers int
@@ -128,8 +132,11 @@ type Stack struct {
 	GatewayURL string // https://127.0.0.1:PORT
 	// GatewayURLs are every replica's gateway, GatewayURL first.
 	GatewayURLs []string
-	CAFile      string // CA of the gateway's serving certificate
-	NATSURL     string
+	// EmbeddedGatewayURL is the gateway with the router in its process,
+	// with Options.EmbeddedRouter.
+	EmbeddedGatewayURL string
+	CAFile             string // CA of the gateway's serving certificate
+	NATSURL            string
 	// IssuerURL is the development identity provider (dev/idp); IdPKeyDir
 	// holds its signing keys, for tests that forge tokens with them.
 	IssuerURL string
@@ -347,6 +354,18 @@ func Up(ctx context.Context, o Options) (_ *Stack, err error) {
 		s.GatewayURLs = append(s.GatewayURLs, "https://"+addr(ports[0]))
 	}
 	s.GatewayURL = s.GatewayURLs[0]
+	if o.EmbeddedRouter {
+		ports, err := proc.FreePorts(2)
+		if err != nil {
+			return nil, err
+		}
+		// Its router logs in to NATS as one router more.
+		args := append(s.gatewayArgs(ports[0], []string{"embedded"}, tokens, cert, key), s.NATSArgs(InstanceUser("router", o.Replicas))...)
+		if err := s.startService(ctx, "gateway-embedded", addr(ports[1]), args...); err != nil {
+			return nil, err
+		}
+		s.EmbeddedGatewayURL = "https://" + addr(ports[0])
+	}
 
 	// The clusters, created as an operator would with tetherctl; each
 	// bootstrap token goes to its agent.
@@ -429,6 +448,9 @@ func (s *Stack) start(ctx context.Context, name string, args ...string) (*proc.P
 	}
 	if strings.HasPrefix(name, "agent-") && name != "agent-registry" {
 		bin = "agent"
+	}
+	if name == "gateway-embedded" {
+		bin = "gateway"
 	}
 	path, argv := filepath.Join(s.opts.BinDir, bin), args
 	if s.onTestHost(name) {

@@ -149,3 +149,24 @@ func (i Instruments) Validate() error {
 func (t *Telemetry) Instruments() Instruments {
 	return Instruments{Logger: t.Logger, Registerer: t.Registry, Tracer: t.Tracer, Propagator: t.Propagator}
 }
+
+// HopDuration is tether_request_duration_seconds: each hop's time to the
+// response head, labelled by hop. It is registered once per registry and
+// shared after that, so a gateway that runs its router in its own process
+// (ADR 018) reports both hops in one series set.
+func HopDuration(reg prometheus.Registerer) (*prometheus.HistogramVec, error) {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"hop"})
+	if err := reg.Register(h); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(*prometheus.HistogramVec); ok {
+				return existing, nil
+			}
+		}
+		return nil, fmt.Errorf("registering tether_request_duration_seconds: %w", err)
+	}
+	return h, nil
+}

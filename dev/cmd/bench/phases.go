@@ -52,13 +52,19 @@ type otherLoad struct {
 
 var services = []string{"gateway", "router", "subscriber", "agent", "natsd"}
 
-func smallGets(ctx context.Context, c config, s *stack.Stack, direct, tether *target, r *results) error {
+// smallGets measures each of targets (direct, tether, then others); the
+// hops' histograms are Tether's, through its first gateway.
+func smallGets(ctx context.Context, c config, s *stack.Stack, targets []*target, r *results) error {
+	tether := targets[1]
 	r.proto = map[string]string{}
-	r.seq = map[string]*samples{"direct": {}, "tether": {}}
+	r.seq = map[string]*samples{}
+	for _, t := range targets {
+		r.seq[t.name] = &samples{}
+	}
 	r.con = map[string]throughput{}
 	r.seqHops, r.conHops = map[string]hist{}, map[string]hist{}
 	r.cpu = map[string]map[string]time.Duration{}
-	for _, t := range []*target{direct, tether} {
+	for _, t := range targets {
 		_, proto, err := t.get(ctx, smallPath, nil)
 		if err != nil {
 			return fmt.Errorf("first GET: %w", err)
@@ -72,7 +78,7 @@ func smallGets(ctx context.Context, c config, s *stack.Stack, direct, tether *ta
 	per := c.seqN / c.rounds
 	seqCPU := startCPU()
 	for round := range c.rounds {
-		for _, t := range []*target{direct, tether} {
+		for _, t := range targets {
 			logf("small GET: sequential round %d/%d via %s (%d requests)", round+1, c.rounds, t.name, per)
 			before, err := hopTimes(ctx, s.Admin)
 			if err != nil {
@@ -90,7 +96,7 @@ func smallGets(ctx context.Context, c config, s *stack.Stack, direct, tether *ta
 	}
 	_, other := seqCPU.stop()
 	r.other = append(r.other, otherLoad{"sequential small GETs", other})
-	for _, t := range []*target{direct, tether} {
+	for _, t := range targets {
 		logf("small GET: %d concurrent workers for %v via %s", c.workers, c.duration, t.name)
 		before, err := hopTimes(ctx, s.Admin)
 		if err != nil {
@@ -114,7 +120,8 @@ func smallGets(ctx context.Context, c config, s *stack.Stack, direct, tether *ta
 	return ctx.Err()
 }
 
-func bigList(ctx context.Context, c config, s *stack.Stack, direct, tether *target, r *results) error {
+func bigList(ctx context.Context, c config, s *stack.Stack, targets []*target, r *results) error {
+	direct := targets[0]
 	logf("big list: creating %d ConfigMaps of %d bytes in %s", c.cmCount, c.cmSize, bigNamespace)
 	start := time.Now()
 	if err := fill(ctx, direct, c.cmCount, c.cmSize); err != nil {
@@ -134,11 +141,14 @@ func bigList(ctx context.Context, c config, s *stack.Stack, direct, tether *targ
 	time.Sleep(time.Second)
 	r.rssBase = base.finish()
 	r.lists = map[string][]listing{}
-	r.listCPU = map[string]map[string]time.Duration{"direct": {}, "tether": {}}
+	r.listCPU = map[string]map[string]time.Duration{}
+	for _, t := range targets {
+		r.listCPU[t.name] = map[string]time.Duration{}
+	}
 	peak := sampleRSS(pids)
 	listsCPU := startCPU()
 	for i := range c.lists {
-		for _, t := range []*target{direct, tether} {
+		for _, t := range targets {
 			cpu0 := cpuTimes()
 			l := listBig(ctx, t)
 			for k, v := range cpuDelta(cpu0, cpuTimes()) {

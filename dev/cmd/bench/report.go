@@ -80,6 +80,8 @@ func coreReport(r *results) string {
 	fmt.Fprintf(&b, "Sequential: %d warm-up requests per target, then %d requests at concurrency 1 in %d interleaved rounds (direct, Tether, direct, …). Concurrent: %d workers for %v per target, direct first. Big list: `GET /api/v1/namespaces/%s/configmaps` (%d ConfigMaps of %d KB of random base64, `Accept-Encoding: identity`), %d times per target, interleaved; MB/s is body bytes over time from request to the body's end.\n\n",
 		c.warm, c.seqN, c.rounds, c.workers, c.duration, bigNamespace, c.cmCount, c.cmSize/1000, c.lists)
 
+	topologies(&b, r)
+
 	body := float64(bodyD)
 	growth := func(svc string) float64 { return float64(r.rssPeak[svc]-r.rssBase[svc]) * 1024 }
 	b.WriteString("## Targets\n\n| Target | Measured | Result |\n|---|---:|---|\n")
@@ -107,7 +109,7 @@ func coreReport(r *results) string {
 	whereTime(&b, r)
 	b.WriteString("## Problems seen\n\n")
 	problems := 0
-	for _, name := range []string{"direct", "tether"} {
+	for _, name := range []string{"direct", "tether", "embedded"} {
 		if n, first := errDetail(r, name); n > 0 {
 			fmt.Fprintf(&b, "- %d failed requests via %s; first: `%s`\n", n, name, first)
 			problems++

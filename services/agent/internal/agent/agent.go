@@ -179,10 +179,6 @@ func New(cfg Config) (*Agent, error) {
 		mutations:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_mutations_total", Help: "Mutations by what became of them: ran, replayed (a retry answered with the first result), outcome_unknown (a retry whose earlier attempt went to another agent process, refused)."}, []string{"result"}),
 		refused:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_agent_requests_refused_total", Help: "Requests refused before the kube-apiserver saw them, by reason: identity (not signed for this request by a gateway key the identity root certified, or expired), tenant (a user of another tenant), replayed (a try of a request that came before), system_name (a system: user or group the cluster does not allow), impersonation (kubectl --as the cluster does not allow the user), capacity (too many requests under way to check for replays)."}, []string{"reason"}),
 		privileged: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_agent_privileged_requests_total", Help: "Requests run as a system: user or group the cluster allows by name (break-glass)."}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"hop"}),
 	}
 	verifier := cfg.Admission.Verifier
 	checks := []prometheus.Collector{
@@ -193,7 +189,10 @@ func New(cfg Config) (*Agent, error) {
 			Help: "Signed identities accepted, by how: mac (the gateway knew this agent's key), signature (a cluster's first request through a gateway, or after a restart)."},
 			func() float64 { _, n := verifier.Checks(); return float64(n) }),
 	}
-	for _, c := range append([]prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.duration, m.upgraded, m.renewals, m.mutations, m.refused, m.privileged}, checks...) {
+	if m.duration, err = telemetry.HopDuration(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for _, c := range append([]prometheus.Collector{m.requests, m.inflight, m.connected, m.connects, m.upgraded, m.renewals, m.mutations, m.refused, m.privileged}, checks...) {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}

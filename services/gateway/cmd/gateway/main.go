@@ -25,6 +25,7 @@ import (
 	"github.com/tether-dev/tether/lib/tunnel"
 	"github.com/tether-dev/tether/services/gateway/internal/gateway"
 	"github.com/tether-dev/tether/services/gateway/internal/identity"
+	"github.com/tether-dev/tether/services/router/launch"
 )
 
 func main() {
@@ -46,6 +47,7 @@ func main() {
 		identityKey       string
 		tokenSystemNames  string
 		oidcSystem        string
+		embedded          launch.Options
 	)
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	fs.StringVar(&identityKey, "identity-key", os.Getenv("TETHER_IDENTITY_KEY"), "PEM file of this gateway's identity signing key and its certificate by the identity root (tether-dev secrets makes one): agents impersonate only what it signs")
@@ -66,7 +68,9 @@ func main() {
 	fs.StringVar(&oidcCfg.Claims.Tenants, "oidc-tenants-claim", "tenants", "claim listing the tenants whose clusters the user may reach")
 	fs.StringVar(&registryURL, "registry-url", svc.EnvOr("TETHER_REGISTRY_URL", "http://127.0.0.1:8083"), "agent-registry base URL, for tetherctl's cluster commands")
 	fs.StringVar(&adminGroup, "admin-group", "tether:admins", "group whose members may create and delete clusters")
-	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL, or several, comma-separated: each request goes to the first that can be reached")
+	fs.StringVar(&routerURL, "router-url", svc.EnvOr("TETHER_ROUTER_URL", "http://127.0.0.1:8082"), "router base URL, or several, comma-separated: each request goes to the first that can be reached; \"embedded\": run the router in this process (it then needs --nats-* and takes --router-* flags), one hop less for a small installation")
+	embedded.NATS.Register(fs)
+	embedded.Register(fs, "router-")
 	fs.DurationVar(&readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send its request head")
 	fs.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", tunnel.MaxHead, fmt.Sprintf("largest request head accepted, at most %d (431 beyond, and beyond %d header fields or a field of %d bytes)", tunnel.MaxHead, tunnel.MaxHeaders, tunnel.MaxHeaderValue))
 	fs.Int64Var(&limits.MaxBodyBytes, "max-body-bytes", 3<<20, "largest request body accepted, as the kube-apiserver's own limit (413 beyond); exec and port-forward streams are not bodies")
@@ -122,10 +126,23 @@ func main() {
 		}
 		var routers []tetherv1connect.ProxyServiceClient
 		var reachable []func(context.Context) error
-		for _, u := range strings.Split(routerURL, ",") {
-			u = strings.TrimSuffix(strings.TrimSpace(u), "/")
-			routers = append(routers, tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, u, tunnel.ClientOptions()))
-			reachable = append(reachable, routerReachable(u, internal))
+		var router *launch.Router
+		if routerURL == "embedded" {
+			// The router's own code, on its own NATS connection; the
+			// process is ready once NATS is and the clusters are read.
+			embedded.ID = svc.InstanceID("")
+			if router, err = launch.Start(ctx, env, embedded); err != nil {
+				return err
+			}
+			client, stop := router.Client()
+			defer stop()
+			routers = append(routers, client)
+		} else {
+			for _, u := range strings.Split(routerURL, ",") {
+				u = strings.TrimSuffix(strings.TrimSpace(u), "/")
+				routers = append(routers, tetherv1connect.NewProxyServiceClient(&http.Client{Transport: internal}, u, tunnel.ClientOptions()))
+				reachable = append(reachable, routerReachable(u, internal))
+			}
 		}
 		var domains []string
 		if clusterDomains != "" {
@@ -195,8 +212,14 @@ func main() {
 			TLSConfig: tlsConfig,
 			HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: svc.MaxStreamsPerConn, SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		}
-		return env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded,
+		err = env.Serve(ctx, svc.Listener{What: "clients", Addr: listen, Server: hs, TLS: true, Hijacked: gw.WaitUpgraded,
 			Wrap: func(ln net.Listener) net.Listener { return gw.LimitConnections(ln, maxConns, perIP) }})
+		if router != nil && err == nil {
+			// The clients are served: what the router sent on NATS may
+			// still be answered.
+			err = router.Drain()
+		}
+		return err
 	}))
 }
 

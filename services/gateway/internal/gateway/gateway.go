@@ -100,10 +100,6 @@ func New(cfg Config) (*Gateway, error) {
 			// the logs and traces (cluster_id) and in the agent's own metrics.
 			Name: "tether_gateway_requests_total", Help: "Client requests, by verb and HTTP code.",
 		}, []string{"method", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"hop"}),
 		upgraded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_gateway_upgraded_connections", Help: "Upgraded client connections (exec, attach, port-forward) being carried.",
 		}),
@@ -123,7 +119,10 @@ func New(cfg Config) (*Gateway, error) {
 	g.long = admission{user: newCounter(l.LongPerUser), cluster: newCounter(l.LongPerCluster)}
 	g.stopHijacked, g.closeAll = context.WithCancel(context.Background())
 	g.down = make([]atomic.Int64, len(cfg.Routers))
-	for _, c := range []prometheus.Collector{g.requests, g.duration, g.upgraded, g.upgrades, g.refusals} {
+	if g.duration, err = telemetry.HopDuration(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	for _, c := range []prometheus.Collector{g.requests, g.upgraded, g.upgrades, g.refusals} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: registering metrics: %w", err)
 		}

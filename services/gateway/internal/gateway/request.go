@@ -270,7 +270,9 @@ func (q *request) resign(handoff uint32) error {
 // resignError: the identity could not be signed for the next router.
 type resignError struct{ err error }
 
-func (e *resignError) Error() string { return "signing the identity for the next router: " + e.err.Error() }
+func (e *resignError) Error() string {
+	return "signing the identity for the next router: " + e.err.Error()
+}
 func (e *resignError) Unwrap() error { return e.err }
 
 // respond writes the cluster's answer: a switch of protocols, a whole

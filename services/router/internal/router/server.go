@@ -149,15 +149,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_requests_total", Help: "Requests routed, by HTTP code (per cluster: the logs and traces, cluster_id)."}, []string{"code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "tether_request_duration_seconds", Help: "Time to the response head at this hop.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"hop"}),
 		retries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_router_retries_total", Help: "Requests sent again: no agent answered, or a hop was lost before the answer."}),
 		resumes:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_router_watch_resumes_total", Help: "Watches that lost a hop, by result: resumed from their last event, or broken off."}, []string{"result"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_router_requests_in_flight", Help: "Calls open."}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.resumes, m.inflight} {
+	var err error
+	if m.duration, err = telemetry.HopDuration(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.retries, m.resumes, m.inflight} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("router: registering metrics: %w", err)
 		}
