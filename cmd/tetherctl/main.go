@@ -149,6 +149,7 @@ func runCluster(ctx context.Context, args []string) error {
 	fs.StringVar(&agent.HTTPSProxy, "https-proxy", "", "HTTP proxy (http://HOST:PORT) the agent reaches the subscribers through, when it is the cluster's only way out")
 	fs.StringVar(&agent.NoProxy, "no-proxy", "", "more hosts, domains or CIDRs the agent reaches without the proxy, comma-separated (the cluster's kube-apiserver always is)")
 	caFile := fs.String("subscriber-ca", "", "PEM file of the CA of the subscribers' certificate, when it is not a public one: shipped in the manifest as a ConfigMap")
+	fs.StringVar(&agent.FrontProxySecret, "front-proxy-secret", "", "a kubernetes.io/tls Secret in tether-system with a client certificate from the cluster's front-proxy CA (its --requestheader-client-ca-file, a name in --requestheader-allowed-names): the agent names users in the kube-apiserver's --requestheader-* headers instead of impersonating them, and needs no right to impersonate")
 	fs.StringVar(&agent.CPURequest, "agent-cpu-request", agent.CPURequest, "the agent's CPU request")
 	fs.StringVar(&agent.MemoryRequest, "agent-memory-request", agent.MemoryRequest, "the agent's memory request")
 	fs.StringVar(&agent.MemoryLimit, "agent-memory-limit", agent.MemoryLimit, "the agent's memory limit")

@@ -50,6 +50,12 @@ type AgentOptions struct {
 	// SubscriberCA is a PEM CA the agent trusts for the subscribers,
 	// besides the system's roots; empty: the system's roots only.
 	SubscriberCA string
+	// FrontProxySecret names a kubernetes.io/tls Secret in tether-system
+	// with a client certificate from the cluster's front-proxy CA: the
+	// agent then names users in the kube-apiserver's --requestheader-*
+	// headers instead of impersonating them (ADR 017); empty: it
+	// impersonates.
+	FrontProxySecret string
 	// The agent container's resources.
 	CPURequest, MemoryRequest, MemoryLimit string
 }
@@ -58,6 +64,8 @@ type AgentOptions struct {
 func DefaultAgentOptions() AgentOptions {
 	return AgentOptions{Image: "tether/agent:dev", CPURequest: "50m", MemoryRequest: "64Mi", MemoryLimit: "256Mi"}
 }
+
+var secretName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 
 var quantity = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi)?$`)
 
@@ -87,6 +95,9 @@ func (o AgentOptions) Validate() error {
 		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
 			return fmt.Errorf("--subscriber-ca: %w", err)
 		}
+	}
+	if o.FrontProxySecret != "" && !secretName.MatchString(o.FrontProxySecret) {
+		return fmt.Errorf("--front-proxy-secret %q is not a Secret name", o.FrontProxySecret)
 	}
 	for flag, q := range map[string]string{"--agent-cpu-request": o.CPURequest, "--agent-memory-request": o.MemoryRequest, "--agent-memory-limit": o.MemoryLimit} {
 		if !quantity.MatchString(q) {

@@ -60,13 +60,17 @@ func TestManifestOptions(t *testing.T) {
 		{"defaults", func(*AgentOptions) {},
 			[]string{"cpu: 50m, memory: 64Mi", "limits: {memory: 256Mi}", "--tenant=acme", "--identity-root-key=/etc/tether/identity-root/root.pub",
 				"configMap: {name: tether-identity-root}", "  root.pub: |\n    -----BEGIN PUBLIC KEY-----\n"},
-			[]string{"name: HTTPS_PROXY", "name: NO_PROXY", "--subscriber-ca=", "tether-subscriber-ca"}},
+			[]string{"name: HTTPS_PROXY", "name: NO_PROXY", "--subscriber-ca=", "tether-subscriber-ca", "front-proxy", "extension-apiserver-authentication"}},
 		{"proxy", func(o *AgentOptions) { o.HTTPSProxy, o.NoProxy = "http://proxy.corp:3128", "10.0.0.0/8,.corp" },
 			[]string{`{name: HTTPS_PROXY, value: "http://proxy.corp:3128"}`, `$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local,localhost,127.0.0.1,10.0.0.0/8,.corp"`},
 			[]string{"--subscriber-ca=", "tether-subscriber-ca"}},
 		{"CA", func(o *AgentOptions) { o.SubscriberCA = ca },
 			[]string{"--subscriber-ca=/etc/tether/subscriber-ca/ca.crt", "configMap: {name: tether-subscriber-ca}", "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n"},
 			[]string{"name: HTTPS_PROXY"}},
+		{"front proxy", func(o *AgentOptions) { o.FrontProxySecret = "tether-front-proxy" },
+			[]string{"--identity-mode=front-proxy", "--front-proxy-cert=/etc/tether/front-proxy/tls.crt", "--front-proxy-key=/etc/tether/front-proxy/tls.key",
+				"secret: {secretName: tether-front-proxy}", "name: extension-apiserver-authentication-reader", "mountPath: /etc/tether/front-proxy"},
+			[]string{`verbs: ["impersonate"]`, "subjectaccessreviews"}},
 		{"resources", func(o *AgentOptions) { o.CPURequest, o.MemoryRequest, o.MemoryLimit = "200m", "128Mi", "1Gi" },
 			[]string{"requests: {cpu: 200m, memory: 128Mi}", "limits: {memory: 1Gi}"}, nil},
 	} {
@@ -117,6 +121,7 @@ func TestAgentOptionsValidate(t *testing.T) {
 		}, "--subscriber-ca"},
 		{"memory not a quantity", func(o *AgentOptions) { o.MemoryLimit = "1 GB" }, "--agent-memory-limit"},
 		{"no image", func(o *AgentOptions) { o.Image = "" }, "agent image"},
+		{"front-proxy Secret not a name", func(o *AgentOptions) { o.FrontProxySecret = "Front Proxy" }, "--front-proxy-secret"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := DefaultAgentOptions()
