@@ -28,7 +28,7 @@ func topologies(b *strings.Builder, r *results) {
 	}
 	c := r.cfg
 	b.WriteString("## The router in the gateway's process\n\n")
-	b.WriteString("The same stack has a second gateway started with `--router-url=embedded`: its router runs in the gateway's process, on its own NATS connection, and the gateway calls it over in-memory HTTP/2 (no TLS, no socket). Both gateways reach the same NATS, subscriber and agent; each was measured in the same phases as the other, interleaved where the phase interleaves. CPU is that of the request path's processes (gateway, router, agent, subscriber, NATS) over the phase, whichever gateway was idle meanwhile included.\n\n")
+	b.WriteString("The same stack has a second gateway started with `--router-url=embedded`: its router runs in the gateway's process, on its own NATS connection, and the gateway calls its Connect handler in the process (no HTTP/2, no TLS, no socket). Both gateways reach the same NATS, subscriber and agent; each was measured in the same phases as the other, interleaved where the phase interleaves. CPU is that of the request path's processes (gateway, router, agent, subscriber, NATS) over the phase, whichever gateway was idle meanwhile included.\n\n")
 	b.WriteString("| Figure | Direct | Tether, separate router | Tether, router in the gateway |\n|---|---:|---:|---:|\n")
 	sd, st, se := r.seq["direct"], r.seq["tether"], r.seq["embedded"]
 	added := func(s *samples, q float64) string {

@@ -1,17 +1,15 @@
 // Package launch starts a router on a NATS connection of its own. The
 // router binary serves it to gateways over the network; a gateway started
 // with --router-url=embedded runs it in its own process and calls it
-// through Client, which saves the gateway→router hop's TLS, sockets and
-// process switch (issue 15). The router's code is the same either way.
+// through Client, which saves the gateway→router hop's HTTP/2, TLS,
+// sockets and process switch (issue 15). The router's code is the same either way.
 package launch
 
 import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -97,64 +95,12 @@ func Start(ctx context.Context, env *svc.Env, o Options) (*Router, error) {
 // the router any more.
 func (r *Router) Drain() error { return natsconn.Drain(r.nc, 5*time.Second) }
 
-// Client serves the router on in-memory connections (HTTP/2 without TLS,
-// each connection a net.Pipe) and returns a ProxyService client for them;
-// close stops the server, ending the calls still open.
+// Client is a ProxyService client that calls the router's handler in this
+// process, without HTTP/2, TLS or sockets in between (handlerTransport);
+// close refuses later calls.
 func (r *Router) Client() (client tetherv1connect.ProxyServiceClient, close func()) {
-	l := newPipeListener()
 	mux := http.NewServeMux()
 	mux.Handle(r.Path, r.Handler)
-	server := svc.H2CServer(mux)
-	go func() { _ = server.Serve(l) }()
-	t := svc.H2CTransport()
-	t.DialContext = l.dial
-	client = tetherv1connect.NewProxyServiceClient(&http.Client{Transport: t}, "http://router.in-process", tunnel.ClientOptions())
-	return client, func() {
-		_ = server.Close()
-		t.CloseIdleConnections()
-	}
+	t := &handlerTransport{h: mux}
+	return tetherv1connect.NewProxyServiceClient(&http.Client{Transport: t}, "http://router.in-process", tunnel.ClientOptions()), t.close
 }
-
-// pipeListener hands the server the far ends of net.Pipes its dial makes.
-type pipeListener struct {
-	conns     chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *pipeListener) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.conns <- server:
-		return client, nil
-	case <-l.done:
-		return nil, &net.OpError{Op: "dial", Net: "pipe", Err: net.ErrClosed}
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.closeOnce.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "router.in-process" }

@@ -15,9 +15,10 @@ import (
 )
 
 // echo answers a Call with two frames, and a Proxy stream with each
-// frame it gets, as it gets it.
+// frame it gets, as it gets it; ended hears when a Proxy call returns.
 type echo struct {
 	tetherv1connect.UnimplementedProxyServiceHandler
+	ended chan error
 }
 
 func (echo) Call(_ context.Context, req *connect.Request[tetherv1.Frame], ss *connect.ServerStream[tetherv1.Frame]) error {
@@ -29,13 +30,15 @@ func (echo) Call(_ context.Context, req *connect.Request[tetherv1.Frame], ss *co
 	return nil
 }
 
-func (echo) Proxy(_ context.Context, bs *connect.BidiStream[tetherv1.Frame, tetherv1.Frame]) error {
+func (e echo) Proxy(ctx context.Context, bs *connect.BidiStream[tetherv1.Frame, tetherv1.Frame]) error {
 	for {
 		f, err := bs.Receive()
 		if err != nil {
+			e.ended <- ctx.Err()
 			return nil
 		}
 		if err := bs.Send(f); err != nil {
+			e.ended <- ctx.Err()
 			return err
 		}
 	}
@@ -45,7 +48,8 @@ func (echo) Proxy(_ context.Context, bs *connect.BidiStream[tetherv1.Frame, teth
 // bidirectional stream frame by frame (as exec needs), and once closed
 // fails the way an unreachable router does.
 func TestClientInProcess(t *testing.T) {
-	path, h := tetherv1connect.NewProxyServiceHandler(echo{}, tunnel.HandlerOptions())
+	e := echo{ended: make(chan error, 4)}
+	path, h := tetherv1connect.NewProxyServiceHandler(e, tunnel.HandlerOptions())
 	r := &Router{Path: path, Handler: h}
 	client, stop := r.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -85,6 +89,26 @@ func TestClientInProcess(t *testing.T) {
 		t.Fatal("the stream did not end")
 	}
 	_ = bs.CloseResponse()
+	<-e.ended
+
+	// A caller that goes away mid-stream (its request still open) ends
+	// the handler, as a reset HTTP/2 stream does.
+	bs = client.Proxy(ctx)
+	if err := bs.Send(open); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bs.Receive(); err != nil {
+		t.Fatal(err)
+	}
+	_ = bs.CloseResponse()
+	select {
+	case err := <-e.ended:
+		if err == nil {
+			t.Fatal("the handler's context was not cancelled")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler went on after its caller closed the response")
+	}
 
 	stop()
 	if ss, err = client.Call(ctx, connect.NewRequest(open)); err == nil {
