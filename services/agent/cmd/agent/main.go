@@ -259,7 +259,7 @@ func proxiedConfig(cfg *rest.Config, mode, cert, key string, fp agent.FrontProxy
 	case "front-proxy":
 		// The flags' names first, then the usual ones: both are dropped
 		// from clients' requests.
-		fp = fp.Merge(agent.DefaultFrontProxy)
+		fp = fp.Merge(agent.DefaultFrontProxy())
 		if cert == "" || key == "" {
 			return nil, nil, errors.New("--identity-mode=front-proxy needs --front-proxy-cert and --front-proxy-key")
 		}

@@ -48,8 +48,11 @@ type FrontProxy struct {
 }
 
 // DefaultFrontProxy has the names the Kubernetes documentation suggests,
-// which kubeadm and managed control planes configure.
-var DefaultFrontProxy = FrontProxy{UserHeaders: []string{"X-Remote-User"}, UIDHeaders: []string{"X-Remote-Uid"}, GroupHeaders: []string{"X-Remote-Group"}, ExtraPrefixes: []string{"X-Remote-Extra-"}}
+// which kubeadm and managed control planes configure: a new value each
+// call, so no caller can change another's.
+func DefaultFrontProxy() FrontProxy {
+	return FrontProxy{UserHeaders: []string{"X-Remote-User"}, UIDHeaders: []string{"X-Remote-Uid"}, GroupHeaders: []string{"X-Remote-Group"}, ExtraPrefixes: []string{"X-Remote-Extra-"}}
+}
 
 func (f *FrontProxy) validate() error {
 	if len(f.UserHeaders) == 0 || len(f.GroupHeaders) == 0 || len(f.ExtraPrefixes) == 0 {

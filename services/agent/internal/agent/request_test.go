@@ -67,6 +67,7 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 	bob := &tetherv1.Identity{User: "bob", Groups: []string{"ops"}}
 	// A provider's own header names: the client's under those names go too.
 	custom := &FrontProxy{UserHeaders: []string{"X-Tenant-User", "X-Forwarded-User"}, GroupHeaders: []string{"X-Tenant-Group", "X-Forwarded-Groups"}, ExtraPrefixes: []string{"X-Tenant-Extra-"}}
+	defaults := DefaultFrontProxy()
 	common := http.Header{"Accept": {"application/vnd.kubernetes.protobuf"}, "Audit-Id": {"r1"}}
 	for _, tc := range []struct {
 		name string
@@ -83,13 +84,13 @@ func TestRequestCarriesTheUserNotTheClientsClaims(t *testing.T) {
 		{"impersonation, as whom the user asked", nil, caller{user: alice, as: bob}, http.Header{
 			"Impersonate-User": {"bob"}, "Impersonate-Group": {"ops"},
 		}},
-		{"front proxy", &DefaultFrontProxy, caller{user: alice}, http.Header{
+		{"front proxy", &defaults, caller{user: alice}, http.Header{
 			"X-Remote-User":  {"alice"},
 			"X-Remote-Uid":   {"u-1"},
 			"X-Remote-Group": {"devs", "system:authenticated"},
 			"X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id": {"JTI=abc"},
 		}},
-		{"front proxy, as whom the user asked: the kube-apiserver authorizes it", &DefaultFrontProxy, caller{user: alice, as: bob}, http.Header{
+		{"front proxy, as whom the user asked: the kube-apiserver authorizes it", &defaults, caller{user: alice, as: bob}, http.Header{
 			"X-Remote-User":  {"alice"},
 			"X-Remote-Uid":   {"u-1"},
 			"X-Remote-Group": {"devs", "system:authenticated"},
@@ -137,7 +138,8 @@ func TestFrontProxyNeedsHeaderNames(t *testing.T) {
 			t.Errorf("%+v taken", fp)
 		}
 	}
-	if err := DefaultFrontProxy.validate(); err != nil {
+	defaults := DefaultFrontProxy()
+	if err := defaults.validate(); err != nil {
 		t.Error(err)
 	}
 }
@@ -145,7 +147,8 @@ func TestFrontProxyNeedsHeaderNames(t *testing.T) {
 func TestRequestWithoutIdentityIsRefused(t *testing.T) {
 	alice := &tetherv1.Identity{User: "alice"}
 	for _, who := range []caller{{}, {as: alice}, {user: alice, as: &tetherv1.Identity{}}, {user: alice, as: &tetherv1.Identity{Groups: []string{"ops"}}}} {
-		for _, fp := range []*FrontProxy{nil, &DefaultFrontProxy} {
+		defaults := DefaultFrontProxy()
+		for _, fp := range []*FrontProxy{nil, &defaults} {
 			a := newTestAgent(t)
 			a.cfg.FrontProxy = fp
 			s := tunnel.NewStream(1, tunnel.SenderFunc(func(*tetherv1.Frame) error { return nil }), 0)
